@@ -1,0 +1,39 @@
+"""ITDA: Inference-Time Decomposition of Activations.
+
+The public API is small and imported lazily, so that `itda --help` stays instant:
+``load_model``, ``load_corpus``, ``extract``, ``matching_pursuit``, ``reconstruct``, ``ITDA``, ``train``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "ITDAError": "itda_core.errors",
+    "load_model": "itda_core.models",
+    "LoadedModel": "itda_core.models",
+    "load_corpus": "itda_core.corpus",
+    "Corpus": "itda_core.corpus",
+    "Document": "itda_core.corpus",
+    "extract": "itda_core.extract",
+    "ExtractConfig": "itda_core.extract",
+    "ActivationBatch": "itda_core.extract",
+    "Provenance": "itda_core.provenance",
+    "matching_pursuit": "itda_core.mp",
+    "reconstruct": "itda_core.mp",
+    "ITDA": "itda_core.dictionary",
+    "train": "itda_core.trainer",
+    "TrainConfig": "itda_core.trainer",
+}
+
+__all__ = [*sorted(_EXPORTS), "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'itda_core' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
