@@ -55,7 +55,8 @@ def check_provenance(
         raise ITDAError("the dictionary has no atoms to check")
     index = torch.arange(n)
     docs_needed = sorted(set(prov.doc_id[:n].tolist()))
-    missing = [d for d in docs_needed if corpus.by_id(d) is None] if hasattr(corpus, "by_id") else []
+    known = {doc.doc_id for doc in corpus.documents}
+    missing = [d for d in docs_needed if d not in known]
     if missing:
         raise ITDAError(f"documents {missing[:5]} are not in corpus {corpus.corpus_id}; pass the training corpus")
     cos = torch.empty(n)
