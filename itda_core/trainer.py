@@ -53,10 +53,12 @@ def default_threshold(d_model: int) -> float:
 
 
 def normalised_error(x: Tensor, x_hat: Tensor) -> Tensor:
-    """mean over dims of (x/|x| - x_hat/|x_hat|)^2 per row; a zero reconstruction counts as cos = 0."""
-    xn = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    hn = x_hat / x_hat.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return (xn - hn).pow(2).mean(dim=-1)
+    """mean over dims of (x/|x| - x_hat/|x_hat|)^2 per row, computed as (2 - 2 cos(x, x_hat)) / d; a zero
+    reconstruction (or activation) counts as cos = 0, the largest error an orthogonal guess would get."""
+    dot = (x * x_hat).sum(dim=-1)
+    norms = x.norm(dim=-1) * x_hat.norm(dim=-1)
+    cos = torch.where(norms > 0, dot / norms.clamp_min(1e-30), torch.zeros_like(dot)).clamp(-1.0, 1.0)
+    return (2.0 - 2.0 * cos) / x.shape[-1]
 
 
 def _first_unique_rows(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -89,6 +91,7 @@ class LayerBuilder:
         self.gram = GramCache(device, torch.float32, max_bytes=gram_bytes)
         self.recent_error: deque[float] = deque(maxlen=10)
         self.init_atoms = 0
+        self._seen: set[bytes] = set()  # raw bytes of every activation that became an atom (for dedupe)
 
     @property
     def atoms(self) -> Tensor:
@@ -116,6 +119,19 @@ class LayerBuilder:
         self.prov.append(prov)
         self.errors.append(errors.float().cpu())
 
+    def _unseen(self, x: Tensor, rows: Tensor) -> Tensor:
+        """The rows (in order) whose activation is not bit-identical to an atom or an earlier row; marks them
+        seen. Exact duplicates of atoms reconstruct with error ~0, but float noise can still put them over a
+        tiny threshold, so they are filtered explicitly."""
+        data = x[rows].detach().cpu().numpy()
+        keep = []
+        for i in range(data.shape[0]):
+            key = data[i].tobytes()
+            if key not in self._seen:
+                self._seen.add(key)
+                keep.append(i)
+        return rows[torch.tensor(keep, dtype=torch.long, device=rows.device)] if keep else rows[:0]
+
     def initialise(self, x: Tensor, prov: Provenance) -> None:
         """Add the most frequent identical rows of ``x`` until the dictionary has d_model atoms."""
         nonzero = x.norm(dim=-1) > 0
@@ -124,6 +140,8 @@ class LayerBuilder:
             return
         first, _counts = _first_unique_rows(x[idx])
         take = idx[first[: self.d_model - self.size]]
+        if self.dedupe:
+            take = self._unseen(x, take)
         before = self.size
         self._append(x[take], prov.select(take.cpu()), torch.full((take.numel(),), float("nan")))
         self.init_atoms += self.size - before
@@ -144,8 +162,7 @@ class LayerBuilder:
             return 0, mean_err
         add = ((err > self.threshold) & (x.norm(dim=-1) > 0)).nonzero().flatten()
         if add.numel() and self.dedupe:
-            first, _ = _first_unique_rows(x[add])
-            add = add[first.sort().values]
+            add = self._unseen(x, add)
         before = self.size
         if add.numel():
             self._append(x[add], prov.select(add.cpu()), err[add])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -49,8 +50,9 @@ def test_unicode_token_strings_survive(tmp_path, trained):
 def test_refuses_other_model(tmp_path, trained):
     _, itda = trained
     path = itda.save(tmp_path / "d")
-    with pytest.raises(ITDAError, match="d_model"):
-        ITDA.load(path, model=tiny_model("bert")).check_model(tiny_model("bert"))
+    wider = SimpleNamespace(name="wide", d_model=48, model_id=itda.config.model_id, n_layers=3)
+    with pytest.raises(ITDAError, match="d_model 48"):
+        ITDA.load(path, model=wider)
     other = tiny_model("llama", seed=1)
     with pytest.raises(ITDAError, match="was built on"):
         ITDA.load(path, model=other)

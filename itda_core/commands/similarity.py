@@ -1,0 +1,196 @@
+"""``itda similarity``: Jaccard matrices of saved dictionaries (layer x layer, or model x model)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from itda_core.errors import ITDAError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from itda_core.dictionary import ITDA
+
+HELP = (
+    "Jaccard similarity of saved ITDA dictionaries: the share of source tokens (document, position) two "
+    "dictionaries have in common. Give dictionary folders or any folder above them (e.g. the --out of "
+    "'itda train'); dictionaries are grouped by the folder that holds them (one group per model run). One "
+    "group: its layer x layer matrix. Two groups: layers of the first (rows) x layers of the second. More: "
+    "every dictionary against every other. --model-level: one value per pair of groups, from the union of "
+    "each group's layers (1..n-1 by default, as in the paper). Dictionaries from different tokenizers are "
+    "matched by character spans (see docs/similarity.md). Dictionaries must share the corpus."
+)
+
+
+def find_dictionaries(paths: list[Path]) -> list[Path]:
+    """Every dictionary folder at or below ``paths`` (folders holding config.json and dictionary.safetensors),
+    skipping hidden folders (unfinished saves), sorted and without repeats."""
+    from itda_core.dictionary import CONFIG_FILE, TENSOR_FILE
+
+    found: set[Path] = set()
+    for path in paths:
+        if not path.exists():
+            raise ITDAError(f"{path} does not exist")
+        if path.is_file():
+            path = path.parent
+        candidates = [path] if (path / CONFIG_FILE).is_file() else [c.parent for c in path.rglob(CONFIG_FILE)]
+        for folder in candidates:
+            relative = folder.relative_to(path).parts if folder != path else ()
+            if any(part.startswith(".") for part in relative):
+                continue
+            if (folder / TENSOR_FILE).is_file():
+                found.add(folder.resolve())
+    if not found:
+        raise ITDAError(
+            f"no ITDA dictionaries (folders with {CONFIG_FILE} and {TENSOR_FILE}) under "
+            f"{', '.join(map(str, paths))}; train some with 'itda train --out DIR'"
+        )
+    return sorted(found)
+
+
+def group_dictionaries(folders: list[Path]) -> dict[str, dict[int, ITDA]]:
+    """Load the dictionaries and group them by parent folder: ``{label: {layer: ITDA}}``; labels are the
+    folder names, or longer paths where two groups would share a name."""
+    from itda_core.dictionary import ITDA
+
+    groups: dict[Path, dict[int, ITDA]] = {}
+    for folder in folders:
+        itda = ITDA.load(folder)
+        layers = groups.setdefault(folder.parent, {})
+        if itda.config.layer in layers:
+            raise ITDAError(
+                f"two dictionaries for layer {itda.config.layer} under {folder.parent}; pass them separately"
+            )
+        layers[itda.config.layer] = itda
+    parents = list(groups)
+    depth = 1
+    while True:
+        labels = ["/".join(p.parts[-depth:]) for p in parents]
+        if len(set(labels)) == len(labels) or depth >= max(len(p.parts) for p in parents):
+            break
+        depth += 1
+    return {label: dict(sorted(groups[p].items())) for label, p in zip(labels, parents, strict=True)}
+
+
+def _parse_layers(spec: str | None, groups: dict[str, dict[int, ITDA]]) -> list[int] | None:
+    if spec is None:
+        return None
+    from itda_core.cli import parse_layers
+
+    n_layers = max(layer for d in groups.values() for layer in d) + 1
+    return parse_layers(spec, n_layers)
+
+
+def _to_json(df: pd.DataFrame, shared: pd.DataFrame | None, kind: str, sources: dict[str, str]) -> str:
+    def clean(v: float) -> float | None:
+        return None if isinstance(v, float) and math.isnan(v) else v
+
+    data = {
+        "kind": kind,
+        "method": df.attrs.get("method", ""),
+        "rows": [str(i) for i in df.index],
+        "columns": [str(c) for c in df.columns],
+        "jaccard": [[clean(float(v)) for v in row] for row in df.to_numpy()],
+        "sources": sources,
+    }
+    if shared is not None:
+        data["shared"] = [[int(v) for v in row] for row in shared.to_numpy()]
+    return json.dumps(data, indent=2)
+
+
+PathsArg = Annotated[
+    list[Path], typer.Argument(help="Dictionary folders, or folders above them (searched recursively).")
+]
+ModelLevelOpt = Annotated[
+    bool,
+    typer.Option(
+        "--model-level", help="One value per pair of models: Jaccard of the union of each model's layers."
+    ),
+]
+LayersOpt = Annotated[
+    str | None,
+    typer.Option(help="Only these layers, e.g. '1-11' or '0,4,8' (default: all; with --model-level 1..n-1)."),
+]
+MethodOpt = Annotated[
+    str,
+    typer.Option(help="auto (position keys for one tokenizer, character spans otherwise), keys or spans."),
+]
+SharedOpt = Annotated[bool, typer.Option("--shared", help="Also show the number of shared atoms per cell.")]
+OutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Save to this .csv or .json file instead of printing (CSV: shared counts go to NAME.shared.csv)."
+    ),
+]
+DigitsOpt = Annotated[int, typer.Option(help="Decimals when printing.")]
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``itda similarity`` to ``app``."""
+
+    @app.command("similarity", help=HELP)
+    def similarity(
+        paths: PathsArg,
+        model_level: ModelLevelOpt = False,
+        layers: LayersOpt = None,
+        method: MethodOpt = "auto",
+        shared: SharedOpt = False,
+        out: OutOpt = None,
+        digits: DigitsOpt = 3,
+    ) -> None:
+        from itda_core.similarity.matrices import jaccard_matrix, labelled_matrix, model_jaccard_matrix
+
+        if out is not None and out.suffix.lower() not in (".csv", ".json"):
+            raise ITDAError(f"--out must end in .csv or .json (got {out.name})")
+        folders = find_dictionaries(paths)
+        groups = group_dictionaries(folders)
+        chosen = _parse_layers(layers, groups)
+        if model_level:
+            kind = "model"
+            result = model_jaccard_matrix(groups, chosen, method=method, return_shared=True)
+        else:
+            if chosen is not None:
+                kept = {label: {la: d for la, d in g.items() if la in chosen} for label, g in groups.items()}
+                groups = {label: g for label, g in kept.items() if g}
+                if not groups:
+                    raise ITDAError(f"no dictionaries for layers {chosen}")
+            labels = list(groups)
+            if len(labels) == 1:
+                kind = "layer"
+                result = jaccard_matrix(groups[labels[0]], method=method, return_shared=True)
+            elif len(labels) == 2:
+                kind = "layer"
+                first, second = groups[labels[0]], groups[labels[1]]
+                result = jaccard_matrix(first, second, method=method, return_shared=True)
+            else:
+                kind = "dictionary"
+                items = {f"{label}:L{la}": d for label, g in groups.items() for la, d in g.items()}
+                result = labelled_matrix(items, method=method, return_shared=True)
+        df, counts = result
+        if kind == "layer":
+            names = list(groups)
+            df.index.name = f"{names[0]} layer"
+            df.columns.name = f"{names[-1]} layer"
+            counts.index.name, counts.columns.name = df.index.name, df.columns.name
+        sources = {label: str(next(iter(g.values())).config.model_id) for label, g in groups.items()}
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if out.suffix.lower() == ".json":
+                out.write_text(_to_json(df, counts if shared else None, kind, sources))
+            else:
+                df.to_csv(out)
+                if shared:
+                    counts.to_csv(out.with_suffix(".shared.csv"))
+            shape = f"{df.shape[0]} x {df.shape[1]}, matched by {df.attrs['method']}"
+            typer.echo(f"saved {kind} Jaccard matrix ({shape}) to {out}")
+            return
+        typer.echo(f"Jaccard ({kind} level, matched by {df.attrs['method']}):")
+        typer.echo(df.to_string(float_format=lambda v: f"{v:.{digits}f}"))
+        if shared:
+            typer.echo("\nshared atoms:")
+            typer.echo(counts.to_string())
