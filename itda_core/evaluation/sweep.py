@@ -1,0 +1,155 @@
+"""Sweep k (L0) x dictionary size, and plot the paper's "CE loss score vs L0" figure."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from itda_core.corpus import Corpus, Document
+from itda_core.dictionary import ITDA
+from itda_core.errors import ITDAError
+from itda_core.evaluation.run import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS, evaluate_many
+from itda_core.models import LoadedModel
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KS = (10, 20, 40, 80)
+
+
+def default_sizes(n_atoms: int) -> list[int]:
+    """A quarter, a half and all of the dictionary (duplicates and sizes below 1 dropped)."""
+    return sorted({s for s in (n_atoms // 4, n_atoms // 2, n_atoms) if s >= 1})
+
+
+def sweep(
+    model: LoadedModel,
+    itda: ITDA,
+    corpus: Corpus | Sequence[Document],
+    ks: Sequence[int] = DEFAULT_KS,
+    sizes: Sequence[int] | None = None,
+    *,
+    max_tokens: int | None = DEFAULT_MAX_TOKENS,
+    seq_len: int = 128,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    splice_special: bool = True,
+    exclude_first: bool = False,
+    check_model: bool = True,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """One row per (size, k): every :class:`EvalResult` field. Sizes crop the dictionary to its first n
+    atoms; the clean and zero-ablated runs are computed once for the whole grid."""
+    import pandas as pd
+
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ITDAError(f"ks must be positive integers (got {list(ks)})")
+    chosen = default_sizes(len(itda)) if sizes is None else sorted({int(s) for s in sizes})
+    if not chosen or chosen[0] < 1:
+        raise ITDAError(f"sizes must be positive integers (got {list(sizes or [])})")
+    too_big = [s for s in chosen if s > len(itda)]
+    if too_big:
+        log.warning(
+            "sizes %s exceed the dictionary's %d atoms; using the full dictionary", too_big, len(itda)
+        )
+        chosen = sorted({min(s, len(itda)) for s in chosen})
+    crops = {s: itda if s == len(itda) else itda.crop(s) for s in chosen}
+    settings = [(crops[s], k) for s in chosen for k in ks]
+    results = evaluate_many(
+        model,
+        settings,
+        corpus,
+        max_tokens=max_tokens,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        splice_special=splice_special,
+        exclude_first=exclude_first,
+        full_size=len(itda),
+        check_model=check_model,
+        progress=progress,
+    )
+    return pd.DataFrame.from_records([r.to_dict() for r in results])
+
+
+def plot_sweep(df: pd.DataFrame, metric: str | None = None) -> go.Figure:
+    """Metric (default: CE loss score, or FVU when there is none, as for encoders) against L0, one line per
+    dictionary size, as in the paper's figure."""
+    import plotly.graph_objects as go
+
+    if df.empty:
+        raise ITDAError("the sweep has no rows to plot")
+    if metric is None:
+        metric = "ce_loss_score" if "ce_loss_score" in df and df["ce_loss_score"].notna().any() else "fvu"
+    if metric not in df:
+        raise ITDAError(f"no column {metric!r} in the sweep; columns: {', '.join(df.columns)}")
+    labels = {
+        "ce_loss_score": "CE loss score",
+        "fvu": "fraction of variance unexplained",
+        "kl_div": "KL(clean || spliced), nats",
+        "cosine": "mean cosine(x, x_hat)",
+        "mse": "MSE",
+    }
+    fig = go.Figure()
+    for size, part in sorted(df.groupby("dictionary_size"), key=lambda item: item[0]):
+        part = part.sort_values("k")
+        fig.add_trace(
+            go.Scatter(
+                x=part["k"],
+                y=part[metric],
+                mode="lines+markers",
+                name=f"{int(size):,} atoms",
+                hovertemplate="L0 %{x}<br>"
+                + labels.get(metric, metric)
+                + " %{y:.4f}<extra>%{fullData.name}</extra>",
+            )
+        )
+    first = df.iloc[0]
+    title = f"{first['model_name']} {first['site']}: {labels.get(metric, metric)} vs L0"
+    ks = sorted(df["k"].unique().tolist())
+    fig.update_layout(
+        title=title,
+        xaxis_title="L0 (matching-pursuit steps k)",
+        yaxis_title=labels.get(metric, metric),
+        legend_title="dictionary size",
+        template="plotly_white",
+    )
+    fig.update_xaxes(type="log", tickvals=ks, ticktext=[str(k) for k in ks])
+    return fig
+
+
+def save_figure(fig: go.Figure, stem: str | Path) -> tuple[list[Path], str | None]:
+    """Write ``stem.html`` and try ``stem.png``; returns (written paths, a message when PNG export failed).
+
+    PNG export goes through kaleido, which needs a Chrome/Chromium browser (kaleido >= 1 does not bundle one;
+    set ``BROWSER_PATH`` to point at one). Without it the HTML file holds the same interactive figure."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    html = stem.with_suffix(".html")
+    fig.write_html(str(html), include_plotlyjs=True)
+    written = [html]
+    png = stem.with_suffix(".png")
+    try:
+        fig.write_image(str(png))
+    except Exception as err:  # kaleido missing, no Chrome, or a browser that failed to start
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        return written, (
+            f"PNG not written ({first}); PNG export needs kaleido and a Chrome/Chromium browser "
+            f"(install one, or set BROWSER_PATH to it); the figure is in {html}"
+        )
+    written.append(png)
+    return written, None
+
+
+def sweep_table(df: pd.DataFrame, metric: str = "ce_loss_score") -> str:
+    """The sweep as a size x k text table of ``metric`` (FVU when the metric is empty)."""
+    if metric not in df or not df[metric].notna().any():
+        metric = "fvu"
+    table: Any = df.pivot_table(index="dictionary_size", columns="k", values=metric)
+    return f"{metric} (rows: dictionary size, columns: k)\n" + table.to_string(
+        float_format=lambda v: f"{v:.4f}"
+    )

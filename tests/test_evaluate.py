@@ -1,0 +1,445 @@
+"""Evaluation: splicing, zero-ablation, CE loss score, exclusions, reconstruction metrics, sweep and CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import typer
+from tiny import TEXTS, tiny_corpus, tiny_model
+from torch import nn
+from typer.testing import CliRunner
+
+from itda_core.corpus import Corpus, Document
+from itda_core.dictionary import ITDA, ITDAConfig
+from itda_core.evaluation import (
+    ReconstructionStats,
+    ce_loss_score,
+    default_sizes,
+    evaluate,
+    plot_sweep,
+    position_masks,
+    save_figure,
+    special_token_ids,
+    splice_forward,
+    splice_hook,
+    sweep,
+)
+from itda_core.evaluation.ce_score import cross_entropy, next_token_logprobs
+from itda_core.extract import residual_stream, tokenize_documents
+from itda_core.models import LoadedModel
+from itda_core.provenance import Provenance
+
+LAYER = 1
+
+
+@pytest.fixture(scope="module")
+def llama() -> LoadedModel:
+    return tiny_model("llama")
+
+
+@pytest.fixture(scope="module")
+def gpt2() -> LoadedModel:
+    return tiny_model("gpt2")
+
+
+@pytest.fixture(scope="module")
+def bert() -> LoadedModel:
+    return tiny_model("bert")
+
+
+@pytest.fixture(scope="module")
+def docs() -> Corpus:
+    return tiny_corpus()
+
+
+def exact_itda(model: LoadedModel, corpus: Corpus, layer: int = LAYER, seq_len: int = 128) -> ITDA:
+    """A dictionary holding every activation of ``corpus`` itself: MP with k=1 reconstructs exactly."""
+    rows = []
+    for doc in corpus.documents:
+        tb = tokenize_documents(model, [doc], seq_len)
+        rows.append(residual_stream(model, tb.input_ids, tb.attention_mask, [layer])[layer][0])
+    acts = torch.unique(torch.cat(rows).float(), dim=0)
+    n = acts.shape[0]
+    prov = Provenance(*(torch.zeros(n, dtype=torch.long) for _ in range(5)), token_str=[""] * n)
+    config = ITDAConfig(
+        model_id=model.model_id, model_name=model.name, layer=layer, d_model=model.d_model, k=1
+    )
+    return ITDA(acts / acts.norm(dim=-1, keepdim=True), prov, config)
+
+
+def random_itda(model: LoadedModel, n: int = 40, layer: int = LAYER, seed: int = 0) -> ITDA:
+    """A dictionary of random unit atoms (an imperfect reconstruction with no exact ties)."""
+    gen = torch.Generator().manual_seed(seed)
+    atoms = torch.randn(n, model.d_model, generator=gen)
+    prov = Provenance(*(torch.zeros(n, dtype=torch.long) for _ in range(5)), token_str=[""] * n)
+    config = ITDAConfig(
+        model_id=model.model_id, model_name=model.name, layer=layer, d_model=model.d_model, k=3
+    )
+    return ITDA(atoms / atoms.norm(dim=-1, keepdim=True), prov, config)
+
+
+def batch_masks(model: LoadedModel, corpus: Corpus, seq_len: int = 128):
+    tb = tokenize_documents(model, corpus.documents, seq_len, skip_special_tokens=True)
+    return tb, position_masks(model, tb)
+
+
+# ---- the splice itself -------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_identity_splice_gives_clean_loss(kind: str, docs: Corpus) -> None:
+    model = tiny_model(kind)
+    tb, masks = batch_masks(model, docs)
+    clean, captured = splice_forward(model, tb.input_ids, tb.attention_mask, LAYER, capture=True)
+    same, _ = splice_forward(model, tb.input_ids, tb.attention_mask, LAYER, lambda x: x.clone(), masks.splice)
+    torch.testing.assert_close(same, clean, rtol=0, atol=0)
+    assert captured is not None and captured.shape == (*tb.input_ids.shape, model.d_model)
+    h_orig = cross_entropy(*next_token_logprobs(clean, tb.input_ids, masks.predict)).mean()
+    h_star = cross_entropy(*next_token_logprobs(same, tb.input_ids, masks.predict)).mean()
+    assert float(h_star) == float(h_orig)
+
+
+def test_zero_ablation_matches_manual_hook(llama: LoadedModel, docs: Corpus) -> None:
+    tb, masks = batch_masks(llama, docs)
+    real = tb.attention_mask.bool()
+
+    def manual(_module, _inputs, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        zeroed = hidden * (~real)[..., None].to(hidden.dtype)
+        return (zeroed, *output[1:]) if isinstance(output, tuple) else zeroed
+
+    handle = llama.blocks[LAYER].register_forward_hook(manual)
+    try:
+        with torch.no_grad():
+            ref = llama.model(input_ids=tb.input_ids, attention_mask=tb.attention_mask).logits
+    finally:
+        handle.remove()
+    ours, _ = splice_forward(llama, tb.input_ids, tb.attention_mask, LAYER, torch.zeros_like, masks.splice)
+    torch.testing.assert_close(ours, ref)
+    # The CE of the zero-ablated run, computed by hand with F.cross_entropy over the counted positions.
+    sel = masks.predict[:, :-1]
+    manual_h0 = F.cross_entropy(ref[:, :-1][sel], tb.input_ids[:, 1:][sel])
+    result = evaluate(llama, exact_itda(llama, docs), docs, k=1)
+    assert result.ce_zero == pytest.approx(float(manual_h0), rel=1e-5)
+    with torch.no_grad():
+        clean = llama.model(input_ids=tb.input_ids, attention_mask=tb.attention_mask).logits
+    assert result.ce_clean == pytest.approx(
+        float(F.cross_entropy(clean[:, :-1][sel], tb.input_ids[:, 1:][sel])), rel=1e-5
+    )
+    assert result.ce_zero > result.ce_clean  # zero-ablating a layer hurts
+
+
+def test_splice_hook_handles_tuple_outputs() -> None:
+    class TupleBlock(nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, str]:
+            return x * 2, "extra"
+
+    block = TupleBlock()
+    mask = torch.tensor([[True, False, True]])
+    seen: list[torch.Tensor] = []
+    block.register_forward_hook(splice_hook(lambda x: torch.full_like(x, 7.0), mask, seen))
+    hidden, extra = block(torch.ones(1, 3, 4))
+    assert extra == "extra"
+    assert hidden[0, 0].eq(7).all() and hidden[0, 2].eq(7).all() and hidden[0, 1].eq(2).all()
+    assert seen[0].eq(2).all()  # the original output was captured
+
+
+# ---- the score -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_perfect_reconstruction_scores_one(kind: str, docs: Corpus) -> None:
+    model = tiny_model(kind)
+    result = evaluate(model, exact_itda(model, docs), docs, k=1)
+    assert result.ce_loss_score == pytest.approx(1.0, abs=1e-4)
+    assert result.ce_spliced == pytest.approx(result.ce_clean, abs=1e-5)
+    assert result.kl_div == pytest.approx(0.0, abs=1e-5)
+    assert result.fvu == pytest.approx(0.0, abs=1e-6)
+    assert result.cosine == pytest.approx(1.0, abs=1e-6)
+    assert result.l0 == 1 and result.l0_distinct == 1
+    assert result.kl_zero > 0
+
+
+def test_ce_loss_score_formula() -> None:
+    assert ce_loss_score(2.0, 2.0, 5.0) == 1.0
+    assert ce_loss_score(2.0, 5.0, 5.0) == 0.0
+    assert ce_loss_score(2.0, 3.5, 5.0) == pytest.approx(0.5)
+    assert ce_loss_score(2.0, 3.0, 2.0) is None  # undefined when zero-ablation changes nothing
+    assert ce_loss_score(None, 1.0, 2.0) is None
+
+
+def test_reconstruction_metrics() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(50, 8) + 3.0
+    perfect = ReconstructionStats(n_atoms=4)
+    perfect.update(x[:20], x[:20], torch.tensor([[0, 0, 1]] * 20))
+    perfect.update(x[20:], x[20:], torch.tensor([[1, 1, 1]] * 30))
+    out = perfect.result()
+    assert out["fvu"] == 0 and out["mse"] == 0 and out["cosine"] == pytest.approx(1.0)
+    assert out["l0"] == 3 and out["l0_distinct"] == pytest.approx((20 * 2 + 30 * 1) / 50)
+    assert out["atoms_used"] == 2 and out["dead_fraction"] == 0.5
+    mean_only = ReconstructionStats(n_atoms=1)
+    mean_only.update(x, x.mean(dim=0).expand_as(x))
+    assert mean_only.result()["fvu"] == pytest.approx(1.0)  # predicting the mean explains nothing
+    half = ReconstructionStats(n_atoms=1)
+    half.update(x, x * 0.5)
+    expected = float((x * 0.5).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+    assert half.result()["fvu"] == pytest.approx(expected)
+
+
+# ---- what is counted -----------------------------------------------------------------------------------
+def test_special_tokens_are_excluded(llama: LoadedModel) -> None:
+    texts = ["The capital of France is Paris.", "one <eos> two three four", "Short one."]
+    corpus = Corpus("t", [Document(doc_id=i, text=t, source="t") for i, t in enumerate(texts)], "t-v1")
+    special = set(special_token_ids(llama.tokenizer))
+    assert {
+        llama.tokenizer.bos_token_id,
+        llama.tokenizer.eos_token_id,
+        llama.tokenizer.pad_token_id,
+    } <= special
+    tokens = positions = all_positions = n_special = 0
+    for text in texts:
+        ids = llama.tokenizer(text, truncation=True, max_length=128)["input_ids"]
+        is_special = [i in special for i in ids]
+        assert is_special[0]  # the BOS this tokenizer adds
+        n_special += sum(is_special)
+        tokens += sum(not s for s in is_special)
+        positions += sum(not is_special[t] and not is_special[t + 1] for t in range(len(ids) - 1))
+        all_positions += len(ids) - 1
+    assert sum(i == llama.tokenizer.eos_token_id for i in llama.tokenizer(texts[1])["input_ids"]) == 1
+    result = evaluate(llama, exact_itda(llama, corpus), corpus, k=1)
+    assert result.tokens == tokens
+    assert result.ce_positions == positions
+    assert result.special_positions == n_special
+    assert positions < all_positions  # counting special tokens would have changed the number
+
+
+def test_exclude_first_position(gpt2: LoadedModel, docs: Corpus) -> None:
+    itda = random_itda(gpt2)
+    both = [evaluate(gpt2, itda, docs, k=3, exclude_first=flag) for flag in (False, True)]
+    assert gpt2.tokenizer("Short one.")["input_ids"][0] not in special_token_ids(gpt2.tokenizer)  # no BOS
+    assert both[1].tokens == both[0].tokens - len(docs)
+    assert both[1].ce_positions == both[0].ce_positions - len(docs)
+    assert both[1].exclude_first and not both[0].exclude_first
+
+
+def test_padding_never_counted(llama: LoadedModel, docs: Corpus) -> None:
+    itda = random_itda(llama)  # an imperfect dictionary, so the spliced loss differs from the clean one
+    keys = [
+        "tokens",
+        "ce_positions",
+        "documents",
+        "special_positions",
+        "ce_clean",
+        "ce_zero",
+        "ce_spliced",
+        "kl_div",
+        "fvu",
+        "mse",
+        "cosine",
+        "l0_distinct",
+        "atoms_used",
+    ]
+    for max_tokens in (None, 57):
+        runs = [
+            evaluate(llama, itda, docs, k=3, batch_size=b, max_tokens=max_tokens).to_dict() for b in (1, 3, 8)
+        ]
+        for other in runs[1:]:
+            for key in keys:
+                assert other[key] == pytest.approx(runs[0][key], rel=1e-5, abs=1e-6), key
+    assert runs[0]["tokens"] == 57
+    _, masks = batch_masks(llama, docs)
+    assert not (masks.tokens & ~masks.real).any() and not (masks.predict & ~masks.real).any()
+    assert masks.real.sum() < masks.real.numel()  # the batch was padded
+
+
+# ---- real dictionaries ------------------------------------------------------------------------------
+def test_trained_itda_gives_finite_score(llama: LoadedModel) -> None:
+    from itda_core.trainer import train
+
+    train_part, held = tiny_corpus(n_copies=3).split(0.25)
+    itda = train(llama, train_part, layers=[LAYER], k=4, max_tokens=None, progress=False)[LAYER]
+    result = evaluate(llama, itda, held, k=4)
+    assert result.ce_loss_score is not None and math.isfinite(result.ce_loss_score)
+    assert result.fvu is not None and 0 <= result.fvu < 1.5
+    assert result.l0 == 4 and 1 <= result.l0_distinct <= 4
+    assert 0 <= result.dead_fraction < 1 and result.atoms_used <= len(itda)
+    assert result.corpus_id == held.corpus_id and result.dictionary_corpus_id == train_part.corpus_id
+    data = result.to_dict()
+    assert all(v is None or isinstance(v, (int, float, str, bool)) for v in data.values())
+
+
+def test_encoder_gives_reconstruction_metrics_only(bert: LoadedModel, docs: Corpus) -> None:
+    from itda_core.trainer import train
+
+    itda = train(bert, docs, layers=[LAYER], k=4, max_tokens=None, progress=False)[LAYER]
+    result = evaluate(bert, itda, docs, k=4)
+    assert result.family == "encoder"
+    assert result.ce_clean is None and result.ce_loss_score is None and result.kl_div is None
+    assert result.ce_positions is None and "encoder" in result.note
+    assert result.fvu is not None and math.isfinite(result.fvu) and result.cosine is not None
+    # CLS and SEP are excluded: one of each per document.
+    assert result.special_positions == 2 * len(docs)
+
+
+def test_to_json_round_trip(llama: LoadedModel, docs: Corpus, tmp_path: Path) -> None:
+    result = evaluate(llama, exact_itda(llama, docs), docs, k=1, max_tokens=30)
+    path = result.to_json(tmp_path / "r.json")
+    assert json.loads(path.read_text())["ce_loss_score"] == pytest.approx(result.ce_loss_score)
+    assert type(result).from_dict(json.loads(path.read_text())) == result
+
+
+# ---- sweep -------------------------------------------------------------------------------------------
+def test_sweep_grid(llama: LoadedModel, docs: Corpus, tmp_path: Path) -> None:
+    itda = exact_itda(llama, docs)
+    df = sweep(llama, itda, docs, ks=(1, 2, 4), max_tokens=80)
+    sizes = default_sizes(len(itda))
+    assert len(sizes) == 3 and sizes[-1] == len(itda)
+    assert len(df) == len(sizes) * 3
+    assert sorted(set(df["dictionary_size"])) == sizes and sorted(set(df["k"])) == [1, 2, 4]
+    assert df["ce_clean"].nunique() == 1 and df["ce_zero"].nunique() == 1  # computed once
+    assert (df["dictionary_full_size"] == len(itda)).all()
+    full = df[(df["dictionary_size"] == len(itda)) & (df["k"] == 1)].iloc[0]
+    assert full["ce_loss_score"] == pytest.approx(1.0, abs=1e-4)
+    # the k=1 full-size row agrees with a plain evaluation
+    single = evaluate(llama, itda, docs, k=1, max_tokens=80)
+    assert full["ce_spliced"] == pytest.approx(single.ce_spliced, rel=1e-6)
+    fig = plot_sweep(df)
+    assert len(fig.data) == len(sizes)
+    written, message = save_figure(fig, tmp_path / "sweep")
+    assert (tmp_path / "sweep.html").is_file()
+    assert (tmp_path / "sweep.png").is_file() or (message and "PNG" in message)
+    assert written[0] == tmp_path / "sweep.html"
+
+
+def test_sweep_on_encoder_plots_fvu(bert: LoadedModel, docs: Corpus) -> None:
+    from itda_core.trainer import train
+
+    itda = train(bert, docs, layers=[LAYER], k=4, max_tokens=None, progress=False)[LAYER]
+    df = sweep(bert, itda, docs, ks=(2, 4), sizes=[len(itda)], max_tokens=60)
+    assert len(df) == 2 and df["ce_loss_score"].isna().all()
+    assert "variance" in plot_sweep(df).layout.yaxis.title.text
+
+
+# ---- command line -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny Llama saved to a folder, a .txt corpus, and a dictionary trained on its training split."""
+    from itda_core.corpus import load_corpus
+    from itda_core.models import load_model
+    from itda_core.trainer import train
+
+    root = tmp_path_factory.mktemp("eval_cli")
+    tiny = tiny_model("llama")
+    tiny.model.save_pretrained(root / "model")
+    tiny.tokenizer.save_pretrained(root / "model")
+    corpus_file = root / "corpus.txt"
+    corpus_file.write_text("\n".join(f"{t} ({c})" for c in range(3) for t in TEXTS) + "\n")
+    lm = load_model(str(root / "model"), device="cpu")
+    train_part, _ = load_corpus(str(corpus_file)).split(0.25)
+    itda = train(lm, train_part, layers=[LAYER], k=4, max_tokens=None, progress=False)[LAYER]
+    itda.save(root / "dicts" / itda.config.site)
+    return {
+        "root": root,
+        "model": root / "model",
+        "corpus": corpus_file,
+        "dictionary": root / "dicts" / itda.config.site,
+    }
+
+
+def cli() -> typer.Typer:
+    from itda_core.commands.evaluate import register
+
+    app = typer.Typer()
+    register(app)
+
+    @app.command()
+    def other() -> None:  # a second command, so that typer keeps "eval" as a sub-command
+        """Unused."""
+
+    return app
+
+
+def test_cli_eval_writes_results(saved: dict[str, Path]) -> None:
+    out = saved["root"] / "results.json"
+    args = [
+        "eval",
+        "--dictionary",
+        str(saved["dictionary"]),
+        "--corpus",
+        str(saved["corpus"]),
+        "--held-out",
+        "0.25",
+        "--max-tokens",
+        "200",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
+    res = CliRunner().invoke(cli(), args)
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert math.isfinite(data["ce_loss_score"]) and data["k"] == 4
+    assert data["corpus_id"].endswith(data["dictionary_corpus_id"].split(":train:")[-1])
+    assert "CE loss score" in res.output and "warning" not in res.output
+
+
+def test_cli_eval_sweep(saved: dict[str, Path]) -> None:
+    out = saved["root"] / "sweep.json"
+    args = [
+        "eval",
+        "--dictionary",
+        str(saved["dictionary"]),
+        "--model",
+        str(saved["model"]),
+        "--corpus",
+        str(saved["corpus"]),
+        "--held-out",
+        "0.25",
+        "--k",
+        "2",
+        "--max-tokens",
+        "100",
+        "--sweep",
+        "--ks",
+        "1,3",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
+    res = CliRunner().invoke(cli(), args)
+    assert res.exit_code == 0, res.output
+    rows = json.loads(out.read_text())
+    assert len(rows) == 2 * len(default_sizes(rows[0]["dictionary_full_size"]))
+    assert (saved["root"] / "sweep_sweep.html").is_file()
+
+
+def test_cli_eval_errors_and_help(saved: dict[str, Path]) -> None:
+    res = CliRunner().invoke(cli(), ["eval", "--dictionary", str(saved["root"] / "dicts"), "--device", "cpu"])
+    assert res.exit_code != 0 and "holds 1 dictionaries" in str(res.exception)
+    res = CliRunner().invoke(cli(), ["eval", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0
+    for option in (
+        "--dictionary",
+        "--model",
+        "--corpus",
+        "--held-out",
+        "--k",
+        "--max-tokens",
+        "--sweep",
+        "--ks",
+        "--sizes",
+        "--out",
+        "--plot",
+        "--seq-len",
+        "--batch-size",
+        "--splice-special",
+        "--exclude-first",
+        "--device",
+    ):
+        assert option in res.output, option
