@@ -176,6 +176,18 @@ def check_provenance(
         raise typer.Exit(1)
 
 
+def _register_commands() -> None:
+    """Commands that live in their own modules (one concern each)."""
+    from itda_core.commands import evaluate as evaluate_commands
+    from itda_core.commands import similarity as similarity_commands
+
+    similarity_commands.register(app)
+    evaluate_commands.register(app)
+
+
+_register_commands()
+
+
 def main() -> None:
     """Entry point: run the app, turning user errors into one line on stderr."""
     try:
