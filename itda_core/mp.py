@@ -1,0 +1,535 @@
+"""Matching pursuit (MP) encoding of activations against a dictionary of unit-norm atoms.
+
+ITDA encodes with plain MP and a fixed number of steps ``k`` (see docs/itda-method.md):
+``r = x``; k times: ``corr = r @ D.T``; ``j = argmax |corr|``; ``a = corr[j]``; record ``(j, a)``;
+``r -= a * D[j]``. The textbook loop costs a full ``[n, d] x [d, m]`` product per step. Because
+``r @ D.T`` changes by ``-a * (D @ D[j]) = -a * G[j]``, one product ``x @ D.T`` plus one Gram row
+per step gives the same result (up to float rounding) -- that is the fast path here:
+
+* CPU, float32: a numba kernel (:mod:`itda_core.mp_kernels`) fuses the row update with the next
+  argmax in one pass per step and token; tokens are spread over ``torch.get_num_threads()`` threads.
+* CUDA, float32: a Triton kernel, one program per token (its corr row in registers when m <= 16384).
+* Elsewhere (float64, no numba / Triton): the same Gram recurrence in torch over chunks of tokens.
+* When the Gram matrix (m^2 floats) would not fit the memory budget, a chunked textbook loop.
+
+Set ``ITDA_GRAM_MAX_BYTES`` to override the Gram budget, ``ITDA_MP_NUMBA=0`` / ``ITDA_MP_TRITON=0``
+to skip the numba / Triton kernels.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("auto", "gram", "textbook", "omp")
+
+# Bytes per [chunk, m] work buffer: keeps the chunked loops' memory bounded whatever n is.
+_CPU_WORK_BYTES = 64 << 20
+_CUDA_WORK_BYTES = 512 << 20
+_CPU_GRAM_CAP = 4 << 30
+_GRAM_BLOCK_BYTES = 256 << 20  # GramCache computes new rows in products of at most this size
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation and small helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def _validate(x: Tensor, atoms: Tensor, k: int) -> None:
+    """Raise ValueError with a clear message for inputs MP cannot encode."""
+    if not isinstance(x, Tensor) or not isinstance(atoms, Tensor):
+        raise ValueError("x and atoms must be torch tensors")
+    if x.dim() != 2:
+        raise ValueError(f"x must be 2-D [n, d], got shape {tuple(x.shape)}")
+    if atoms.dim() != 2:
+        raise ValueError(f"atoms must be 2-D [m, d], got shape {tuple(atoms.shape)}")
+    if atoms.shape[0] == 0:
+        raise ValueError("the dictionary is empty (m = 0 atoms): nothing to encode with")
+    if x.shape[1] != atoms.shape[1]:
+        raise ValueError(f"x has width {x.shape[1]} but atoms have width {atoms.shape[1]}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k (the number of MP steps) must be an integer >= 1, got {k!r}")
+    if x.device != atoms.device:
+        raise ValueError(f"x is on {x.device} but atoms are on {atoms.device}; move one of them")
+    if not (x.is_floating_point() and atoms.is_floating_point()):
+        raise ValueError("x and atoms must be floating point tensors")
+
+
+def _compute_dtype(x: Tensor, atoms: Tensor) -> torch.dtype:
+    """float64 if either input is float64, else float32 (half inputs are encoded in float32)."""
+    return torch.float64 if torch.float64 in (x.dtype, atoms.dtype) else torch.float32
+
+
+def _empty_codes(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    n = x.shape[0]
+    return (torch.zeros((n, k), dtype=torch.int64, device=x.device),
+            torch.zeros((n, k), dtype=x.dtype, device=x.device))
+
+
+def _default_chunk(m: int, device: torch.device, buffers: int = 1) -> int:
+    """Tokens per chunk so that ``buffers`` [chunk, m] float32 buffers stay within the work budget."""
+    budget = _CUDA_WORK_BYTES if device.type == "cuda" else _CPU_WORK_BYTES
+    return max(1, budget // (4 * m * buffers))
+
+
+def _available_ram() -> int:
+    """Bytes of RAM available now (MemAvailable), or a conservative guess when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def gram_budget_bytes(device: torch.device | str) -> int:
+    """Largest Gram matrix (bytes) the encoder will build on ``device`` before falling back.
+
+    ``ITDA_GRAM_MAX_BYTES`` overrides; else min(4 GiB, 1/4 of available RAM) on CPU and half the
+    free memory on CUDA.
+    """
+    env = os.environ.get("ITDA_GRAM_MAX_BYTES")
+    if env:
+        return int(float(env))
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return free // 2
+    return min(_CPU_GRAM_CAP, _available_ram() // 4)
+
+
+def gram_matrix(atoms: Tensor) -> Tensor:
+    """The Gram matrix ``atoms @ atoms.T`` [m, m] (its rows are what the fast MP path reads)."""
+    return atoms @ atoms.T
+
+
+# --------------------------------------------------------------------------------------------------
+# Gram cache for a growing dictionary
+# --------------------------------------------------------------------------------------------------
+
+
+class GramCache:
+    """Incrementally maintained Gram matrix of a dictionary that only grows by appending rows.
+
+    Each :meth:`update` computes only the new rows/columns (``D_new @ D.T``); storage grows by
+    capacity doubling so a long run of small appends stays amortised O(m^2 d) overall.
+    """
+
+    def __init__(self, device: torch.device | str, dtype: torch.dtype, max_bytes: int | None = None) -> None:
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.max_bytes = gram_budget_bytes(self.device) if max_bytes is None else int(max_bytes)
+        self._store: Tensor | None = None
+        self._m = 0
+
+    @property
+    def size(self) -> int:
+        """Number of atoms covered by the cached Gram matrix."""
+        return self._m
+
+    def reset(self) -> None:
+        """Forget the cached matrix (e.g. when the dictionary was edited rather than appended to)."""
+        self._store = None
+        self._m = 0
+
+    def update(self, atoms: Tensor) -> Tensor | None:
+        """The [m, m] Gram view for ``atoms`` (whose first rows are unchanged since the last call).
+
+        Returns None (and frees the storage) when m^2 entries would exceed ``max_bytes``.
+        """
+        m = atoms.shape[0]
+        elt = torch.empty((), dtype=self.dtype).element_size()
+        if m * m * elt > self.max_bytes:
+            if self._store is not None:
+                logger.info("Gram matrix for %d atoms exceeds %d bytes: MP falls back to the textbook loop",
+                            m, self.max_bytes)
+            self.reset()
+            return None
+        if m < self._m:  # the dictionary shrank: the cached rows no longer describe it
+            self.reset()
+        a = atoms.to(device=self.device, dtype=self.dtype)
+        cap = 0 if self._store is None else self._store.shape[0]
+        if m > cap:
+            new_cap = max(2 * cap, m)
+            if new_cap * new_cap * elt > self.max_bytes:
+                new_cap = m
+            grown = torch.empty((new_cap, new_cap), dtype=self.dtype, device=self.device)
+            if self._store is not None and self._m:
+                grown[: self._m, : self._m] = self._store[: self._m, : self._m]
+            self._store = grown
+        store = self._store
+        assert store is not None
+        old = self._m
+        at = a.T
+        step = max(1, _GRAM_BLOCK_BYTES // (elt * m))  # new rows per product: bounds the temporary
+        for lo in range(old, m, step):
+            hi = min(lo + step, m)
+            rows = a[lo:hi] @ at  # [hi - lo, m]: only the new rows' products
+            store[lo:hi, :m] = rows
+            store[:old, lo:hi] = rows[:, :old].T  # and, by symmetry, the new columns of the old rows
+        self._m = m
+        return store[:m, :m]
+
+
+# --------------------------------------------------------------------------------------------------
+# Reference textbook loop and its chunked (fallback) form
+# --------------------------------------------------------------------------------------------------
+
+
+def _textbook_into(x: Tensor, atoms: Tensor, k: int, idx: Tensor, coef: Tensor) -> None:
+    """Textbook MP of ``x`` written into ``idx``/``coef`` (one dense product per step)."""
+    r = x.clone()
+    at = atoms.T
+    for s in range(k):
+        corr = r @ at
+        j = corr.abs().argmax(dim=1)
+        a = corr.gather(1, j[:, None])
+        idx[:, s] = j
+        coef[:, s] = a[:, 0]
+        if s < k - 1:
+            r -= a * atoms[j]
+
+
+@torch.no_grad()
+def textbook_matching_pursuit(x: Tensor, atoms: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The literal MP loop (a full ``r @ atoms.T`` every step): the reference the fast paths match."""
+    _validate(x, atoms, k)
+    idx, coef = _empty_codes(x, k)
+    if x.shape[0]:
+        _textbook_into(x, atoms.to(x.dtype), k, idx, coef)
+    return idx, coef
+
+
+def _textbook_chunked(x: Tensor, atoms: Tensor, k: int, chunk: int) -> tuple[Tensor, Tensor]:
+    """The textbook loop over chunks of tokens: no Gram matrix, bounded [chunk, m] buffers."""
+    idx, coef = _empty_codes(x, k)
+    for lo in range(0, x.shape[0], chunk):
+        hi = min(lo + chunk, x.shape[0])
+        _textbook_into(x[lo:hi], atoms, k, idx[lo:hi], coef[lo:hi])
+    return idx, coef
+
+
+# --------------------------------------------------------------------------------------------------
+# Gram fast paths
+# --------------------------------------------------------------------------------------------------
+
+
+def _gram_mp_torch(x: Tensor, atoms: Tensor, gram: Tensor, k: int, chunk: int) -> tuple[Tensor, Tensor]:
+    """Gram recurrence in torch (CUDA path, CPU fallback without numba): corr -= a * G[j] each step."""
+    idx, coef = _empty_codes(x, k)
+    at = atoms.T
+    on_cpu = x.device.type == "cpu"
+    for lo in range(0, x.shape[0], chunk):
+        hi = min(lo + chunk, x.shape[0])
+        corr = x[lo:hi] @ at
+        rows = torch.empty_like(corr) if on_cpu else corr
+        for s in range(k):
+            # on CPU max/min + a reused row buffer beat abs/argmax; on CUDA the plain ops are faster
+            j = _argmax_abs(corr) if on_cpu else corr.abs().argmax(dim=1)
+            a = corr.gather(1, j[:, None])
+            idx[lo:hi, s] = j
+            coef[lo:hi, s] = a[:, 0]
+            if s < k - 1:
+                if on_cpu:
+                    torch.index_select(gram, 0, j, out=rows)
+                    corr.addcmul_(rows, a, value=-1)
+                else:
+                    corr -= a * gram[j]
+    return idx, coef
+
+
+def _argmax_abs(corr: Tensor) -> Tensor:
+    """Row-wise lowest index of max |corr| from max and min (two read passes, no |corr| buffer)."""
+    vmax, imax = corr.max(dim=1)
+    vmin, imin = corr.min(dim=1)
+    tie = torch.minimum(imax, imin)
+    return torch.where(vmax > -vmin, imax, torch.where(-vmin > vmax, imin, tie))
+
+
+_kernel: Callable[..., None] | None = None
+_kernel_failed = False
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_lock = threading.Lock()
+
+
+def _numba_kernel() -> Callable[..., None] | None:
+    """The compiled CPU kernel, or None when numba is disabled or unusable (then torch is used)."""
+    global _kernel, _kernel_failed
+    if os.environ.get("ITDA_MP_NUMBA", "1") == "0" or _kernel_failed:
+        return None
+    if _kernel is None:
+        with _lock:
+            if _kernel is None and not _kernel_failed:
+                try:
+                    from itda_core.mp_kernels import gram_mp_rows
+
+                    _kernel = gram_mp_rows
+                except Exception as exc:  # numba missing or unable to compile here
+                    _kernel_failed = True
+                    logger.warning("numba MP kernel unavailable (%s); using the torch Gram loop", exc)
+    return _kernel
+
+
+def _thread_pool(threads: int) -> ThreadPoolExecutor:
+    global _pool, _pool_size
+    with _lock:
+        if _pool is None or _pool_size != threads:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="itda-mp")
+            _pool_size = threads
+        return _pool
+
+
+def _gram_mp_numba(x: Tensor, atoms: Tensor, gram: Tensor, k: int, chunk: int,
+                   kernel: Callable[..., None]) -> tuple[Tensor, Tensor]:
+    """CPU float32 fast path: torch computes x @ D.T per chunk, the numba kernel runs the k steps."""
+    n, m = x.shape[0], atoms.shape[0]
+    if gram.stride(1) != 1 or gram.stride(0) < m:
+        gram = gram.contiguous()
+    stride = gram.stride(0)
+    flat = torch.as_strided(gram.detach(), ((m - 1) * stride + m,), (1,)).numpy()  # row j at j * stride
+    idx = torch.empty((n, k), dtype=torch.int64)
+    coef = torch.empty((n, k), dtype=torch.float32)
+    idx_np, coef_np = idx.numpy(), coef.numpy()
+    threads = max(1, torch.get_num_threads())
+    pool = _thread_pool(threads) if threads > 1 else None
+    buf = torch.empty((min(chunk, n), m), dtype=torch.float32)
+    at = atoms.T
+    for lo in range(0, n, chunk):
+        hi = min(lo + chunk, n)
+        corr = buf[: hi - lo]
+        torch.mm(x[lo:hi], at, out=corr)
+        c_np = corr.numpy()
+        rows = hi - lo
+        if pool is None or rows < 2:
+            kernel(c_np, flat, stride, k, idx_np[lo:hi], coef_np[lo:hi])
+            continue
+        # several pieces per thread so a briefly descheduled thread does not stall the chunk
+        pieces = min(rows, 4 * threads)
+        bounds = [rows * p // pieces for p in range(pieces + 1)]
+        futures = [pool.submit(kernel, c_np[a:b], flat, stride, k, idx_np[lo + a : lo + b],
+                               coef_np[lo + a : lo + b])
+                   for a, b in itertools.pairwise(bounds) if b > a]
+        for f in futures:
+            f.result()
+    return idx, coef
+
+
+_triton_failed = False
+
+
+def _triton_module() -> ModuleType | None:
+    """:mod:`itda_core.mp_kernels` when its Triton kernels are usable, else None (torch loop on CUDA)."""
+    global _triton_failed
+    if os.environ.get("ITDA_MP_TRITON", "1") == "0" or _triton_failed:
+        return None
+    try:
+        from itda_core import mp_kernels
+    except Exception as exc:
+        _triton_failed = True
+        logger.warning("MP kernels unavailable (%s); using the torch Gram loop on CUDA", exc)
+        return None
+    if getattr(mp_kernels, "triton", None) is None:
+        _triton_failed = True
+        return None
+    return mp_kernels
+
+
+def _gram_mp_triton(x: Tensor, atoms: Tensor, gram: Tensor, k: int, chunk: int,
+                    kernels: ModuleType) -> tuple[Tensor, Tensor]:
+    """CUDA float32 fast path: x @ D.T per chunk, then one Triton program per token runs the k steps."""
+    n, m = x.shape[0], atoms.shape[0]
+    if gram.stride(1) != 1:
+        gram = gram.contiguous()
+    idx = torch.empty((n, k), dtype=torch.int64, device=x.device)
+    coef = torch.empty((n, k), dtype=torch.float32, device=x.device)
+    width = kernels.triton.next_power_of_2(m)
+    if width <= kernels.TRITON_MAX_INREG:
+        kernel, block, warps = kernels.triton_mp_inreg, width, (8 if width <= 4096 else 16)
+    else:
+        kernel, block, warps = kernels.triton_mp_tiled, kernels.TRITON_TILE, 8
+    at = atoms.T
+    with torch.cuda.device(x.device):
+        for lo in range(0, n, chunk):
+            hi = min(lo + chunk, n)
+            corr = (x[lo:hi] @ at).contiguous()
+            kernel[(hi - lo,)](corr, gram, gram.stride(0), idx[lo:hi], coef[lo:hi], m, k,
+                               BLOCK=block, num_warps=warps)
+    return idx, coef
+
+
+def _gram_mp(x: Tensor, atoms: Tensor, gram: Tensor, k: int, chunk_size: int | None) -> tuple[Tensor, Tensor]:
+    """Dispatch the Gram recurrence: numba on CPU, Triton on CUDA (float32), the torch loop otherwise."""
+    global _triton_failed
+    m = atoms.shape[0]
+    if x.dtype == torch.float32 and x.device.type == "cpu":
+        kernel = _numba_kernel()
+        if kernel is not None:
+            return _gram_mp_numba(x, atoms, gram, k, chunk_size or _default_chunk(m, x.device), kernel)
+    if x.dtype == torch.float32 and x.device.type == "cuda":
+        kernels = _triton_module()
+        if kernels is not None:
+            try:
+                return _gram_mp_triton(x, atoms, gram, k, chunk_size or _default_chunk(m, x.device), kernels)
+            except Exception as exc:  # e.g. Triton cannot compile for this GPU: keep working, slower
+                _triton_failed = True
+                logger.warning("Triton MP kernel failed (%s); using the torch Gram loop", exc)
+    return _gram_mp_torch(x, atoms, gram, k, chunk_size or _default_chunk(m, x.device, buffers=3))
+
+
+_fallback_warned = False
+
+
+def _log_fallback(m: int, budget: int) -> None:
+    """Say (loudly once, then at INFO) that MP runs the slow textbook loop for lack of Gram memory."""
+    global _fallback_warned
+    level = logging.INFO if _fallback_warned else logging.WARNING
+    _fallback_warned = True
+    logger.log(level, "MP: the %d x %d Gram matrix exceeds the memory budget (%.1f GiB; ITDA_GRAM_MAX_BYTES "
+               "changes it); using the chunked textbook loop -- same results, much slower", m, m,
+               budget / 2**30)
+
+
+def _gram_pays_off(n: int, m: int, k: int, device: torch.device) -> bool:
+    """Whether building G for this one call beats the textbook loop.
+
+    Building G costs about m tokens' worth of dense product; per token the textbook loop costs about k
+    of them (plus k argmax passes) and the Gram path about 2, so G pays off from n ~ c * m / k tokens.
+    c was measured: ~1 on a 2-core CPU (numba path ~30-50x the textbook loop), ~5 on an H100 (where
+    the textbook loop's GEMMs are cheap: Triton path ~15x it, torch Gram loop ~2.5x).
+    """
+    factor = 5 if device.type == "cuda" else 1
+    return k >= 3 and n * (k - 2) >= factor * m
+
+
+# --------------------------------------------------------------------------------------------------
+# OMP (optional)
+# --------------------------------------------------------------------------------------------------
+
+
+def _omp_into(x: Tensor, atoms: Tensor, k: int, idx: Tensor, coef: Tensor) -> None:
+    """OMP of ``x``: pick argmax |r @ D.T| among unchosen atoms, then refit all chosen by least squares."""
+    r = x.clone()
+    at = atoms.T
+    xd = x.double()
+    sol = torch.zeros((x.shape[0], 0), dtype=torch.float64, device=x.device)
+    for s in range(k):
+        mag = (r @ at).abs()
+        if s:
+            mag.scatter_(1, idx[:, :s], -1.0)  # never re-pick: the residual is orthogonal to them
+        idx[:, s] = mag.argmax(dim=1)
+        chosen = atoms[idx[:, : s + 1]].double()  # [n, s+1, d]
+        sol = torch.linalg.lstsq(chosen.transpose(1, 2), xd[:, :, None]).solution[:, :, 0]
+        r = (xd - torch.bmm(sol[:, None, :], chosen)[:, 0]).to(x.dtype)
+    coef.copy_(sol.to(coef.dtype))
+
+
+@torch.no_grad()
+def orthogonal_matching_pursuit(x: Tensor, atoms: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Orthogonal MP: like MP but all coefficients are refitted by least squares after every step.
+
+    Column t holds the atom chosen at step t and its final least-squares coefficient; atoms are
+    never chosen twice, so k must be <= m. Slower than MP (a batched lstsq per step).
+    """
+    _validate(x, atoms, k)
+    if k > atoms.shape[0]:
+        raise ValueError(f"OMP picks distinct atoms, so k ({k}) must be <= the number of atoms "
+                         f"({atoms.shape[0]})")
+    cdt = _compute_dtype(x, atoms)
+    xc, d = x.to(cdt), atoms.to(cdt)
+    idx = torch.zeros((x.shape[0], k), dtype=torch.int64, device=x.device)
+    coef = torch.zeros((x.shape[0], k), dtype=cdt, device=x.device)
+    chunk = max(1, min(_default_chunk(atoms.shape[0], x.device), (32 << 20) // (8 * k * x.shape[1])))
+    for lo in range(0, x.shape[0], chunk):
+        hi = min(lo + chunk, x.shape[0])
+        _omp_into(xc[lo:hi], d, k, idx[lo:hi], coef[lo:hi])
+    return idx, coef.to(x.dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def matching_pursuit(x: Tensor, atoms: Tensor, k: int, *, gram: Tensor | None = None, method: str = "auto",
+                     chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
+    """Encode raw activations ``x`` [n, d] with k steps of plain matching pursuit over ``atoms`` [m, d].
+
+    ``atoms`` rows should be unit norm (the coefficient is the plain correlation). Returns
+    ``(indices int64 [n, k], coefficients [n, k] in x's dtype)``: column t is step t's atom and its
+    signed coefficient. An atom chosen at two steps appears twice, each with its own coefficient;
+    :func:`reconstruct` sums them. Ties in ``|corr|`` go to the lowest index. k > m is allowed.
+
+    ``method``: "auto" (Gram recurrence when ``gram`` is given, or when building G pays off and fits
+    :func:`gram_budget_bytes`; else the chunked textbook loop), "gram" (always the Gram recurrence,
+    building G if needed, ignoring the budget), "textbook" (chunked textbook loop) or "omp"
+    (:func:`orthogonal_matching_pursuit`). All MP methods agree with :func:`textbook_matching_pursuit`
+    up to float rounding. ``chunk_size`` bounds the tokens processed at once (memory).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown MP method {method!r}; choose one of {', '.join(METHODS)}")
+    _validate(x, atoms, k)
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    n, m = x.shape[0], atoms.shape[0]
+    if gram is not None and (gram.dim() != 2 or gram.shape[0] != m or gram.shape[1] != m):
+        raise ValueError(f"gram must be [{m}, {m}] for {m} atoms, got shape {tuple(gram.shape)}")
+    if n == 0:
+        return _empty_codes(x, k)
+    if method == "omp":
+        return orthogonal_matching_pursuit(x, atoms, k)
+    cdt = _compute_dtype(x, atoms)
+    xc, d = x.to(cdt), atoms.to(cdt)
+    if not bool(torch.isfinite(xc).all()):
+        raise ValueError("x contains NaN or infinite values; matching pursuit needs finite activations")
+
+    g: Tensor | None = None
+    if method != "textbook":
+        if gram is not None:
+            g = gram.to(device=x.device, dtype=cdt)
+        elif method == "gram":
+            g = gram_matrix(d)
+        elif _gram_pays_off(n, m, k, x.device):
+            budget = gram_budget_bytes(x.device)
+            if m * m * d.element_size() <= budget:
+                g = gram_matrix(d)
+            else:
+                _log_fallback(m, budget)
+    if g is not None:
+        idx, coef = _gram_mp(xc, d, g, k, chunk_size)
+    else:
+        idx, coef = _textbook_chunked(xc, d, k, chunk_size or _default_chunk(m, x.device, buffers=2))
+    return idx, coef.to(x.dtype)
+
+
+@torch.no_grad()
+def reconstruct(indices: Tensor, coefficients: Tensor, atoms: Tensor) -> Tensor:
+    """``x_hat`` [n, d] = sum over steps of coefficient * atom (repeated indices add up)."""
+    if indices.shape != coefficients.shape or indices.dim() != 2:
+        raise ValueError(f"indices {tuple(indices.shape)} and coefficients {tuple(coefficients.shape)} "
+                         "must be the same [n, k] shape")
+    dtype = torch.promote_types(coefficients.dtype, atoms.dtype)
+    atoms = atoms.to(device=coefficients.device, dtype=dtype)
+    coefficients = coefficients.to(dtype)
+    x_hat = torch.zeros((indices.shape[0], atoms.shape[1]), dtype=dtype, device=coefficients.device)
+    for s in range(indices.shape[1]):
+        x_hat.addcmul_(atoms[indices[:, s]], coefficients[:, s, None])
+    return x_hat

@@ -1,0 +1,293 @@
+"""Matching pursuit: every path equals the textbook loop; edge cases; Gram cache; OMP."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from itda_core import mp
+from itda_core.mp import (
+    GramCache,
+    gram_matrix,
+    matching_pursuit,
+    orthogonal_matching_pursuit,
+    reconstruct,
+    textbook_matching_pursuit,
+)
+
+GRAM_PATHS = ["numba", "torch"]
+
+
+def _unit(m: int, d: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(m, d, generator=g, dtype=dtype)
+    return a / a.norm(dim=1, keepdim=True)
+
+
+def _acts(n: int, d: int, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return 3.0 * torch.randn(n, d, generator=g) + 1.0  # raw, not normalised, with an offset
+
+
+def _run(path: str, x: torch.Tensor, atoms: torch.Tensor, k: int, monkeypatch: pytest.MonkeyPatch,
+         **kw: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """matching_pursuit forced down the numba kernel or the torch Gram loop."""
+    if path == "torch":
+        monkeypatch.setenv("ITDA_MP_NUMBA", "0")
+    else:
+        monkeypatch.delenv("ITDA_MP_NUMBA", raising=False)
+        if mp._numba_kernel() is None:
+            pytest.skip("numba kernel unavailable")
+    return matching_pursuit(x, atoms, k, method="gram", **kw)  # type: ignore[arg-type]
+
+
+def _assert_same_codes(got: tuple[torch.Tensor, torch.Tensor], ref: tuple[torch.Tensor, torch.Tensor],
+                       x: torch.Tensor, atoms: torch.Tensor) -> None:
+    """Indices identical (random data has no near-ties), coefficients and reconstructions close."""
+    gi, gc = got
+    ri, rc = ref
+    assert gi.dtype == torch.int64 and gi.shape == ri.shape and gc.shape == rc.shape
+    assert torch.equal(gi, ri)
+    scale = x.norm(dim=1).max().item()
+    torch.testing.assert_close(gc, rc, atol=1e-4 * scale, rtol=1e-4)
+    torch.testing.assert_close(reconstruct(gi, gc, atoms), reconstruct(ri, rc, atoms),
+                               atol=1e-4 * scale, rtol=1e-4)
+
+
+@pytest.mark.parametrize("path", GRAM_PATHS)
+@pytest.mark.parametrize(("n", "m", "d", "k"), [(1, 7, 5, 3), (37, 64, 16, 8), (50, 300, 32, 20),
+                                                (20, 5, 8, 12), (9, 3000, 24, 6), (5, 1, 4, 3)])
+def test_gram_paths_equal_textbook(path: str, n: int, m: int, d: int, k: int,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    atoms, x = _unit(m, d), _acts(n, d)
+    ref = textbook_matching_pursuit(x, atoms, k)
+    _assert_same_codes(_run(path, x, atoms, k, monkeypatch), ref, x, atoms)
+    _assert_same_codes(_run(path, x, atoms, k, monkeypatch, chunk_size=4), ref, x, atoms)
+
+
+@pytest.mark.parametrize("method", ["auto", "textbook"])
+def test_other_methods_equal_textbook(method: str) -> None:
+    atoms, x = _unit(200, 24), _acts(70, 24)
+    ref = textbook_matching_pursuit(x, atoms, 15)
+    _assert_same_codes(matching_pursuit(x, atoms, 15, method=method), ref, x, atoms)
+    _assert_same_codes(matching_pursuit(x, atoms, 15, method=method, chunk_size=8), ref, x, atoms)
+    # an explicitly given Gram matrix (also a strided view, as GramCache returns) is used as is
+    big = torch.zeros(256, 256)
+    big[:200, :200] = gram_matrix(atoms)
+    _assert_same_codes(matching_pursuit(x, atoms, 15, gram=big[:200, :200]), ref, x, atoms)
+    big[30:230, 7:207] = gram_matrix(atoms)  # a view with a storage offset
+    _assert_same_codes(matching_pursuit(x, atoms, 15, gram=big[30:230, 7:207]), ref, x, atoms)
+    column_major = gram_matrix(atoms).T.contiguous().T
+    _assert_same_codes(matching_pursuit(x, atoms, 15, gram=column_major), ref, x, atoms)
+
+
+def test_k_greater_than_m_rechooses_atoms() -> None:
+    atoms, x = _unit(4, 6), _acts(10, 6)
+    idx, coef = matching_pursuit(x, atoms, 10)
+    assert idx.shape == (10, 10)
+    # with 4 atoms and 10 steps every row picks some atom more than once
+    assert all(len(set(row.tolist())) < 10 for row in idx)
+    ri, rc = textbook_matching_pursuit(x, atoms, 10)
+    assert torch.equal(idx, ri)
+    torch.testing.assert_close(coef, rc, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("path", GRAM_PATHS)
+def test_exact_ties_go_to_lowest_index(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # atoms 2 and 5 are the same vector, as are 1 and 3; the basis makes every product exact
+    eye = torch.eye(4)
+    atoms = torch.stack([eye[0], eye[1], eye[2], eye[1], eye[3], eye[2]])
+    x = torch.tensor([[0.0, 0.0, 5.0, 0.0], [0.0, -2.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    idx, coef = _run(path, x, atoms, 1, monkeypatch)
+    assert idx[:, 0].tolist() == [2, 1, 0]
+    assert coef[:, 0].tolist() == [5.0, -2.0, 1.0]
+    ti, _ = textbook_matching_pursuit(x, atoms, 4)
+    gi, _ = _run(path, x, atoms, 4, monkeypatch)
+    assert torch.equal(gi, ti)
+    assert gi[2].tolist() == [0, 1, 2, 4]  # equal |corr| everywhere: lowest index each step
+
+
+@pytest.mark.parametrize("path", GRAM_PATHS)
+def test_x_equal_to_an_atom(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    atoms = _unit(50, 16)
+    x = 2.5 * atoms[[17, 3]]
+    idx, coef = _run(path, x, atoms, 3, monkeypatch)
+    assert idx[:, 0].tolist() == [17, 3]
+    torch.testing.assert_close(coef[:, 0], torch.tensor([2.5, 2.5]))
+    assert coef[:, 1:].abs().max() < 1e-5  # nothing left after the first step
+    torch.testing.assert_close(reconstruct(idx, coef, atoms), x, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["auto", "gram", "textbook"])
+def test_zero_vectors(method: str) -> None:
+    atoms = _unit(30, 8)
+    x = torch.zeros(3, 8)
+    x[1] = _acts(1, 8)[0]
+    idx, coef = matching_pursuit(x, atoms, 5, method=method)
+    ti, _ = textbook_matching_pursuit(x, atoms, 5)
+    assert idx[0].tolist() == [0] * 5 and idx[2].tolist() == [0] * 5
+    assert coef[0].abs().sum() == 0 and coef[2].abs().sum() == 0
+    assert torch.equal(idx, ti)
+
+
+def test_single_atom() -> None:
+    atoms = _unit(1, 6)
+    x = _acts(4, 6)
+    idx, coef = matching_pursuit(x, atoms, 3)
+    assert idx.tolist() == [[0, 0, 0]] * 4
+    torch.testing.assert_close(coef[:, 0], x @ atoms[0])
+    assert coef[:, 1:].abs().max() < 1e-5  # the residual is orthogonal after one step
+
+
+def test_negative_coefficients_and_reconstruct_sums_repeats() -> None:
+    atoms, x = _unit(40, 12), _acts(30, 12)
+    _idx, coef = matching_pursuit(x, atoms, 10)
+    assert (coef < 0).any() and (coef > 0).any()
+    # reconstruct adds repeated indices: same atom twice == once with the summed coefficient
+    idx = torch.tensor([[3, 3, 1], [0, 2, 0]])
+    c = torch.tensor([[1.5, -0.5, 2.0], [1.0, 1.0, 0.25]])
+    expected = torch.stack([1.0 * atoms[3] + 2.0 * atoms[1], 1.25 * atoms[0] + atoms[2]])
+    torch.testing.assert_close(reconstruct(idx, c, atoms), expected)
+    assert reconstruct(idx[:, :0], c[:, :0], atoms).abs().sum() == 0
+
+
+def test_residual_norm_non_increasing() -> None:
+    atoms, x = _unit(100, 20), _acts(25, 20)
+    idx, coef = matching_pursuit(x, atoms, 30)
+    prev = x.norm(dim=1)
+    for s in range(30):
+        cur = (x - reconstruct(idx[:, : s + 1], coef[:, : s + 1], atoms)).norm(dim=1)
+        assert (cur <= prev + 1e-4).all()
+        prev = cur
+
+
+def test_empty_batch_and_dtypes() -> None:
+    atoms = _unit(10, 4)
+    idx, coef = matching_pursuit(torch.zeros(0, 4), atoms, 3)
+    assert idx.shape == (0, 3) and coef.shape == (0, 3) and idx.dtype == torch.int64
+    x = _acts(6, 4)
+    i16, c16 = matching_pursuit(x.half(), atoms, 3)
+    assert c16.dtype == torch.float16 and i16.shape == (6, 3)
+    i64, c64 = matching_pursuit(x.double(), atoms.double(), 3)
+    assert c64.dtype == torch.float64
+    ti, _ = textbook_matching_pursuit(x.double(), atoms.double(), 3)
+    assert torch.equal(i64, ti)
+
+
+def test_errors() -> None:
+    atoms, x = _unit(10, 4), _acts(3, 4)
+    with pytest.raises(ValueError, match="empty"):
+        matching_pursuit(x, torch.zeros(0, 4), 3)
+    with pytest.raises(ValueError, match="k"):
+        matching_pursuit(x, atoms, 0)
+    with pytest.raises(ValueError, match="width"):
+        matching_pursuit(x, _unit(10, 5), 3)
+    with pytest.raises(ValueError, match="2-D"):
+        matching_pursuit(x[0], atoms, 3)
+    with pytest.raises(ValueError, match="method"):
+        matching_pursuit(x, atoms, 3, method="nope")
+    with pytest.raises(ValueError, match="gram"):
+        matching_pursuit(x, atoms, 3, gram=torch.zeros(9, 9))
+    with pytest.raises(ValueError, match="chunk_size"):
+        matching_pursuit(x, atoms, 3, chunk_size=0)
+    with pytest.raises(ValueError, match="NaN"):
+        matching_pursuit(torch.full((2, 4), float("nan")), atoms, 3)
+    with pytest.raises(ValueError, match="k"):
+        orthogonal_matching_pursuit(x, atoms, 11)
+    with pytest.raises(ValueError, match="same"):
+        reconstruct(torch.zeros(2, 3, dtype=torch.int64), torch.zeros(2, 2), atoms)
+
+
+@pytest.mark.parametrize("block_bytes", [None, 7 * 300 * 4])
+def test_gram_cache_incremental_equals_full(block_bytes: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    if block_bytes is not None:  # new rows computed a few at a time
+        monkeypatch.setattr(mp, "_GRAM_BLOCK_BYTES", block_bytes)
+    atoms = _unit(300, 16)
+    cache = GramCache("cpu", torch.float32)
+    for m in (5, 6, 40, 41, 130, 300):
+        g = cache.update(atoms[:m])
+        assert g is not None and g.shape == (m, m)
+        torch.testing.assert_close(g, gram_matrix(atoms[:m]), atol=1e-5, rtol=1e-5)
+    assert cache.size == 300
+    # a shrunken dictionary is recomputed rather than trusted
+    torch.testing.assert_close(cache.update(atoms[:10]), gram_matrix(atoms[:10]), atol=1e-5, rtol=1e-5)
+
+
+def test_gram_cache_budget_and_fallback() -> None:
+    atoms, x = _unit(64, 8), _acts(40, 8)
+    cache = GramCache("cpu", torch.float32, max_bytes=32 * 32 * 4)
+    assert cache.update(atoms[:32]) is not None
+    assert cache.update(atoms) is None  # 64^2 floats > budget: caller gets the fallback
+    ref = textbook_matching_pursuit(x, atoms, 12)
+    _assert_same_codes(matching_pursuit(x, atoms, 12, gram=None), ref, x, atoms)
+
+
+def test_auto_falls_back_when_gram_too_big(monkeypatch: pytest.MonkeyPatch) -> None:
+    atoms, x = _unit(64, 8), _acts(200, 8)
+    monkeypatch.setenv("ITDA_GRAM_MAX_BYTES", "100")
+    called: list[bool] = []
+    monkeypatch.setattr(mp, "gram_matrix", lambda a: called.append(True) or a @ a.T)
+    got = matching_pursuit(x, atoms, 12, chunk_size=16)
+    assert not called
+    _assert_same_codes(got, textbook_matching_pursuit(x, atoms, 12), x, atoms)
+    monkeypatch.delenv("ITDA_GRAM_MAX_BYTES")
+    matching_pursuit(x, atoms, 12)
+    assert called  # with room, auto builds G for a batch this size
+
+
+def test_omp_residual_orthogonal_to_chosen_atoms() -> None:
+    atoms, x = _unit(60, 16), _acts(12, 16)
+    idx, coef = orthogonal_matching_pursuit(x, atoms, 6)
+    assert idx.shape == coef.shape == (12, 6)
+    assert all(len(set(row.tolist())) == 6 for row in idx)
+    r = x - reconstruct(idx, coef, atoms)
+    dots = torch.einsum("nkd,nd->nk", atoms[idx], r)
+    assert dots.abs().max() < 1e-3 * x.norm(dim=1).max()
+    i2, c2 = matching_pursuit(x, atoms, 6, method="omp")
+    assert torch.equal(i2, idx)
+    torch.testing.assert_close(c2, coef)
+    # OMP never does worse than MP with the same k
+    mi, mc = matching_pursuit(x, atoms, 6)
+    assert ((x - reconstruct(mi, mc, atoms)).norm(dim=1) + 1e-4 >= r.norm(dim=1)).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("m", [2000, 20000])  # Triton: corr row in registers / in tiles
+def test_cuda_matches_textbook(m: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    atoms, x = _unit(m, 64), _acts(300, 64)
+    ref = textbook_matching_pursuit(x, atoms, 20)
+    dev = torch.device("cuda")
+    xc, ac = x.to(dev), atoms.to(dev)
+    for use_triton in ("1", "0"):
+        monkeypatch.setenv("ITDA_MP_TRITON", use_triton)
+        for method in ("auto", "gram", "textbook"):
+            idx, coef = matching_pursuit(xc, ac, 20, method=method)
+            assert idx.device.type == "cuda" and coef.device.type == "cuda"
+            assert (idx.cpu() == ref[0]).all(dim=1).float().mean() > 0.98  # a near-tie may flip a row
+            torch.testing.assert_close(reconstruct(idx, coef, ac).cpu(), reconstruct(*ref, atoms),
+                                       atol=1e-3 * x.norm(dim=1).max().item(), rtol=1e-3)
+    monkeypatch.setenv("ITDA_MP_TRITON", "1")
+    if importlib.util.find_spec("triton") is not None:
+        assert mp._triton_module() is not None  # the Triton kernels ran rather than failing over
+    cache = GramCache(dev, torch.float32)
+    cache.update(ac[: m // 2])
+    g = cache.update(ac)  # incremental on the GPU too
+    assert g is not None and g.device.type == "cuda"
+    torch.testing.assert_close(g, gram_matrix(ac), atol=1e-5, rtol=1e-5)
+    idx, _ = matching_pursuit(xc, ac, 20, gram=g)
+    assert (idx.cpu() == ref[0]).all(dim=1).float().mean() > 0.98
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("use_triton", ["1", "0"])
+def test_cuda_ties_and_zeros(use_triton: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ITDA_MP_TRITON", use_triton)
+    eye = torch.eye(4)
+    atoms = torch.stack([eye[0], eye[1], eye[2], eye[1], eye[3], eye[2]]).cuda()
+    x = torch.tensor([[0.0, 0.0, 5.0, 0.0], [0.0, -2.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.0] * 4]).cuda()
+    idx, coef = matching_pursuit(x, atoms, 4, method="gram")
+    assert idx[:, 0].tolist() == [2, 1, 0, 0]
+    assert coef[:, 0].tolist() == [5.0, -2.0, 1.0, 0.0]
+    assert idx[2].tolist() == [0, 1, 2, 4] and idx[3].tolist() == [0, 0, 0, 0]
