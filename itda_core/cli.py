@@ -79,6 +79,7 @@ def train(
     dedupe: Annotated[bool, typer.Option(help="Drop exact duplicate activations among a batch's new atoms.")] = True,
     skip_special: Annotated[bool, typer.Option(help="Skip BOS/CLS/SEP positions (the paper keeps them).")] = False,
     out: Annotated[Path, typer.Option(help="Folder for the dictionaries: one sub-folder per layer.")] = Path("data/dictionaries"),
+    store: Annotated[Path | None, typer.Option(help="Also write the dictionaries into this DuckDB store (e.g. data/itda.duckdb); then run 'itda index'.")] = None,
     device: DeviceOpt = "auto",
     hf_split: Annotated[str, typer.Option(help="Split of a Hugging Face dataset corpus.")] = "train",
     text_field: Annotated[str, typer.Option(help="Text field of a .jsonl or Hugging Face dataset corpus.")] = "text",
@@ -92,7 +93,8 @@ def train(
 
     lm = load_model(model, device=device)
     chosen = parse_layers(layers, lm.n_layers)
-    train_part, _held = load_corpus(corpus, split=hf_split, text_field=text_field).split(held_out)
+    full_corpus = load_corpus(corpus, split=hf_split, text_field=text_field)
+    train_part, _held = full_corpus.split(held_out)
     config = TrainConfig(
         layers=chosen, k=k, threshold=threshold, max_tokens=max_tokens or None, seq_len=seq_len,
         batch_size=batch_size, max_size=max_size, dedupe=dedupe, skip_special_tokens=skip_special,
@@ -107,6 +109,12 @@ def train(
     typer.echo(f"corpus {train_part.corpus_id}: {len(train_part):,} training documents")
     typer.echo(trainer.report.summary())
     typer.echo(f"saved {len(dictionaries)} dictionaries under {folder}/")
+    if store is not None:
+        from itda_core.store.writer import write_dictionary
+
+        for itda in dictionaries.values():
+            write_dictionary(store, itda, lm, full_corpus)
+        typer.echo(f"wrote {len(dictionaries)} dictionaries into {store}; run 'itda index --store {store}' next")
 
 
 @app.command()
@@ -180,9 +188,11 @@ def _register_commands() -> None:
     """Commands that live in their own modules (one concern each)."""
     from itda_core.commands import evaluate as evaluate_commands
     from itda_core.commands import similarity as similarity_commands
+    from itda_core.commands import store as store_commands
 
     similarity_commands.register(app)
     evaluate_commands.register(app)
+    store_commands.register(app)
 
 
 _register_commands()

@@ -1,0 +1,175 @@
+"""Store commands: ``itda index``, ``itda demo-build`` and ``itda store-info`` (see docs/store.md).
+
+Heavy imports happen inside the commands so that ``itda --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from itda_core.errors import ITDAError
+
+StoreOpt = Annotated[Path, typer.Option(help="The DuckDB store file.")]
+DEFAULT_STORE_PATH = Path("data/itda.duckdb")
+
+
+def parse_budgets(spec: str | None, models: list[str]) -> dict[str, int]:
+    """Token budgets from '20000' (every model) or 'smollm2-135m=24000,minilm-l6=80000'."""
+    if not spec:
+        return {}
+    out: dict[str, int] = {}
+    try:
+        for part in (p.strip() for p in spec.split(",") if p.strip()):
+            if "=" in part:
+                name, value = part.split("=", 1)
+                out[name.strip()] = int(value)
+            else:
+                out.update({m: int(part) for m in models})
+    except ValueError as err:
+        raise ITDAError(
+            f"cannot read token budget {spec!r}; write 20000 or smollm2-135m=24000,minilm-l6=80000"
+        ) from err
+    if any(v < 1 for v in out.values()):
+        raise ITDAError(f"token budgets must be positive (got {spec!r})")
+    return out
+
+
+def print_summary(store: Path) -> None:
+    """A short, human-readable description of a store."""
+    from itda_core.store.connection import connect_readonly
+    from itda_core.store.queries import store_summary
+
+    with connect_readonly(store) as con:
+        info = store_summary(con)
+    size = store.stat().st_size / 2**20
+    typer.echo(f"store {store} ({size:,.1f} MiB, schema v{info['schema_version']})")
+    for c in info["corpora"]:
+        split = (
+            f", held-out fraction {c['held_out_fraction']:g} (seed {c['split_seed']})"
+            if c["held_out_fraction"] is not None
+            else ""
+        )
+        typer.echo(f"  corpus {c['corpus_id']}: {c['n_documents']:,} documents{split}")
+    if not info["models"]:
+        typer.echo("  no models yet")
+    for m in info["models"]:
+        typer.echo(
+            f"  {m['name']:14} {m['n_layers']:>3} layers, d_model {m['d_model']:>4}: {m['n_dictionaries']} "
+            f"dictionaries ({m['n_indexed']} indexed), {int(m['n_atoms']):,} atoms"
+        )
+    counts = info["counts"]
+    typer.echo(f"  rows: {counts['atoms']:,} atoms, {counts['tokens']:,} tokens, {counts['codes']:,} codes")
+
+
+def index_command(
+    store: StoreOpt = DEFAULT_STORE_PATH,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="Only this model (name or id; repeatable).")
+    ] = None,
+    max_tokens: Annotated[
+        int, typer.Option(help="Held-out tokens to encode per model (0 = all held-out documents).")
+    ] = 8192,
+    top_n: Annotated[int, typer.Option(help="Top-activating contexts kept per atom.")] = 20,
+    quantiles: Annotated[int, typer.Option(help="Equal-probability coefficient bins per atom.")] = 10,
+    per_quantile: Annotated[int, typer.Option(help="Sample contexts kept per bin.")] = 5,
+    hist_bins: Annotated[int, typer.Option(help="Bins of the signed coefficient histogram.")] = 32,
+    reindex: Annotated[
+        bool, typer.Option(help="Index again dictionaries that already have an index.")
+    ] = False,
+    keep_codes: Annotated[bool, typer.Option(help="Also store the raw sparse codes (table 'codes').")] = True,
+    batch_size: Annotated[int, typer.Option(help="Documents per forward pass.")] = 32,
+    device: Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda or cuda:N.")] = "auto",
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Encode the held-out documents with every stored dictionary (MP, the dictionary's k) and store per-atom
+    top contexts, quantile samples, density and a signed coefficient histogram. One forward pass per model
+    serves all its layers."""
+    from itda_core.models import load_model
+    from itda_core.store.index import IndexConfig, index_store
+
+    if min(top_n, quantiles, per_quantile) < 1 or hist_bins < 2:
+        raise ITDAError("top-n, quantiles and per-quantile must be >= 1 and hist-bins >= 2")
+    config = IndexConfig(
+        max_tokens=max_tokens or None,
+        top_n=top_n,
+        n_quantiles=quantiles,
+        per_quantile=per_quantile,
+        hist_bins=hist_bins,
+        batch_size=batch_size,
+        keep_codes=keep_codes,
+        reindex=reindex,
+        progress=progress,
+    )
+    report = index_store(store, lambda name: load_model(name, device=device), config, models=model or None)
+    typer.echo(report.summary())
+
+
+def demo_build_command(
+    store: StoreOpt = DEFAULT_STORE_PATH,
+    rebuild: Annotated[bool, typer.Option(help="Delete the store first and build everything again.")] = False,
+    models: Annotated[
+        str, typer.Option(help="Models in build order (comma-separated).")
+    ] = "smollm2-135m,minilm-l6,gemma3-270m",
+    train_tokens: Annotated[
+        str | None,
+        typer.Option(
+            help="Training tokens: one number for every model, or smollm2-135m=24000,minilm-l6=80000. "
+            "Default: per-model budgets sized for a 2-core CPU."
+        ),
+    ] = None,
+    index_tokens: Annotated[
+        int, typer.Option(help="Held-out tokens encoded per model for the atom summaries.")
+    ] = 4096,
+    held_out: Annotated[
+        float, typer.Option(help="Fraction of documents held out (the indexing text).")
+    ] = 0.1,
+    k: Annotated[int, typer.Option(help="Matching-pursuit steps (the L0).")] = 40,
+    device: Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda or cuda:N.")] = "auto",
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Build the default store (a dictionary for every layer of each embedded model, indexed on held-out
+    text), or finish one that was interrupted. A complete store returns at once."""
+    from itda_core.store.demo import DEMO_MODELS, DemoConfig, build_demo
+
+    names = [m.strip() for m in models.split(",") if m.strip()] or list(DEMO_MODELS)
+    config = DemoConfig(
+        store=store,
+        models=names,
+        index_tokens=index_tokens,
+        held_out_fraction=held_out,
+        k=k,
+        rebuild=rebuild,
+        progress=progress,
+        device=device,
+    )
+    config.train_tokens.update(parse_budgets(train_tokens, names))
+    report = build_demo(config)
+    typer.echo(report.summary())
+    print_summary(store)
+
+
+def store_info_command(
+    store: StoreOpt = DEFAULT_STORE_PATH,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """Summarise a store: schema version, corpora, models with their dictionaries, row counts."""
+    if not as_json:
+        print_summary(store)
+        return
+    from itda_core.store.connection import connect_readonly
+    from itda_core.store.queries import store_summary
+
+    with connect_readonly(store) as con:
+        info: dict[str, Any] = store_summary(con)
+    typer.echo(json.dumps(info, indent=2, default=str))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``index``, ``demo-build`` and ``store-info`` to the ``itda`` app."""
+    app.command("index")(index_command)
+    app.command("demo-build")(demo_build_command)
+    app.command("store-info")(store_info_command)

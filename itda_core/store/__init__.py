@@ -1,0 +1,40 @@
+"""The DuckDB store: dictionaries, their atoms and sources, held-out activity summaries (see docs/store.md).
+
+Entry points: :func:`write_dictionary` (``itda train --store``), :func:`index_store` / :func:`index_model`
+(``itda index``), :func:`connect_readonly` (the dashboard) with the functions of
+:mod:`itda_core.store.queries`, and :func:`build_demo` (``itda demo-build``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DEFAULT_STORE": "itda_core.store.connection",
+    "StoreError": "itda_core.store.connection",
+    "StoreBusy": "itda_core.store.connection",
+    "connect_readonly": "itda_core.store.connection",
+    "connect_write": "itda_core.store.connection",
+    "transaction": "itda_core.store.connection",
+    "SCHEMA_VERSION": "itda_core.store.schema",
+    "SchemaMismatch": "itda_core.store.schema",
+    "write_dictionary": "itda_core.store.writer",
+    "read_dictionary": "itda_core.store.writer",
+    "load_dictionary": "itda_core.store.writer",
+    "IndexConfig": "itda_core.store.index",
+    "index_model": "itda_core.store.index",
+    "index_store": "itda_core.store.index",
+    "DemoConfig": "itda_core.store.demo",
+    "build_demo": "itda_core.store.demo",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import the public names lazily (duckdb and torch load only when used)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'itda_core.store' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,253 @@
+"""``itda demo-build``: the default store, one dictionary for every layer of the three embedded models.
+
+Order: SmolLM2 first (train all layers in one pass, write each layer, index them), so its dictionaries are
+browsable while MiniLM and then Gemma are still being built. Each model's layers are trained from one
+forward pass over the same training documents (the train split of the default corpus, in a fixed
+pseudo-random document order so that the token budget samples every article rather than the first few)
+and indexed on the held-out split. The build is resumable at (model, layer) granularity: whatever is
+already in the store (matching the corpus, split and options) is kept, only the missing layers are
+trained and only unindexed dictionaries are indexed. A complete store is recognised from the store
+alone, without loading any model, so a later launch returns in well under a second.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from itda_core.corpus import Corpus
+from itda_core.models import LoadedModel
+from itda_core.store.connection import DEFAULT_STORE, connect_readonly
+from itda_core.store.index import IndexConfig, index_model, spread
+from itda_core.store.writer import write_dictionary
+
+DEMO_MODELS = ["smollm2-135m", "minilm-l6", "gemma3-270m"]
+# Training tokens per model, chosen for a 2-core CPU (see docs/store.md for measured times).
+DEMO_TRAIN_TOKENS = {"smollm2-135m": 24_000, "minilm-l6": 80_000, "gemma3-270m": 64_000}
+
+
+def _stderr(line: str) -> None:
+    """Default progress log: one line on stderr."""
+    print(line, file=sys.stderr, flush=True)
+
+
+@dataclass
+class DemoConfig:
+    """What the demo store holds and how it is built (every field is a ``itda demo-build`` option)."""
+
+    store: Path = DEFAULT_STORE
+    models: list[str] = field(default_factory=lambda: list(DEMO_MODELS))
+    train_tokens: dict[str, int] = field(default_factory=lambda: dict(DEMO_TRAIN_TOKENS))
+    default_train_tokens: int = 16_000  # for models not in train_tokens
+    index_tokens: int = 4096  # held-out tokens encoded per model for the atom summaries
+    held_out_fraction: float = 0.1
+    split_seed: int = 0
+    k: int = 40
+    seq_len: int = 128
+    batch_size: int = 32
+    gram_memory_gib: float = 4.0
+    rebuild: bool = False  # delete the store first
+    progress: bool = True
+    device: str = "auto"
+    loader: Callable[[str], LoadedModel] | None = None  # name -> LoadedModel (default: load_model)
+    corpus: Corpus | None = None  # the FULL corpus (default: load_corpus("default"))
+    log: Callable[[str], None] = _stderr
+
+
+@dataclass
+class ModelProgress:
+    """Where one model stands: layers with a dictionary, layers indexed, and what this run did."""
+
+    name: str
+    n_layers: int | None = None
+    present: int = 0
+    indexed: int = 0
+    trained: int = 0
+    newly_indexed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        """Every layer stored and indexed."""
+        return self.n_layers is not None and self.present >= self.n_layers and self.indexed >= self.n_layers
+
+
+@dataclass
+class DemoReport:
+    """What :func:`build_demo` did, per model."""
+
+    models: list[ModelProgress] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        """Every layer stored and indexed."""
+        return all(m.complete for m in self.models)
+
+    def summary(self) -> str:
+        """One line per model for the CLI."""
+        lines = []
+        for m in self.models:
+            did = (
+                f"trained {m.trained}, indexed {m.newly_indexed} in {m.seconds:.0f} s"
+                if (m.trained or m.newly_indexed)
+                else "already complete"
+                if m.complete
+                else "incomplete"
+            )
+            lines.append(f"{m.name:14} {m.present}/{m.n_layers} layers, {m.indexed} indexed ({did})")
+        lines.append(f"total {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+def corpus_id_of(config: DemoConfig) -> str:
+    """Id of the demo's full corpus, known without loading it."""
+    if config.corpus is not None:
+        return config.corpus.corpus_id
+    from itda_core.embedded_corpus import CORPUS_ID
+
+    return CORPUS_ID
+
+
+def train_corpus_id(config: DemoConfig) -> str:
+    """The corpus id recorded by dictionaries trained on the demo's train split (as Corpus.split names it)."""
+    return f"{corpus_id_of(config)}:train:{config.held_out_fraction:g}:{config.split_seed}"
+
+
+def model_status(config: DemoConfig, name: str, model_id: str | None = None) -> ModelProgress:
+    """Layers of model ``name`` (or exactly ``model_id``) present and indexed in the store for this demo."""
+    status = ModelProgress(name)
+    if not Path(config.store).is_file():
+        return status
+    key, params = ("m.model_id = ?", [model_id]) if model_id else ("m.name = ?", [name])
+    with connect_readonly(config.store) as con:
+        rows = con.execute(
+            f"""
+            SELECT m.n_layers,
+                   COUNT(DISTINCT d.layer) AS present,
+                   COUNT(DISTINCT d.layer) FILTER (WHERE d.dict_id IN (SELECT dict_id FROM index_runs))
+                       AS indexed
+            FROM models m LEFT JOIN dictionaries d
+                 ON d.model_id = m.model_id AND d.train_corpus_id = ? AND d.k = ? AND d.seq_len = ?
+            WHERE {key}
+            GROUP BY m.model_id, m.n_layers
+            ORDER BY indexed DESC, present DESC""",
+            [train_corpus_id(config), config.k, config.seq_len, *params],
+        ).fetchall()
+    if rows:
+        status.n_layers, status.present, status.indexed = int(rows[0][0]), int(rows[0][1]), int(rows[0][2])
+    return status
+
+
+def _present_layers(config: DemoConfig, model_id: str) -> set[int]:
+    """Layers of ``model_id`` that already have a demo dictionary in the store."""
+    if not Path(config.store).is_file():
+        return set()
+    with connect_readonly(config.store) as con:
+        rows = con.execute(
+            "SELECT DISTINCT layer FROM dictionaries WHERE model_id = ? AND train_corpus_id = ? "
+            "AND k = ? AND seq_len = ?",
+            [model_id, train_corpus_id(config), config.k, config.seq_len],
+        ).fetchall()
+    return {int(r[0]) for r in rows}
+
+
+def delete_store(path: str | Path) -> None:
+    """Remove a store file and its write-ahead log."""
+    path = Path(path)
+    for p in (path, path.with_name(path.name + ".wal")):
+        p.unlink(missing_ok=True)
+
+
+def build_demo(config: DemoConfig | None = None) -> DemoReport:
+    """Build (or finish) the demo store: train, write and index every layer of each model, in order."""
+    from itda_core.trainer import TrainConfig, Trainer
+
+    config = config or DemoConfig()
+    log = config.log
+    start = time.perf_counter()
+    report = DemoReport()
+    if config.rebuild:
+        delete_store(config.store)
+        log(f"removed {config.store}; building from scratch")
+    statuses = [model_status(config, name) for name in config.models]
+    if all(s.complete for s in statuses):
+        report.models = statuses
+        report.seconds = time.perf_counter() - start
+        return report
+    corpus = config.corpus
+    loader = config.loader
+    if loader is None:
+        from itda_core.models import load_model
+
+        def loader(name: str) -> LoadedModel:
+            """Load an embedded model on the configured device."""
+            return load_model(name, device=config.device)
+
+    for step, (name, status) in enumerate(zip(config.models, statuses, strict=True), start=1):
+        tag = f"[{step}/{len(config.models)}] {name}"
+        if status.complete:
+            log(f"{tag}: all {status.n_layers} layers stored and indexed")
+            report.models.append(status)
+            continue
+        t0 = time.perf_counter()
+        log(f"{tag}: loading the model")
+        model = loader(name)
+        if corpus is None:
+            from itda_core.corpus import load_corpus
+
+            corpus = load_corpus("default")
+        train, _held = corpus.split(config.held_out_fraction, config.split_seed)
+        # the same documents for every model, in an order whose prefixes sample the whole split
+        train = Corpus(train.name, spread(train.documents), train.corpus_id, train.sha256)
+        present = _present_layers(config, model.model_id)
+        missing = [layer for layer in range(model.n_layers) if layer not in present]
+        trained = 0
+        if missing:
+            tokens = config.train_tokens.get(name, config.default_train_tokens)
+            log(
+                f"{tag}: training {len(missing)} layer(s) on {tokens:,} tokens "
+                f"({len(present)} already stored)"
+            )
+            trainer = Trainer(
+                model,
+                train,
+                TrainConfig(
+                    layers=missing,
+                    k=config.k,
+                    max_tokens=tokens,
+                    seq_len=config.seq_len,
+                    batch_size=config.batch_size,
+                    gram_memory_gib=config.gram_memory_gib,
+                    progress=config.progress,
+                ),
+            )
+            dictionaries = trainer.run()
+            for itda in dictionaries.values():
+                itda.config.stats["document_order"] = (
+                    "spread (sha256 of doc_id), see itda_core.store.index.spread"
+                )
+            log(f"{tag}: writing {len(dictionaries)} dictionaries to {config.store}")
+            for layer in missing:
+                write_dictionary(config.store, dictionaries.pop(layer), model, corpus)
+                trained += 1
+            del dictionaries
+        log(f"{tag}: indexing on up to {config.index_tokens:,} held-out tokens")
+        part = index_model(
+            config.store,
+            model,
+            IndexConfig(
+                max_tokens=config.index_tokens, batch_size=config.batch_size, progress=config.progress
+            ),
+        )
+        done = model_status(config, name, model.model_id)
+        done.trained, done.newly_indexed = trained, len(part.indexed)
+        done.seconds = time.perf_counter() - t0
+        report.models.append(done)
+        log(f"{tag}: ready to browse ({done.present} layers, {done.indexed} indexed, {done.seconds:.0f} s)")
+        del model
+    report.seconds = time.perf_counter() - start
+    return report

@@ -1,0 +1,445 @@
+"""Writing dictionaries (with their model, corpus documents and tokens) into the store, and reading them back.
+
+:func:`write_dictionary` is what ``itda train --store`` calls. Everything one dictionary needs is written
+in ONE transaction, through Arrow tables (never row by row): an interrupted or killed write leaves the
+store exactly as it was before that dictionary. The slow preparation (tokenising the corpus, building the
+Arrow tables) happens before the store is opened, so the file lock is held only for the inserts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import torch
+
+from itda_core.corpus import Corpus
+from itda_core.dictionary import ITDA, ITDAConfig
+from itda_core.models import LoadedModel
+from itda_core.provenance import Provenance
+from itda_core.store.connection import DEFAULT_STORE, StoreError, connect_readonly, connect_write, transaction
+from itda_core.store.schema import PER_DICTIONARY, first_row
+
+_SPLIT_ID = re.compile(r"^(?P<base>.+):(?P<part>train|held_out):(?P<frac>[^:]+):(?P<seed>-?\d+)$")
+TOKENIZE_CHUNK = 256  # documents per tokenizer call when storing a corpus's tokens
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    """Which full corpus a dictionary was trained on, and with which train/held-out split (None: no split)."""
+
+    corpus_id: str
+    held_out_fraction: float | None
+    seed: int | None
+
+
+def split_info(config: ITDAConfig, corpus: Corpus) -> SplitInfo:
+    """Check that ``corpus`` is the full corpus behind ``config.corpus_id`` and return the split used."""
+    match = _SPLIT_ID.match(config.corpus_id)
+    if match is None and config.corpus_id == corpus.corpus_id:  # trained on a whole, unsplit corpus
+        if config.corpus_sha256 and config.corpus_sha256 != corpus.sha256:
+            raise StoreError(
+                f"corpus {corpus.corpus_id} has other contents than the one this dictionary was "
+                "trained on (sha256 differs)"
+            )
+        return SplitInfo(corpus.corpus_id, None, None)
+    if match is None or match["base"] != corpus.corpus_id:
+        raise StoreError(
+            f"the dictionary was trained on corpus {config.corpus_id!r} but the corpus given is "
+            f"{corpus.corpus_id!r}; pass the full corpus (before .split()) it was split from"
+        )
+    if match["part"] != "train":
+        raise StoreError(
+            f"the dictionary was trained on the held-out part {config.corpus_id!r}; the store "
+            "expects dictionaries trained on the train part"
+        )
+    frac, seed = float(match["frac"]), int(match["seed"])
+    if config.corpus_sha256:
+        train, _ = corpus.split(frac, seed)
+        if train.sha256 != config.corpus_sha256:
+            raise StoreError(
+                f"corpus {corpus.corpus_id} has other contents than the one this dictionary was "
+                "trained on (sha256 of the train split differs)"
+            )
+    return SplitInfo(corpus.corpus_id, frac, seed)
+
+
+_TOKENIZER_IDS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def tokenizer_id(tokenizer: Any) -> str:
+    """A stable id of a tokenizer's full definition (vocabulary, merges, normaliser, templates): models that
+    share a tokenizer share stored tokens. Computed once per tokenizer object (Gemma's is 30 MB of JSON)."""
+    try:
+        return _TOKENIZER_IDS[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    payload = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    tok_id = f"tok-{hashlib.sha256(payload.encode('utf-8')).hexdigest()[:16]}"
+    with contextlib.suppress(TypeError):
+        _TOKENIZER_IDS[tokenizer] = tok_id
+    return tok_id
+
+
+def options_key(config: ITDAConfig) -> str:
+    """The training options that make two dictionaries of one (model, layer, corpus) different ones;
+    writing a dictionary with the same key replaces the stored one."""
+    opts = {
+        "site": config.site,
+        "k": config.k,
+        "threshold": float(f"{config.threshold:.6g}"),
+        "seq_len": config.seq_len,
+        "max_size": config.max_size,
+        "dedupe": config.dedupe,
+        "skip_special_tokens": config.skip_special_tokens,
+    }
+    return json.dumps(opts, sort_keys=True)
+
+
+# ---- Arrow tables ----------------------------------------------------------------------------------------
+
+
+def documents_table(corpus: Corpus, info: SplitInfo) -> pa.Table:
+    """One row per document of the full corpus, with its part of the split ('train' / 'held_out')."""
+    held: set[int] = set()
+    if info.held_out_fraction is not None:
+        _, held_part = corpus.split(info.held_out_fraction, info.seed or 0)
+        held = {d.doc_id for d in held_part.documents}
+    docs = corpus.documents
+    return pa.table(
+        {
+            "corpus_id": pa.array([corpus.corpus_id] * len(docs), pa.string()),
+            "doc_id": pa.array([d.doc_id for d in docs], pa.int32()),
+            "split": pa.array(["held_out" if d.doc_id in held else "train" for d in docs], pa.string()),
+            "source": pa.array([d.source for d in docs], pa.string()),
+            "text": pa.array([d.text for d in docs], pa.string()),
+        }
+    )
+
+
+def tokens_table(model: LoadedModel, corpus: Corpus, seq_len: int, tok_id: str) -> pa.Table:
+    """Every token position < ``seq_len`` of every document, tokenised exactly as extraction does."""
+    from itda_core.extract import tokenize_documents
+
+    special_ids = set(getattr(model.tokenizer, "all_special_ids", []) or [])
+    parts: list[Provenance] = []
+    docs = corpus.documents
+    for i in range(0, len(docs), TOKENIZE_CHUNK):
+        parts.append(tokenize_documents(model, docs[i : i + TOKENIZE_CHUNK], seq_len).provenance)
+    prov = Provenance.concat(parts)
+    n = len(prov)
+    token_ids = prov.token_id.numpy()
+    return pa.table(
+        {
+            "tokenizer_id": pa.array([tok_id] * n, pa.string()),
+            "seq_len": pa.array(np.full(n, seq_len, dtype=np.int32)),
+            "corpus_id": pa.array([corpus.corpus_id] * n, pa.string()),
+            "doc_id": pa.array(prov.doc_id.numpy().astype(np.int32)),
+            "position": pa.array(prov.position.numpy().astype(np.int32)),
+            "token_id": pa.array(token_ids.astype(np.int32)),
+            "token_str": pa.array(prov.token_str, pa.string()),
+            "char_start": pa.array(prov.char_start.numpy().astype(np.int32)),
+            "char_end": pa.array(prov.char_end.numpy().astype(np.int32)),
+            "special": pa.array(
+                np.isin(token_ids, list(special_ids)) if special_ids else np.zeros(n, dtype=bool)
+            ),
+        }
+    )
+
+
+def token_text(text: str, start: int, end: int, token_str: str) -> str:
+    """What a token covers in its document; special tokens (empty span) show their own string."""
+    return text[start:end] if end > start else token_str
+
+
+def atoms_table(itda: ITDA, corpus: Corpus, dict_id: int) -> pa.Table:
+    """One row per atom: insertion index, provenance, source text, add-error and the unit vector."""
+    prov = itda.provenance
+    m, d = itda.atoms.shape
+    vectors = itda.atoms.detach().to("cpu", torch.float32).contiguous().numpy().reshape(-1)
+    starts, ends = prov.char_start.tolist(), prov.char_end.tolist()
+    texts = []
+    for doc_id, s, e, ts in zip(prov.doc_id.tolist(), starts, ends, prov.token_str, strict=True):
+        try:
+            texts.append(token_text(corpus.by_id(doc_id).text, s, e, ts))
+        except KeyError:
+            raise StoreError(f"atom source document {doc_id} is not in corpus {corpus.corpus_id}") from None
+    return pa.table(
+        {
+            "dict_id": pa.array(np.full(m, dict_id, dtype=np.int32)),
+            "atom": pa.array(np.arange(m, dtype=np.int32)),
+            "doc_id": pa.array(prov.doc_id.numpy().astype(np.int32)),
+            "position": pa.array(prov.position.numpy().astype(np.int32)),
+            "token_id": pa.array(prov.token_id.numpy().astype(np.int32)),
+            "token_str": pa.array(prov.token_str, pa.string()),
+            "token_text": pa.array(texts, pa.string()),
+            "char_start": pa.array(np.asarray(starts, dtype=np.int32)),
+            "char_end": pa.array(np.asarray(ends, dtype=np.int32)),
+            "add_error": pa.array(itda.add_error.numpy().astype(np.float32)),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors, pa.float32()), d).cast(
+                pa.list_(pa.float32())
+            ),
+        }
+    )
+
+
+# ---- writing ---------------------------------------------------------------------------------------------
+
+
+def _has(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> bool:
+    """Whether a query returns any row."""
+    return first_row(con, sql, params) is not None
+
+
+def _tokens_missing(store: Path, corpus_id: str, tok_id: str, seq_len: int, timeout: float) -> bool:
+    """Whether the store lacks this tokenizer's tokens of the corpus (a short read-only look)."""
+    if not store.is_file():
+        return True
+    with connect_readonly(store, timeout=timeout) as con:
+        return not _has(
+            con,
+            "SELECT 1 FROM tokenizations WHERE tokenizer_id = ? AND seq_len = ? AND corpus_id = ?",
+            [tok_id, seq_len, corpus_id],
+        )
+
+
+def _insert_corpus(con: duckdb.DuckDBPyConnection, corpus: Corpus, info: SplitInfo, docs: pa.Table) -> None:
+    """Store the corpus and its documents once; check a stored one is the same corpus and split."""
+    row = first_row(
+        con,
+        "SELECT sha256, held_out_fraction, split_seed FROM corpora WHERE corpus_id = ?",
+        [corpus.corpus_id],
+    )
+    if row is not None:
+        sha, frac, seed = row
+        if sha != corpus.sha256:
+            raise StoreError(
+                f"the store already holds a different corpus named {corpus.corpus_id} "
+                "(sha256 differs); use another store path"
+            )
+        if (
+            info.held_out_fraction is not None
+            and frac is not None
+            and (frac, seed) != (info.held_out_fraction, info.seed)
+        ):
+            raise StoreError(
+                f"the store's documents of {corpus.corpus_id} are split with held-out fraction {frac:g}, "
+                f"seed "
+                f"{seed}; this dictionary used {info.held_out_fraction:g}, seed {info.seed}. Train with the "
+                "same split or use another store path"
+            )
+        if info.held_out_fraction is not None and frac is None:  # first split dictionary labels the documents
+            con.register("_docs_in", docs)
+            con.execute(
+                "UPDATE documents SET split = d.split FROM _docs_in d "
+                "WHERE documents.corpus_id = d.corpus_id AND documents.doc_id = d.doc_id"
+            )
+            con.execute(
+                "UPDATE corpora SET held_out_fraction = ?, split_seed = ? WHERE corpus_id = ?",
+                [info.held_out_fraction, info.seed, corpus.corpus_id],
+            )
+            con.unregister("_docs_in")
+        return
+    con.execute(
+        "INSERT INTO corpora VALUES (?, ?, ?, ?, ?, ?, ?, now())",
+        [
+            corpus.corpus_id,
+            corpus.name,
+            corpus.sha256,
+            len(corpus),
+            sum(len(d.text) for d in corpus.documents),
+            info.held_out_fraction,
+            info.seed,
+        ],
+    )
+    con.register("_docs_in", docs)
+    con.execute("INSERT INTO documents SELECT * FROM _docs_in ORDER BY doc_id")
+    con.unregister("_docs_in")
+
+
+def _insert_tokens(
+    con: duckdb.DuckDBPyConnection,
+    model: LoadedModel,
+    tok_id: str,
+    seq_len: int,
+    corpus_id: str,
+    tokens: pa.Table,
+) -> None:
+    """Store a tokenizer's tokens of the corpus unless they are already there."""
+    if _has(
+        con,
+        "SELECT 1 FROM tokenizations WHERE tokenizer_id = ? AND seq_len = ? AND corpus_id = ?",
+        [tok_id, seq_len, corpus_id],
+    ):
+        return
+    con.register("_tokens_in", tokens)
+    con.execute("INSERT INTO tokens SELECT * FROM _tokens_in ORDER BY doc_id, position")
+    con.unregister("_tokens_in")
+    name = str(getattr(model.tokenizer, "name_or_path", "")) or model.name
+    con.execute(
+        "INSERT INTO tokenizations VALUES (?, ?, ?, ?, ?, now())",
+        [tok_id, seq_len, corpus_id, name, tokens.num_rows],
+    )
+
+
+def _insert_model(con: duckdb.DuckDBPyConnection, model: LoadedModel, tok_id: str) -> None:
+    """Store the model's row unless it is already there."""
+    con.execute(
+        "INSERT OR IGNORE INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, now())",
+        [
+            model.model_id,
+            model.name,
+            model.family,
+            model.architecture,
+            model.n_layers,
+            model.d_model,
+            tok_id,
+            model.source,
+        ],
+    )
+
+
+def find_dictionary(con: duckdb.DuckDBPyConnection, config: ITDAConfig) -> int | None:
+    """dict_id of the stored dictionary with the same model, layer, training corpus and options, if any."""
+    row = first_row(
+        con,
+        "SELECT dict_id FROM dictionaries WHERE model_id = ? AND layer = ? AND train_corpus_id = ? "
+        "AND options_key = ?",
+        [config.model_id, config.layer, config.corpus_id, options_key(config)],
+    )
+    return None if row is None else int(row[0])
+
+
+def delete_dictionary(con: duckdb.DuckDBPyConnection, dict_id: int) -> None:
+    """Remove a dictionary and everything derived from it (call inside a transaction)."""
+    for table in PER_DICTIONARY:
+        con.execute(f"DELETE FROM {table} WHERE dict_id = ?", [dict_id])
+    con.execute("DELETE FROM similarities WHERE dict_a = ? OR dict_b = ?", [dict_id, dict_id])
+    con.execute("DELETE FROM dictionaries WHERE dict_id = ?", [dict_id])
+
+
+def write_dictionary(
+    store: str | Path,
+    itda: ITDA,
+    model: LoadedModel,
+    corpus: Corpus,
+    *,
+    timeout: float = 600.0,
+) -> int:
+    """Write ``itda`` into the store at ``store`` in one transaction and return its ``dict_id``.
+
+    ``model`` is the LoadedModel it was trained on (its row and tokenizer are stored once); ``corpus`` is the
+    FULL corpus the training split came from (``load_corpus(...)``, not the ``.split()`` part): its documents
+    are stored once, labelled train / held_out by the split recorded in ``itda.config.corpus_id``, together
+    with the tokens of this model's tokenizer. A stored dictionary with the same model, layer, training
+    corpus and options (:func:`options_key`) is replaced and keeps its ``dict_id``; its index is dropped
+    (run ``itda index`` again). ``timeout`` bounds the wait while other processes hold the store.
+    """
+    store = Path(store)
+    itda.check_model(model)
+    config = itda.config
+    info = split_info(config, corpus)
+    tok_id = tokenizer_id(model.tokenizer)
+    tokens_missing = _tokens_missing(store, corpus.corpus_id, tok_id, config.seq_len, timeout)
+    docs = documents_table(corpus, info)
+    tokens = tokens_table(model, corpus, config.seq_len, tok_id) if tokens_missing else None
+    atoms = atoms_table(itda, corpus, -1)
+    key = options_key(config)
+    with connect_write(store, timeout=timeout) as con, transaction(con):
+        _insert_corpus(con, corpus, info, docs)
+        if tokens is None:
+            tokens_present = _has(
+                con,
+                "SELECT 1 FROM tokenizations WHERE tokenizer_id = ? AND seq_len = ? AND corpus_id = ?",
+                [tok_id, config.seq_len, corpus.corpus_id],
+            )
+            if not tokens_present:  # removed since we looked: tokenise now, under the lock (rare)
+                tokens = tokens_table(model, corpus, config.seq_len, tok_id)
+        if tokens is not None:
+            _insert_tokens(con, model, tok_id, config.seq_len, corpus.corpus_id, tokens)
+        _insert_model(con, model, tok_id)
+        dict_id = find_dictionary(con, config)
+        if dict_id is not None:
+            delete_dictionary(con, dict_id)
+        else:
+            dict_id = int(
+                con.execute("SELECT COALESCE(MAX(dict_id) + 1, 1) FROM dictionaries").fetchall()[0][0]
+            )
+        con.execute(
+            f"INSERT INTO dictionaries VALUES ({', '.join(['?'] * 20)}, now())",
+            [
+                dict_id,
+                config.model_id,
+                config.model_name,
+                config.layer,
+                config.site,
+                info.corpus_id,
+                config.corpus_id,
+                tok_id,
+                config.seq_len,
+                config.skip_special_tokens,
+                config.k,
+                config.threshold,
+                len(itda),
+                itda.d_model,
+                config.tokens_seen,
+                config.init_atoms,
+                key,
+                config.to_json(),
+                json.dumps(config.stats, default=str),
+                config.created,
+            ],
+        )
+        atoms = atoms.set_column(0, "dict_id", pa.array(np.full(len(itda), dict_id, dtype=np.int32)))
+        con.register("_atoms_in", atoms)
+        con.execute("INSERT INTO atoms SELECT * FROM _atoms_in")
+        con.unregister("_atoms_in")
+    return dict_id
+
+
+# ---- reading back ----------------------------------------------------------------------------------------
+
+
+def read_dictionary(con: duckdb.DuckDBPyConnection, dict_id: int) -> ITDA:
+    """The stored dictionary ``dict_id`` as an :class:`ITDA` (atoms, provenance, add-errors, config)."""
+    row = first_row(con, "SELECT config FROM dictionaries WHERE dict_id = ?", [dict_id])
+    if row is None:
+        raise StoreError(f"no dictionary {dict_id} in the store")
+    config = ITDAConfig.from_dict(json.loads(row[0]))
+    table = con.sql(
+        f"SELECT doc_id, position, token_id, char_start, char_end, token_str, add_error, vector FROM atoms "
+        f"WHERE dict_id = {int(dict_id)} ORDER BY atom"
+    ).to_arrow_table()
+    m = table.num_rows
+    flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    atoms = torch.from_numpy(np.array(flat, dtype=np.float32).reshape(m, config.d_model))
+    ints = {
+        c: torch.from_numpy(table.column(c).to_numpy().astype(np.int64))
+        for c in ("doc_id", "position", "token_id", "char_start", "char_end")
+    }
+    prov = Provenance(
+        ints["doc_id"],
+        ints["position"],
+        ints["token_id"],
+        ints["char_start"],
+        ints["char_end"],
+        token_str=table.column("token_str").to_pylist(),
+    )
+    add_error = torch.from_numpy(table.column("add_error").to_numpy(zero_copy_only=False).astype(np.float32))
+    return ITDA(atoms, prov, config, add_error)
+
+
+def load_dictionary(store: str | Path, dict_id: int) -> ITDA:
+    """:func:`read_dictionary` with its own short read-only connection."""
+    with connect_readonly(store or DEFAULT_STORE) as con:
+        return read_dictionary(con, dict_id)
