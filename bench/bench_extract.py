@@ -19,9 +19,10 @@ from itda_core.models import load_model
 
 def cpu_name() -> str:
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return platform.processor() or "unknown"
@@ -41,8 +42,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     docs = load_corpus("default").documents[: args.docs]
-    print(f"# extraction, {time.strftime('%Y-%m-%d')}, {cpu_name()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, device {args.device}, {args.docs} docs x <=128 tokens")
+    print(
+        f"# extraction, {time.strftime('%Y-%m-%d')}, {cpu_name()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, device {args.device}, {args.docs} docs x <=128 tokens"
+    )
     print("| model | layers | all layers tok/s | stop at L/2 tok/s | stop at L/4 tok/s | L/2 speed-up | L/4 speed-up |")
     print("|---|---|---|---|---|---|---|")
     for name in args.models:
@@ -52,7 +55,10 @@ def main() -> None:
         full = rate(model, docs, list(range(n)), args.batch_size)
         half = rate(model, docs, [n // 2 - 1], args.batch_size)
         quarter = rate(model, docs, [n // 4 - 1], args.batch_size)
-        print(f"| {name} | {n} | {full:,.0f} | {half:,.0f} | {quarter:,.0f} | {half / full:.2f}x | {quarter / full:.2f}x |")
+        print(
+            f"| {name} | {n} | {full:,.0f} | {half:,.0f} | {quarter:,.0f} "
+            f"| {half / full:.2f}x | {quarter / full:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

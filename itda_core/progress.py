@@ -17,8 +17,9 @@ class Progress:
         if enabled:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total, unit=unit, desc=desc, unit_scale=True, dynamic_ncols=True,
-                             file=sys.stderr, smoothing=0.1)
+            self._bar = tqdm(
+                total=total, unit=unit, desc=desc, unit_scale=True, dynamic_ncols=True, file=sys.stderr, smoothing=0.1
+            )
 
     def update(self, n: int, **postfix: Any) -> None:
         """Advance by ``n`` units and show ``postfix`` figures beside the bar."""

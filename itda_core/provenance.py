@@ -66,7 +66,7 @@ class Provenance:
 
     def keys(self) -> list[tuple[int, int]]:
         """(document id, token position) per row: the identity used by the Jaccard index."""
-        return list(zip(self.doc_id.tolist(), self.position.tolist()))
+        return list(zip(self.doc_id.tolist(), self.position.tolist(), strict=True))
 
     def to_tensors(self, prefix: str = "prov.") -> dict[str, Tensor]:
         """Tensor-only form for safetensors; token strings become UTF-8 bytes plus offsets."""
@@ -76,8 +76,8 @@ class Provenance:
         offsets = torch.zeros(len(encoded) + 1, dtype=torch.int64)
         offsets[1:] = torch.cumsum(lengths, 0)
         blob = b"".join(encoded)
-        out[prefix + "token_bytes"] = torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob else (
-            torch.zeros(0, dtype=torch.uint8)
+        out[prefix + "token_bytes"] = (
+            torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob else (torch.zeros(0, dtype=torch.uint8))
         )
         out[prefix + "token_offsets"] = offsets
         return out

@@ -39,12 +39,19 @@ class ProvenanceCheck:
         worst = float(self.cosine.min()) if n else float("nan")
         bad = self.failures()
         verdict = "OK" if self.ok else f"FAILED for {bad.numel()} atoms, e.g. {bad[:10].tolist()}"
-        return f"provenance check of {n} atoms: min cosine {worst:.6f}, token ids match: " \
-               f"{int(self.token_match.sum())}/{n} -> {verdict}"
+        return (
+            f"provenance check of {n} atoms: min cosine {worst:.6f}, token ids match: "
+            f"{int(self.token_match.sum())}/{n} -> {verdict}"
+        )
 
 
 def check_provenance(
-    itda: ITDA, model: LoadedModel, corpus: Corpus, *, max_atoms: int | None = None, batch_size: int = 16,
+    itda: ITDA,
+    model: LoadedModel,
+    corpus: Corpus,
+    *,
+    max_atoms: int | None = None,
+    batch_size: int = 16,
     tolerance: float = 1e-3,
 ) -> ProvenanceCheck:
     """Re-run the model on each atom's source document and compare the activation with the atom."""

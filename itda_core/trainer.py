@@ -76,8 +76,16 @@ def _first_unique_rows(x: Tensor) -> tuple[Tensor, Tensor]:
 class LayerBuilder:
     """The growing dictionary of one layer: atoms, provenance and the bookkeeping for MP."""
 
-    def __init__(self, d_model: int, k: int, threshold: float, max_size: int | None, dedupe: bool,
-                 device: torch.device, gram_bytes: int) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        k: int,
+        threshold: float,
+        max_size: int | None,
+        dedupe: bool,
+        device: torch.device,
+        gram_bytes: int,
+    ) -> None:
         self.d_model = d_model
         self.k = k
         self.threshold = threshold
@@ -224,8 +232,9 @@ class Trainer:
         self.threshold = config.threshold if config.threshold is not None else default_threshold(model.d_model)
         gram_bytes = int(config.gram_memory_gib * 2**30 / len(self.layers))
         self.builders = {
-            layer: LayerBuilder(model.d_model, config.k, self.threshold, config.max_size, config.dedupe,
-                                model.device, gram_bytes)
+            layer: LayerBuilder(
+                model.d_model, config.k, self.threshold, config.max_size, config.dedupe, model.device, gram_bytes
+            )
             for layer in self.layers
         }
         self.report = TrainReport()
@@ -233,8 +242,16 @@ class Trainer:
     def run(self) -> dict[int, ITDA]:
         """Stream the corpus once, grow every layer's dictionary, return {layer: ITDA}."""
         cfg = self.config
-        stream = extract(self.model, self.corpus, self.layers, cfg.seq_len, cfg.batch_size,
-                         skip_special_tokens=cfg.skip_special_tokens, max_tokens=cfg.max_tokens, progress=False)
+        stream = extract(
+            self.model,
+            self.corpus,
+            self.layers,
+            cfg.seq_len,
+            cfg.batch_size,
+            skip_special_tokens=cfg.skip_special_tokens,
+            max_tokens=cfg.max_tokens,
+            progress=False,
+        )
         total = cfg.max_tokens or len(self.corpus.documents) * cfg.seq_len
         bar = Progress(total=total, unit="tok", desc=f"itda {self.model.name}", enabled=cfg.progress)
         start = time.perf_counter()
@@ -276,15 +293,32 @@ class Trainer:
             report.atoms[layer] = builder.size
             report.recent_error[layer] = sum(recent) / len(recent) if recent else float("nan")
             config = ITDAConfig(
-                model_id=model.model_id, model_name=model.name, layer=layer, d_model=model.d_model,
-                architecture=model.architecture, family=model.family, k=cfg.k, threshold=self.threshold,
-                corpus_id=self.corpus.corpus_id, corpus_sha256=self.corpus.sha256,
+                model_id=model.model_id,
+                model_name=model.name,
+                layer=layer,
+                d_model=model.d_model,
+                architecture=model.architecture,
+                family=model.family,
+                k=cfg.k,
+                threshold=self.threshold,
+                corpus_id=self.corpus.corpus_id,
+                corpus_sha256=self.corpus.sha256,
                 tokenizer=str(getattr(model.tokenizer, "name_or_path", "")) or model.model_id,
-                seq_len=cfg.seq_len, skip_special_tokens=cfg.skip_special_tokens, tokens_seen=report.tokens,
-                max_size=cfg.max_size, dedupe=cfg.dedupe, seed=cfg.seed, interrupted=report.interrupted,
-                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), versions=versions,
-                stats={"wall_seconds": round(report.wall_seconds, 3), "documents": report.documents,
-                       "recent_error": report.recent_error[layer], "layers_in_run": len(self.layers)},
+                seq_len=cfg.seq_len,
+                skip_special_tokens=cfg.skip_special_tokens,
+                tokens_seen=report.tokens,
+                max_size=cfg.max_size,
+                dedupe=cfg.dedupe,
+                seed=cfg.seed,
+                interrupted=report.interrupted,
+                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                versions=versions,
+                stats={
+                    "wall_seconds": round(report.wall_seconds, 3),
+                    "documents": report.documents,
+                    "recent_error": report.recent_error[layer],
+                    "layers_in_run": len(self.layers),
+                },
             )
             out[layer] = builder.build(config)
         return out

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from tiny import tiny_corpus, tiny_model  # noqa: E402
+from tiny import tiny_corpus, tiny_model
 
 
 @pytest.fixture(scope="session", params=["gpt2", "llama", "bert"])

@@ -14,15 +14,23 @@ from itda_core.errors import ITDAError
 
 @pytest.mark.parametrize(
     ("spec", "expected"),
-    [("all", list(range(6))), ("middle", [3]), ("2", [2]), ("0-2", [0, 1, 2]), ("0,4-5", [0, 4, 5]),
-     ("-1", [5]), ("1, 1, 0", [0, 1])],
+    [
+        ("all", list(range(6))),
+        ("middle", [3]),
+        ("2", [2]),
+        ("0-2", [0, 1, 2]),
+        ("0,4-5", [0, 4, 5]),
+        ("-1", [5]),
+        ("1, 1, 0", [0, 1]),
+    ],
 )
 def test_parse_layers(spec, expected):
     assert parse_layers(spec, 6) == expected
 
 
-@pytest.mark.parametrize(("spec", "message"), [("7", "out of range"), ("a-b", "cannot read"), ("3-1", "backwards"),
-                                               (",", "no layers")])
+@pytest.mark.parametrize(
+    ("spec", "message"), [("7", "out of range"), ("a-b", "cannot read"), ("3-1", "backwards"), (",", "no layers")]
+)
 def test_parse_layers_errors(spec, message):
     with pytest.raises(ITDAError, match=message):
         parse_layers(spec, 6)
@@ -41,7 +49,11 @@ def test_help_lists_commands_and_options():
 
 
 def test_user_error_is_one_line_exit_2():
-    proc = subprocess.run([sys.executable, "-m", "itda_core.cli", "train", "--model", "smollm2"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "itda_core.cli", "train", "--model", "smollm2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1

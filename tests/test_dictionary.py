@@ -31,8 +31,20 @@ def test_round_trip(tmp_path, trained):
     assert torch.equal(loaded.provenance.char_start, itda.provenance.char_start)
     torch.testing.assert_close(loaded.add_error, itda.add_error, equal_nan=True)
     cfg = json.loads((path / "config.json").read_text())
-    for key in ("model_id", "layer", "site", "k", "threshold", "corpus_id", "corpus_sha256", "tokenizer",
-                "seq_len", "tokens_seen", "created", "versions"):
+    for key in (
+        "model_id",
+        "layer",
+        "site",
+        "k",
+        "threshold",
+        "corpus_id",
+        "corpus_sha256",
+        "tokenizer",
+        "seq_len",
+        "tokens_seen",
+        "created",
+        "versions",
+    ):
         assert key in cfg
     assert cfg["site"] == "blocks.1.hook_resid_post"
     assert not list(tmp_path.glob(".*")), "no temporary folders left behind"

@@ -36,7 +36,7 @@ def test_local_folder_round_trip(tmp_path):
 
 
 def test_unknown_alias_suggests_embedded():
-    with pytest.raises(ITDAError, match="did you mean the embedded alias 'smollm2-135m'"):
+    with pytest.raises(ITDAError, match=r"did you mean the embedded alias 'smollm2-135m'"):
         load_model("smollm2", device="cpu")
 
 
@@ -71,7 +71,7 @@ def test_bad_paths(name, message):
 
 
 def test_folder_without_config(tmp_path):
-    with pytest.raises(ITDAError, match="without config.json"):
+    with pytest.raises(ITDAError, match=r"without config\.json"):
         load_model(str(tmp_path), device="cpu")
 
 
@@ -110,7 +110,7 @@ def test_gguf_cache_is_atomic(tmp_path, monkeypatch):
         gguf_cache.cached_gguf_folder(src, tmp_path / "cache", label="m")
     assert list((tmp_path / "cache").iterdir()) == []
     monkeypatch.setattr(gguf_cache, "_convert", working)
-    folder, sha = gguf_cache.cached_gguf_folder(src, tmp_path / "cache", label="m")
+    folder, _sha = gguf_cache.cached_gguf_folder(src, tmp_path / "cache", label="m")
     assert (folder / "model.safetensors").read_bytes() == b"whole"
     assert (folder / gguf_cache.COMPLETE_MARKER).is_file()
     again, _ = gguf_cache.cached_gguf_folder(src, tmp_path / "cache", label="m")

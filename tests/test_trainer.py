@@ -55,8 +55,9 @@ def test_invariants(gpt2, corpus16):
 def test_atoms_reencode_to_zero_error(gpt2, corpus16):
     itda = train(gpt2, corpus16, layers=[1], k=8, batch_size=4, max_tokens=None, progress=False)[1]
     acts = torch.cat([b.acts[1] for b in extract(gpt2, corpus16, [1], progress=False)])
-    prov = torch.cat([b.provenance.doc_id * 1000 + b.provenance.position
-                      for b in extract(gpt2, corpus16, [1], progress=False)])
+    prov = torch.cat(
+        [b.provenance.doc_id * 1000 + b.provenance.position for b in extract(gpt2, corpus16, [1], progress=False)]
+    )
     keys = itda.provenance.doc_id * 1000 + itda.provenance.position
     rows = torch.stack([(prov == key).nonzero().flatten()[0] for key in keys])
     x = acts[rows]
@@ -90,12 +91,16 @@ def test_max_size_and_crop(gpt2, corpus16):
 
 def test_dedupe_within_batch(gpt2):
     corpus = tiny_corpus()
-    doubled = type(corpus)(name="dup", corpus_id="dup", sha256="x", documents=[
-        type(corpus.documents[0])(doc_id=i, text=corpus.documents[i // 2].text, source="dup") for i in range(8)
-    ])
+    doubled = type(corpus)(
+        name="dup",
+        corpus_id="dup",
+        sha256="x",
+        documents=[
+            type(corpus.documents[0])(doc_id=i, text=corpus.documents[i // 2].text, source="dup") for i in range(8)
+        ],
+    )
     with_dedupe = train(gpt2, doubled, layers=[1], k=4, batch_size=8, threshold=0.0, progress=False)[1]
-    without = train(gpt2, doubled, layers=[1], k=4, batch_size=8, threshold=0.0, dedupe=False,
-                    progress=False)[1]
+    without = train(gpt2, doubled, layers=[1], k=4, batch_size=8, threshold=0.0, dedupe=False, progress=False)[1]
     unique = torch.unique(with_dedupe.atoms, dim=0).shape[0]
     assert unique == len(with_dedupe)
     assert len(without) > len(with_dedupe)
@@ -115,8 +120,9 @@ def test_interrupt_keeps_partial_only_when_asked(gpt2, corpus16, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         Trainer(gpt2, corpus16, TrainConfig(layers=[0], k=4, batch_size=2, progress=False)).run()
     calls["n"] = 0
-    trainer = Trainer(gpt2, corpus16, TrainConfig(layers=[0], k=4, batch_size=2, progress=False,
-                                                  save_on_interrupt=True))
+    trainer = Trainer(
+        gpt2, corpus16, TrainConfig(layers=[0], k=4, batch_size=2, progress=False, save_on_interrupt=True)
+    )
     dicts = trainer.run()
     assert dicts[0].config.interrupted and trainer.report.interrupted
     assert 0 < dicts[0].config.tokens_seen < sum(1 for _ in corpus16.documents) * 128

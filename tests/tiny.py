@@ -34,8 +34,12 @@ def _byte_level_tokenizer(bos: bool) -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     special = ["<bos>", "<eos>", "<pad>"]
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=special,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=special,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(TEXTS * 4, trainer)
     if bos:
         tok.post_processor = processors.TemplateProcessing(
@@ -58,8 +62,14 @@ def _wordpiece_tokenizer() -> PreTrainedTokenizerFast:
         single="[CLS] $A [SEP]",
         special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
     )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
-                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
 
 
 def tiny_model(kind: str, seed: int = 0, n_layers: int = 3) -> LoadedModel:
@@ -71,18 +81,38 @@ def tiny_model(kind: str, seed: int = 0, n_layers: int = 3) -> LoadedModel:
         model = GPT2LMHeadModel(cfg)
     elif kind == "llama":
         tok = _byte_level_tokenizer(bos=True)
-        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=n_layers,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+        cfg = LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=n_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+        )
         model = LlamaForCausalLM(cfg)
     elif kind == "bert":
         tok = _wordpiece_tokenizer()
-        cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=n_layers, num_attention_heads=4,
-                         intermediate_size=64, max_position_embeddings=256)
+        cfg = BertConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=n_layers,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=256,
+        )
         model = BertModel(cfg)
     else:
         raise ValueError(kind)
-    return wrap_model(model.float().eval(), tok, name=f"tiny-{kind}", model_id=f"tiny-{kind}@seed{seed}",
-                      source="memory", device=torch.device("cpu"), dtype=torch.float32)
+    return wrap_model(
+        model.float().eval(),
+        tok,
+        name=f"tiny-{kind}",
+        model_id=f"tiny-{kind}@seed{seed}",
+        source="memory",
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
 
 
 def tiny_corpus(n_copies: int = 1) -> Corpus:
