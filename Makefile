@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/itda train --model smollm2-135m --layers all --max-tokens 20000
+	$(BIN)/itda demo
 
 test: setup
 	$(BIN)/python -m pytest -q

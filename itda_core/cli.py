@@ -235,8 +235,44 @@ def check_provenance(
         raise typer.Exit(1)
 
 
+@app.command()
+def demo(
+    store: Annotated[
+        Path, typer.Option(help="The DuckDB store to build (if missing or incomplete) and browse.")
+    ] = Path("data/itda.duckdb"),
+    port: Annotated[int, typer.Option(help="Dashboard port on localhost.")] = 8501,
+    serve: Annotated[bool, typer.Option(help="Start the dashboard (--no-serve: only build the store).")] = True,
+    device: DeviceOpt = "auto",
+) -> None:
+    """The main job: build the default store (three embedded models, every layer, trained and indexed;
+    resumable) and open the dashboard. The dashboard starts first and shows each model as soon as it is
+    stored; a complete store is reused, so a later launch is up in seconds."""
+    import os
+    import subprocess
+
+    from itda_core.commands.dashboard import ENV_STORE, serve_command_line
+    from itda_core.store.demo import DemoConfig, build_demo
+
+    server = None
+    if serve:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        server = subprocess.Popen(serve_command_line(store, port), env={**os.environ, ENV_STORE: str(store)})
+        typer.echo(f"dashboard: http://localhost:{port} (models appear as they are built; Ctrl-C stops both)")
+    try:
+        report = build_demo(DemoConfig(store=store, device=device))
+        typer.echo(report.summary())
+        if server is not None:
+            typer.echo(f"store complete; dashboard still on http://localhost:{port} (Ctrl-C to stop)")
+            server.wait()
+    finally:
+        if server is not None and server.poll() is None:
+            server.terminate()
+            server.wait(timeout=10)
+
+
 def _register_commands() -> None:
     """Commands that live in their own modules (one concern each)."""
+    from itda_core.commands import dashboard as dashboard_commands
     from itda_core.commands import evaluate as evaluate_commands
     from itda_core.commands import similarity as similarity_commands
     from itda_core.commands import store as store_commands
@@ -244,6 +280,7 @@ def _register_commands() -> None:
     similarity_commands.register(app)
     evaluate_commands.register(app)
     store_commands.register(app)
+    dashboard_commands.register(app)
 
 
 _register_commands()
