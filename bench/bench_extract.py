@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import time
 
 import torch
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=64, help="documents per measurement (128 tokens max each)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the median is reported")
     args = parser.parse_args()
     docs = load_corpus("default").documents[: args.docs]
     print(
@@ -52,9 +54,12 @@ def main() -> None:
         model = load_model(name, device=args.device)
         n = model.n_layers
         rate(model, docs[:4], [0], args.batch_size)  # warm-up
-        full = rate(model, docs, list(range(n)), args.batch_size)
-        half = rate(model, docs, [n // 2 - 1], args.batch_size)
-        quarter = rate(model, docs, [n // 4 - 1], args.batch_size)
+        runs: dict[str, list[float]] = {"full": [], "half": [], "quarter": []}
+        for _ in range(args.repeats):  # interleaved, so machine noise hits every setting alike
+            runs["full"].append(rate(model, docs, list(range(n)), args.batch_size))
+            runs["half"].append(rate(model, docs, [n // 2 - 1], args.batch_size))
+            runs["quarter"].append(rate(model, docs, [n // 4 - 1], args.batch_size))
+        full, half, quarter = (statistics.median(runs[key]) for key in ("full", "half", "quarter"))
         print(
             f"| {name} | {n} | {full:,.0f} | {half:,.0f} | {quarter:,.0f} "
             f"| {half / full:.2f}x | {quarter / full:.2f}x |"

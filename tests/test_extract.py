@@ -153,3 +153,16 @@ def test_bad_arguments(corpus, kwargs, message):
 def test_empty_corpus():
     with pytest.raises(ITDAError, match="no documents"):
         next(extract(tiny_model("gpt2"), [], [0], progress=False))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_extraction_matches_cpu(corpus):
+    cpu_model = tiny_model("gpt2")
+    cuda_model = tiny_model("gpt2")
+    cuda_model.model.to("cuda")
+    cuda_model.device = torch.device("cuda")
+    a = next(extract(cpu_model, corpus, [1], batch_size=8, progress=False))
+    b = next(extract(cuda_model, corpus, [1], batch_size=8, progress=False))
+    assert b.acts[1].device.type == "cuda"
+    torch.testing.assert_close(b.acts[1].cpu(), a.acts[1], rtol=1e-4, atol=1e-5)
+    assert b.provenance.keys() == a.provenance.keys()

@@ -142,3 +142,18 @@ def test_provenance_check_passes_and_catches_drift(gpt2, corpus16):
     # shift the provenance by one atom, as the reference code once did by accident
     itda.provenance = itda.provenance.select(torch.roll(torch.arange(len(itda)), 1))
     assert not check_provenance(itda, gpt2, corpus16).ok
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_training_matches_cpu(corpus16):
+    """Device-agnostic: the same run on CUDA gives the same atoms and provenance as on CPU."""
+    cpu_model = tiny_model("llama")
+    cuda_model = tiny_model("llama")
+    cuda_model.model.to("cuda")
+    cuda_model.device = torch.device("cuda")
+    opts = {"layers": [0, 2], "k": 8, "batch_size": 4, "max_tokens": None, "progress": False}
+    on_cpu = train(cpu_model, corpus16, **opts)
+    on_gpu = train(cuda_model, corpus16, **opts)
+    for layer in (0, 2):
+        assert on_gpu[layer].provenance.keys() == on_cpu[layer].provenance.keys()
+        torch.testing.assert_close(on_gpu[layer].atoms, on_cpu[layer].atoms, rtol=1e-4, atol=1e-5)
