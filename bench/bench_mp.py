@@ -9,6 +9,7 @@ and Gaussian activations, so the ratios compare like with like. Slow rows use fe
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import platform
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable
 
 import numba
+import numpy as np
 import torch
 
 from itda_core import mp
@@ -41,16 +43,17 @@ def device_name(device: torch.device) -> str:
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Best wall time of ``repeats`` calls (seconds)."""
+    """Best wall time of ``repeats`` calls (seconds); a call returning a float reports its own time."""
     best = float("inf")
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        fn()
+        result = fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - start)
+        elapsed = result if isinstance(result, float) else time.perf_counter() - start
+        best = min(best, elapsed)
     return best
 
 
@@ -61,6 +64,26 @@ def data(m: int, d: int, n: int, device: torch.device, seed: int) -> tuple[torch
     atoms /= atoms.norm(dim=1, keepdim=True)
     x = 4.0 * torch.randn(n, d, generator=g)
     return atoms.to(device), x.to(device)
+
+
+def numba_steps(corr0: torch.Tensor, scratch: torch.Tensor, gram: torch.Tensor, k: int) -> float:
+    """Seconds the numba kernel alone takes for all rows of ``corr0`` (copied first, untimed), threaded
+    the way :func:`itda_core.mp.matching_pursuit` threads it."""
+    scratch.copy_(corr0)
+    n, m = corr0.shape
+    kernel = mp._numba_kernel()
+    assert kernel is not None
+    threads = max(1, torch.get_num_threads())
+    pool = mp._thread_pool(threads)
+    flat, c = gram.reshape(-1).numpy(), scratch.numpy()
+    idx, coef = np.empty((n, k), np.int64), np.empty((n, k), np.float32)
+    pieces = 4 * threads
+    bounds = [n * p // pieces for p in range(pieces + 1)]
+    start = time.perf_counter()
+    futures = [pool.submit(kernel, c[a:b], flat, m, k, idx[a:b], coef[a:b]) for a, b in itertools.pairwise(bounds)]
+    for f in futures:
+        f.result()
+    return time.perf_counter() - start
 
 
 def naive_gram_mp(x: torch.Tensor, atoms: torch.Tensor, gram: torch.Tensor, k: int) -> torch.Tensor:
@@ -150,6 +173,11 @@ def main() -> None:
         "fallback: chunked textbook (method='textbook')":
             (len(slow), lambda: mp.matching_pursuit(slow, atoms, k, method="textbook"), False),
     }
+    steps_name = "  of which the k MP steps alone (numba kernel, x @ atoms.T excluded)"
+    if kernel == "numba":
+        corr0 = torch.mm(x, atoms.T)
+        scratch = torch.empty_like(corr0)
+        cases[steps_name] = (n, lambda: numba_steps(corr0, scratch, gram, k), True)
     best = {name: float("inf") for name in cases}
     load_before = f"{os.getloadavg()[0]:.2f}"
     for r in range(args.repeats):  # rounds interleave the rows so background load hits them alike
@@ -157,6 +185,10 @@ def main() -> None:
             if every or r == 0:
                 best[name] = min(best[name], timed(fn, dev, 1))
     rows = [(name, tokens, tokens / best[name]) for name, (tokens, _fn, _every) in cases.items()]
+    if kernel == "numba":  # show the kernel's row right under the fast path's
+        steps_row = next(row for row in rows if row[0] == steps_name)
+        rows.remove(steps_row)
+        rows.insert(next(i for i, row in enumerate(rows) if row[0].startswith("fast")) + 1, steps_row)
     rate = {name: r for name, _t, r in rows}
     dense = max(r for name, _t, r in rows if name.startswith("dense"))
     textbook = rate["textbook loop (reference)"]
@@ -178,6 +210,11 @@ def main() -> None:
     print()
     print(f"fast / textbook = {fast / textbook:.1f}x (CPU target >= 25x); fast / dense = {fast / dense:.2f} "
           f"(CPU target >= 0.5); fallback / textbook = {fallback / textbook:.2f}x")
+    if kernel == "numba":
+        steps = rate[steps_name]
+        print(f"MP steps alone: {steps:,.0f} tokens/s = {steps * (k - 1) * m * 4 / 1e9:.1f} GB/s of Gram rows; "
+              f"dense product + steps in sequence at the measured rates: "
+              f"{1 / (1 / dense + 1 / steps):,.0f} tokens/s = {1 / (1 + dense / steps):.2f} of dense")
     print(f"load average before/after the timed rows: {load_before} / {os.getloadavg()[0]:.2f} "
           f"(other processes on the machine skew the rates)")
     print(f"one-off costs: Gram matrix {gram_s:.2f} s ({m * m * 4 / 2**30:.2f} GiB; = {gram_s * fast:,.0f} "

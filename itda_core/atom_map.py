@@ -178,10 +178,7 @@ def _matching_params(con: duckdb.DuckDBPyConnection, dict_ids: Sequence[int]) ->
         return None
     first = wanted[0][0]
     candidates = [
-        r[0]
-        for r in con.execute(
-            f"SELECT DISTINCT umap_params FROM {TABLE} WHERE dict_id = ?", [first]
-        ).fetchall()
+        r[0] for r in con.execute(f"SELECT DISTINCT umap_params FROM {TABLE} WHERE dict_id = ?", [first]).fetchall()
     ]
     best, best_created = None, ""
     for text in candidates:
@@ -286,9 +283,7 @@ def compute_atom_maps(
 
     if recompute:
         with connect_readonly(store) as con:
-            todo = [
-                int(r[0]) for r in con.execute("SELECT dict_id FROM dictionaries ORDER BY dict_id").fetchall()
-            ]
+            todo = [int(r[0]) for r in con.execute("SELECT dict_id FROM dictionaries ORDER BY dict_id").fetchall()]
         if dict_ids is not None:
             wanted = {int(d) for d in dict_ids}
             todo = [d for d in todo if d in wanted]
@@ -298,8 +293,5 @@ def compute_atom_maps(
         start = time.perf_counter()
         n = store_atom_map(store, [dict_id], params)
         if log is not None:
-            log(
-                f"[{i}/{len(todo)}] atom map of dictionary {dict_id}: {n} atoms in "
-                f"{time.perf_counter() - start:.1f} s"
-            )
+            log(f"[{i}/{len(todo)}] atom map of dictionary {dict_id}: {n} atoms in {time.perf_counter() - start:.1f} s")
     return todo

@@ -1,0 +1,158 @@
+"""Shared page furniture: the page registry, links to atom pages, the "no store yet" message and
+tables of atoms that open an atom page when a row is selected."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import data
+from dashboard.render import label, md
+
+# Page files relative to dashboard/app.py, with their URL paths (an atom page is atoms?dict=ID&atom=N).
+PAGES = {
+    "overview": ("views/overview.py", "Overview", ":material/dashboard:"),
+    "atoms": ("views/atom_browser.py", "Atom browser", ":material/search:"),
+    "live": ("views/live_decomposition.py", "Live decomposition", ":material/bolt:"),
+    "similarity": ("views/similarity.py", "Similarity", ":material/grid_on:"),
+    "map": ("views/atom_map.py", "Atom map", ":material/scatter_plot:"),
+}
+
+BUILD_HELP = """
+Build one with
+
+```bash
+itda demo-build            # every layer of the embedded models, indexed (or: make demo)
+itda train --model smollm2-135m --layers all --store {path}   # your own
+itda index --store {path}  # top contexts, quantiles and densities for the atom pages
+```
+
+then refresh this page (new dictionaries show up as soon as they are written).
+"""
+
+
+def page(name: str) -> str:
+    """The file of a page (for st.page_link / st.switch_page)."""
+    return PAGES[name][0]
+
+
+def require_store() -> data.StoreState:
+    """Stop the page with a helpful message unless the store exists and has dictionaries."""
+    state = data.state()
+    if state.ok:
+        return state
+    if state.problem in ("missing", "empty"):
+        st.info(state.message)
+        st.markdown(BUILD_HELP.format(path=state.path))
+        st.caption("This page checks for the store every few seconds (e.g. while `itda demo` builds it).")
+        _watch_store(data.version(state.path))
+    elif state.problem == "schema":
+        st.error(state.message)
+    else:
+        st.warning(f"{state.message} The page retries on the next refresh.")
+    st.stop()
+    return state  # pragma: no cover - st.stop raises
+
+
+@st.fragment(run_every=4)
+def _watch_store(seen: data.Version | None) -> None:
+    """Rerun the page once the store appears or changes (checked every few seconds, nothing shown)."""
+    if data.version(data.store_path()) != seen and data.state().ok:
+        st.rerun(scope="app")
+
+
+def atom_link(dict_id: int, atom: int, text: str | None = None, *, key: str | None = None) -> None:
+    """A link (same tab) to an atom page."""
+    shown = text if text is not None else f"atom {atom}"
+    st.page_link(page("atoms"), label=md(shown), query_params=data.atom_query(dict_id, atom), icon=None)
+
+
+def generation() -> int:
+    """A counter bumped on every navigation to an atom page; keys of selection widgets include it, so a
+    selection that navigated away is not replayed when the user comes back."""
+    return int(st.session_state.get("_nav_generation", 0))
+
+
+def set_atom_params(dict_id: int, atom: int) -> None:
+    """Show another atom on the atom browser itself (a button callback: the URL follows)."""
+    st.session_state["_nav_generation"] = generation() + 1
+    st.query_params.from_dict(data.atom_query(dict_id, atom))
+
+
+def open_atom(dict_id: int, atom: int, *, here: bool = False) -> None:
+    """Go to an atom page now: from another page with st.switch_page, on the atom browser itself by
+    changing the query parameters (a switch to the same page would leave the address bar as it was)."""
+    if here:
+        set_atom_params(dict_id, atom)
+        st.rerun()
+    st.session_state["_nav_generation"] = generation() + 1
+    st.switch_page(page("atoms"), query_params=data.atom_query(dict_id, atom))
+
+
+def with_links(df: pd.DataFrame, dict_col: str | int, atom_col: str, link_col: str = "open") -> pd.DataFrame:
+    """``df`` with a column of relative atom-page URLs (``dict_col`` is a column name or one dict_id)."""
+    dict_ids = df[dict_col] if isinstance(dict_col, str) else [dict_col] * len(df)
+    out = df.copy()
+    out.insert(0, link_col, [data.atom_url(int(d), int(a)) for d, a in zip(dict_ids, df[atom_col], strict=True)])
+    return out
+
+
+def atom_table(
+    df: pd.DataFrame,
+    *,
+    key: str,
+    dict_col: str | int,
+    atom_col: str = "atom",
+    token_cols: tuple[str, ...] = ("token_text",),
+    height: int | str = "auto",
+    column_config: dict[str, Any] | None = None,
+    here: bool = False,
+) -> None:
+    """A table of atoms: an "open" link column (new tab) and single-row selection that opens the atom
+    page in this tab (``here``: the table is on the atom browser itself). Token columns show whitespace."""
+    if df.empty:
+        st.caption("None.")
+        return
+    shown = with_links(df, dict_col, atom_col)
+    for col in token_cols:
+        if col in shown:
+            shown[col] = [label(str(t), markers=False) if t is not None else "" for t in shown[col]]
+    config: dict[str, Any] = {
+        "open": st.column_config.LinkColumn("open", display_text="open ↗", width="small"),
+    }
+    config.update(column_config or {})
+    event = st.dataframe(
+        shown,
+        key=f"{key}_{generation()}",
+        hide_index=True,
+        width="stretch",
+        height=height,
+        column_config=config,
+        on_select="rerun",
+        selection_mode="single-row",
+    )
+    rows = getattr(getattr(event, "selection", None), "rows", None) or []
+    if rows:
+        row = df.iloc[int(rows[0])]
+        dict_id = row[dict_col] if isinstance(dict_col, str) else dict_col
+        open_atom(int(dict_id), int(row[atom_col]), here=here)
+
+
+def select_run(dicts: pd.DataFrame, *, key: str, label_text: str = "Model", default: str | None = None) -> str:
+    """A select box of the store's runs (one model with one set of training options)."""
+    runs = list(dict.fromkeys(dicts["run"]))
+    if key not in st.session_state or st.session_state[key] not in runs:
+        st.session_state[key] = default if default in runs else runs[0]
+    return st.selectbox(label_text, runs, key=key)
+
+
+def select_layer(layers: list[int], *, key: str, label_text: str = "Layer", default: int | None = None) -> int:
+    """A layer slider over the given layers (a plain caption when there is only one)."""
+    if key not in st.session_state or st.session_state[key] not in layers:
+        st.session_state[key] = default if default in layers else layers[len(layers) // 2]
+    if len(layers) == 1:
+        st.caption(f"{label_text}: {layers[0]} (the only one)")
+        return layers[0]
+    return int(st.select_slider(label_text, options=layers, key=key))

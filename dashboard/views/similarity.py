@@ -1,0 +1,267 @@
+"""Similarity: layer x layer Jaccard heatmaps for one model or two (also across tokenizers), stored baseline
+measures beside them, and the model x model matrix. Selecting a cell lists the atoms the two share."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from dashboard import data, nav
+from dashboard.render import escape, label, md
+
+st.title("Dictionary similarity")
+st.caption(
+    "Jaccard index of two dictionaries' source tokens: |A ∩ B| / |A ∪ B|, where an atom is identified by "
+    "its document and token position (as in the paper), or, between different tokenizers, by the characters "
+    "its token covers (see docs/similarity.md)."
+)
+nav.require_store()
+dicts = data.dictionaries()
+runs = {
+    r: dict(zip(g["layer"].astype(int), g["dict_id"].astype(int), strict=True))
+    for r, g in dicts.groupby("run", sort=False)
+}
+names = list(runs)
+
+
+def heatmap(
+    z: np.ndarray,
+    x: list[str],
+    y: list[str],
+    customdata: np.ndarray,
+    hover: str,
+    *,
+    title_x: str,
+    title_y: str,
+    zmax: float | None = None,
+    colorbar: str = "Jaccard",
+) -> go.Figure:
+    """A heatmap plus an invisible marker on every cell, so clicking a cell selects it (Streamlit's
+    selection events do not report heatmap cells)."""
+    xx, yy = np.meshgrid(np.arange(len(x)), np.arange(len(y)))
+    fig = go.Figure()
+    fig.add_trace(
+        go.Heatmap(
+            z=z,
+            x=list(range(len(x))),
+            y=list(range(len(y))),
+            colorscale="Viridis",
+            zmin=0,
+            zmax=zmax if zmax is not None else (float(np.nanmax(z)) if np.isfinite(z).any() else 1.0),
+            colorbar={"title": colorbar},
+            hoverinfo="skip",
+        )
+    )
+    n = max(len(x), len(y))
+    fig.add_trace(
+        go.Scatter(
+            x=xx.ravel(),
+            y=yy.ravel(),
+            mode="markers",
+            marker={"symbol": "square", "size": max(6, min(40, 520 // max(n, 1))), "color": "rgba(0,0,0,0)"},
+            customdata=customdata.reshape(-1, customdata.shape[-1]),
+            hovertemplate=hover,
+            showlegend=False,
+            selected={"marker": {"color": "rgba(255,255,255,0.55)"}},
+            unselected={"marker": {"opacity": 1}},
+        )
+    )
+    fig.update_layout(
+        height=max(360, min(720, 26 * len(y) + 140)),
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        xaxis={
+            "title": title_x,
+            "tickmode": "array",
+            "tickvals": list(range(len(x))),
+            "ticktext": x,
+            "showgrid": False,
+        },
+        yaxis={
+            "title": title_y,
+            "tickmode": "array",
+            "tickvals": list(range(len(y))),
+            "ticktext": y,
+            "autorange": "reversed",
+            "showgrid": False,
+        },
+        clickmode="event+select",
+        dragmode=False,
+    )
+    return fig
+
+
+def selected_cell(event: object) -> tuple[int, int] | None:
+    """(row, column) of the clicked cell, from a plotly selection event."""
+    points = getattr(getattr(event, "selection", None), "points", None) or []
+    for p in points:
+        x, y = p.get("x"), p.get("y")
+        if x is not None and y is not None:
+            return round(float(y)), round(float(x))
+    return None
+
+
+def _compare(a: str, b: str) -> None:
+    """Show the layer x layer matrix of two models (button callback)."""
+    st.session_state["sim_a"], st.session_state["sim_b"] = a, b
+
+
+tab_layers, tab_models = st.tabs(["Layer × layer", "Model × model"])
+
+with tab_layers:
+    c = st.columns([2, 2, 2])
+    for key in ("sim_a", "sim_b"):
+        if st.session_state.get(key) not in names:
+            st.session_state[key] = st.session_state.get("sim_a", names[0]) if key == "sim_b" else names[0]
+    run_a = c[0].selectbox("Rows: model", names, key="sim_a")
+    run_b = c[1].selectbox("Columns: model", names, key="sim_b")
+    layers_a, layers_b = sorted(runs[run_a]), sorted(runs[run_b])
+    ids_a, ids_b = [runs[run_a][la] for la in layers_a], [runs[run_b][lb] for lb in layers_b]
+    baselines = data.stored_similarities()
+    wanted = set(ids_a) | set(ids_b)
+    methods = (
+        sorted(set(baselines.loc[baselines["dict_a"].isin(wanted) & baselines["dict_b"].isin(wanted), "method"]))
+        if not baselines.empty
+        else []
+    )
+    measure = c[2].selectbox(
+        "Measure",
+        ["Jaccard", *methods],
+        key="sim_measure",
+        help="Baselines (CKA, SVCCA, relative representations...) appear here once they "
+        "are computed and stored for these layers.",
+    )
+    if not methods:
+        c[2].caption("No baseline measures stored for these layers.")
+    result = data.jaccard(ids_a, ids_b)
+    if result["errors"]:
+        st.warning("Some pairs cannot be compared: " + md(result["errors"][0]))
+    if measure == "Jaccard":
+        z, zmax, bar = result["values"], None, "Jaccard"
+    else:
+        z, zmax, bar = data.baseline(measure, ids_a, ids_b), None, measure
+    shared = result["shared"]
+    custom = np.stack(
+        [
+            np.broadcast_to(np.asarray(ids_a)[:, None], z.shape),
+            np.broadcast_to(np.asarray(ids_b)[None, :], z.shape),
+            shared,
+            np.nan_to_num(result["values"], nan=-1),
+            np.broadcast_to(np.asarray(layers_a)[:, None], z.shape),
+            np.broadcast_to(np.asarray(layers_b)[None, :], z.shape),
+        ],
+        axis=-1,
+    )
+    hover = (
+        f"{escape(run_a)} L%{{customdata[4]}} × {escape(run_b)} L%{{customdata[5]}}<br>"
+        "Jaccard %{customdata[3]:.3f}<br>%{customdata[2]} shared atoms<extra></extra>"
+    )
+    fig = heatmap(
+        z,
+        [str(x) for x in layers_b],
+        [str(y) for y in layers_a],
+        custom,
+        hover,
+        title_x=f"{run_b} layer",
+        title_y=f"{run_a} layer",
+        zmax=zmax,
+        colorbar=bar,
+    )
+    event = st.plotly_chart(
+        fig,
+        width="stretch",
+        on_select="rerun",
+        selection_mode="points",
+        key=f"sim_heat_{run_a}_{run_b}_{measure}",
+    )
+    how = "/".join(result["methods"]) or "–"
+    st.caption(f"Atoms matched by {how}. Click a cell (or pick the layers below) to list the atoms both share.")
+
+    cell = selected_cell(event)
+    pick_key = f"sim_pick_{run_a}_{run_b}"
+    if cell is not None and st.session_state.get(pick_key + "_last") != cell:
+        st.session_state[pick_key + "_last"] = cell
+        st.session_state[pick_key + "_row"] = layers_a[min(cell[0], len(layers_a) - 1)]
+        st.session_state[pick_key + "_col"] = layers_b[min(cell[1], len(layers_b) - 1)]
+    if st.session_state.get(pick_key + "_row") not in layers_a:
+        st.session_state[pick_key + "_row"] = layers_a[len(layers_a) // 2]
+    if st.session_state.get(pick_key + "_col") not in layers_b:
+        default_col = (
+            layers_b[min(len(layers_b) - 1, layers_b.index(st.session_state[pick_key + "_row"]) + 1)]
+            if run_a == run_b and st.session_state[pick_key + "_row"] in layers_b
+            else layers_b[len(layers_b) // 2]
+        )
+        st.session_state[pick_key + "_col"] = default_col
+    p = st.columns(2)
+    row_layer = p[0].selectbox(f"{run_a} layer", layers_a, key=pick_key + "_row")
+    col_layer = p[1].selectbox(f"{run_b} layer", layers_b, key=pick_key + "_col")
+    dict_a, dict_b = runs[run_a][row_layer], runs[run_b][col_layer]
+    pairs = data.shared_pairs(dict_a, dict_b)
+    i, j = layers_a.index(row_layer), layers_b.index(col_layer)
+    value = result["values"][i, j]
+    st.markdown(
+        f"**{md(run_a)} layer {row_layer} × {md(run_b)} layer {col_layer}**: Jaccard "
+        f"{'–' if not np.isfinite(value) else f'{value:.3f}'}, {len(pairs):,} shared atoms"
+        + (f" (matched by {pairs.attrs.get('method')})" if len(pairs) else "")
+    )
+    if len(pairs):
+        view = pairs.head(500).copy()
+        view.insert(0, "atom A", [data.atom_url(dict_a, int(a)) for a in view["atom_a"]])
+        view.insert(1, "atom B", [data.atom_url(dict_b, int(b)) for b in view["atom_b"]])
+        view["token_a"] = [label(str(t), markers=False) for t in view["token_a"]]
+        view["token_b"] = [label(str(t), markers=False) for t in view["token_b"]]
+        st.dataframe(
+            view[["atom A", "token_a", "atom B", "token_b", "doc_id"]],
+            hide_index=True,
+            width="stretch",
+            height=320,
+            column_config={
+                "atom A": st.column_config.LinkColumn(f"{run_a} L{row_layer}", display_text=r"atom=(\d+)$"),
+                "atom B": st.column_config.LinkColumn(f"{run_b} L{col_layer}", display_text=r"atom=(\d+)$"),
+            },
+        )
+        if len(pairs) > 500:
+            st.caption(f"First 500 of {len(pairs):,}.")
+        first = pairs.iloc[0]
+        nav.atom_link(
+            dict_a,
+            int(first["atom_a"]),
+            f"Open the first shared atom ({run_a} L{row_layer} atom {int(first['atom_a'])})",
+        )
+
+with tab_models:
+    st.caption(
+        "Each model's dictionaries for layers 1..n-1 pooled into one set (as in the paper), then compared "
+        "pairwise; across tokenizers atoms are matched by characters."
+    )
+    mm = data.model_matrix({r: [runs[r][la] for la in sorted(runs[r])] for r in names})
+    n = len(names)
+    idx = np.arange(n)
+    custom = np.stack(
+        [
+            np.broadcast_to(idx[:, None], (n, n)),
+            np.broadcast_to(idx[None, :], (n, n)),
+            mm["shared"],
+            np.nan_to_num(mm["values"], nan=-1),
+        ],
+        axis=-1,
+    )
+    fig = heatmap(
+        mm["values"],
+        names,
+        names,
+        custom,
+        "%{customdata[3]:.3f} Jaccard<br>%{customdata[2]} shared source tokens<extra></extra>",
+        title_x="",
+        title_y="",
+        zmax=1.0,
+    )
+    event = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode="points", key="sim_models")
+    table = pd.DataFrame(mm["values"], index=pd.Index(names, name="model"), columns=names).round(4)
+    st.dataframe(table, width="stretch")
+    cell = selected_cell(event)
+    if cell is not None:
+        a, b = names[cell[0]], names[cell[1]]
+        st.markdown(f"**{md(a)} × {md(b)}**: {int(mm['shared'][cell[0], cell[1]]):,} shared source tokens.")
+        st.button(f"Compare {a} and {b} layer by layer", key="sim_models_go", on_click=_compare, args=(a, b))

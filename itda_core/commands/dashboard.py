@@ -1,0 +1,148 @@
+"""Dashboard commands: ``itda serve`` (the Streamlit dashboard) and ``itda atom-map`` (UMAP of atoms, cached
+in the store). Heavy imports happen inside the commands so that ``itda --help`` stays instant; nothing
+here imports the ``dashboard`` package (the server runs it as a script)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from itda_core.errors import ITDAError
+
+DEFAULT_STORE_PATH = Path("data/itda.duckdb")
+ENV_STORE = "ITDA_STORE"  # read by dashboard/data.py
+
+
+def app_path() -> Path:
+    """``dashboard/app.py``: beside ``itda_core`` (a checkout or an install), found without importing it."""
+    here = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
+    if here.is_file():
+        return here
+    spec = importlib.util.find_spec("dashboard")
+    if spec is not None and spec.submodule_search_locations:
+        candidate = Path(next(iter(spec.submodule_search_locations))) / "app.py"
+        if candidate.is_file():
+            return candidate
+    raise ITDAError("cannot find dashboard/app.py; install itda with its dashboard (pip install -e .)")
+
+
+def serve_command_line(store: Path, port: int = 8501, address: str = "localhost") -> list[str]:
+    """The ``streamlit run`` command line that serves the dashboard for ``store``."""
+    return [
+        sys.executable, "-m", "streamlit", "run", str(app_path()),
+        "--server.port", str(port),
+        "--server.address", address,
+        "--server.headless", "true",
+        "--browser.gatherUsageStats", "false",
+        "--", "--store", str(store),
+    ]  # fmt: skip
+
+
+def serve_command(
+    store: Annotated[Path, typer.Option(help="The DuckDB store to browse (read-only).")] = DEFAULT_STORE_PATH,
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8501,
+    address: Annotated[
+        str,
+        typer.Option(help="Address to listen on; localhost by default (0.0.0.0 exposes it to your network)."),
+    ] = "localhost",
+) -> None:
+    """Start the dashboard (Streamlit) on http://localhost:PORT: browse atoms, decompose text live, compare
+    dictionaries. The store is only read, so training and indexing can run at the same time."""
+    if not 0 < port < 65536:
+        raise ITDAError(f"port must be between 1 and 65535 (got {port})")
+    store = store.expanduser()
+    if not store.is_file():
+        typer.echo(
+            f"note: no store at {store} yet; the dashboard explains how to build one (itda demo-build)",
+            err=True,
+        )
+    typer.echo(f"ITDA dashboard for {store} on http://{address}:{port} (Ctrl-C stops it)")
+    env = {**os.environ, ENV_STORE: str(store)}
+    proc = subprocess.Popen(serve_command_line(store, port, address), env=env)
+
+    def _stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _stop)
+    code = 0
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        code = 0
+    finally:  # Ctrl-C or a TERM to `itda serve` stops the server too
+        signal.signal(signal.SIGTERM, previous)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    if code:
+        raise typer.Exit(code)
+
+
+def atom_map_command(
+    store: Annotated[Path, typer.Option(help="The DuckDB store.")] = DEFAULT_STORE_PATH,
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="Only this model (name, folder name or id; repeatable)."),
+    ] = None,
+    layers: Annotated[str | None, typer.Option(help="Only these layers, e.g. '10-12' or '0,5' (default: all).")] = None,
+    joint: Annotated[
+        bool, typer.Option(help="One map of the chosen layers together (per model) instead of one per layer.")
+    ] = False,
+    n_neighbors: Annotated[int, typer.Option(help="UMAP neighbours.")] = 15,
+    min_dist: Annotated[float, typer.Option(help="UMAP minimum distance.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Random seed (maps are reproducible).")] = 0,
+    recompute: Annotated[bool, typer.Option(help="Compute again maps that are already stored.")] = False,
+) -> None:
+    """Compute 2-D UMAP maps of dictionaries' atoms (cosine) and cache them in the store (table atom_umap),
+    for the dashboard's atom map. Maps already stored and up to date are skipped."""
+    from itda_core.atom_map import UmapParams, compute_atom_maps, has_map, store_atom_map
+    from itda_core.cli import parse_layers
+    from itda_core.store.connection import connect_readonly
+
+    if n_neighbors < 2 or not 0 <= min_dist <= 1:
+        raise ITDAError("n-neighbors must be >= 2 and min-dist between 0 and 1")
+    params = UmapParams(n_neighbors=n_neighbors, min_dist=min_dist, seed=seed)
+    with connect_readonly(store) as con:
+        rows = con.execute(
+            "SELECT d.dict_id, d.model_id, d.model_name, d.layer, m.n_layers FROM dictionaries d "
+            "LEFT JOIN models m USING (model_id) ORDER BY d.model_name, d.layer, d.dict_id"
+        ).fetchall()
+    if model:
+        wanted = set(model)
+        rows = [r for r in rows if {r[1], r[2], Path(r[2]).name.removesuffix(".gguf")} & wanted]
+        if not rows:
+            raise ITDAError(f"no dictionaries of {', '.join(model)} in {store}")
+    groups: dict[str, list[int]] = {}
+    for dict_id, model_id, _name, layer, n_layers in rows:
+        if layers is not None and layer not in parse_layers(layers, int(n_layers or layer + 1)):
+            continue
+        groups.setdefault(model_id, []).append(int(dict_id))
+    ids = [d for g in groups.values() for d in g]
+    if not ids:
+        raise ITDAError(f"no dictionaries match in {store}")
+    if joint:
+        for model_id, group in groups.items():
+            if not recompute and has_map(store, group):
+                typer.echo(f"{model_id}: joint map of {len(group)} dictionaries already stored")
+                continue
+            n = store_atom_map(store, group, params)
+            typer.echo(f"{model_id}: joint map of {len(group)} dictionaries, {n:,} atoms")
+        return
+    done = compute_atom_maps(store, ids, params, recompute=recompute, log=typer.echo)
+    typer.echo(f"mapped {len(done)} dictionaries ({len(ids) - len(done)} already up to date)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``serve`` and ``atom-map`` to the ``itda`` app."""
+    app.command("serve")(serve_command)
+    app.command("atom-map")(atom_map_command)
