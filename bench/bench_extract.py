@@ -14,7 +14,7 @@ import time
 import torch
 
 from itda_core.corpus import load_corpus
-from itda_core.extract import extract
+from itda_core.extraction import extract
 from itda_core.models import load_model
 
 

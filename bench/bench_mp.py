@@ -227,7 +227,12 @@ def main() -> None:
         need = args.big_m**2 * 4
         print()
         pays = mp._gram_pays_off(len(big_x), args.big_m, k, dev)
-        choice = "Gram path" if need <= budget and pays else "fallback (chunked textbook)"
+        if need > budget:
+            choice = "fallback (chunked textbook): the Gram matrix exceeds the budget"
+        elif not pays:
+            choice = f"fallback (chunked textbook): building the Gram matrix does not pay off for {len(big_x)} tokens"
+        else:
+            choice = "Gram path"
         print(f"## m = {args.big_m}, {len(big_x)} tokens: Gram would be {need / 2**30:.1f} GiB, budget "
               f"{budget / 2**30:.1f} GiB -> method='auto' takes the {choice}")
         big_dense = len(big_x) / timed(lambda: big_x @ big_atoms.T, dev, args.repeats)

@@ -167,7 +167,12 @@ def _dictionaries(path: str, v: Version) -> pd.DataFrame:
             "m.added AS model_added "
             "FROM dictionaries d LEFT JOIN models m USING (model_id)"
         ).df()
-        evals = con.execute("SELECT dict_id, metric, value FROM evaluations").df()
+        # Several rows per metric (other k, other corpus): the pivot below keeps the last, so order the rows
+        # to put those at the dictionary's own k last, the most recent last among them.
+        evals = con.execute(
+            "SELECT e.dict_id, e.metric, e.value FROM evaluations e LEFT JOIN dictionaries d USING (dict_id) "
+            "ORDER BY COALESCE(TRY_CAST(json_extract_string(e.details, '$.k') AS INTEGER) = d.k, false), e.created"
+        ).df()
         has_umap = "atom_umap" in {
             r[0]
             for r in con.execute(

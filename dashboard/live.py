@@ -88,7 +88,7 @@ def decompose(model: LoadedModel, itda: ITDA, text: str, k: int | None = None) -
     of matching pursuit (special tokens are skipped when the dictionary was built without them)."""
     from dashboard.render import pieces
     from itda_core.errors import ITDAError
-    from itda_core.extract import residual_stream
+    from itda_core.extraction import residual_stream
 
     problem = length_problem(text)
     if problem:

@@ -18,6 +18,7 @@ app = typer.Typer(
     "Hugging Face dataset.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
 )
 
@@ -272,6 +273,8 @@ def demo(
 
 def _register_commands() -> None:
     """Commands that live in their own modules (one concern each)."""
+    from itda_core.commands import bench as bench_commands
+    from itda_core.commands import convergence as convergence_commands
     from itda_core.commands import dashboard as dashboard_commands
     from itda_core.commands import evaluate as evaluate_commands
     from itda_core.commands import similarity as similarity_commands
@@ -281,6 +284,8 @@ def _register_commands() -> None:
     evaluate_commands.register(app)
     store_commands.register(app)
     dashboard_commands.register(app)
+    bench_commands.register(app)
+    convergence_commands.register(app)
 
 
 _register_commands()

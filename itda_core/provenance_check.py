@@ -14,7 +14,7 @@ from torch import Tensor
 from itda_core.corpus import Corpus
 from itda_core.dictionary import ITDA
 from itda_core.errors import ITDAError
-from itda_core.extract import residual_stream, tokenize_documents
+from itda_core.extraction import residual_stream, tokenize_documents
 from itda_core.models import LoadedModel
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -19,7 +20,7 @@ from torch import Tensor
 from itda_core.corpus import Corpus
 from itda_core.dictionary import ITDA, ITDAConfig, library_versions
 from itda_core.errors import ITDAError
-from itda_core.extract import extract
+from itda_core.extraction import ActivationBatch, extract
 from itda_core.models import LoadedModel
 from itda_core.mp import GramCache, matching_pursuit, reconstruct
 from itda_core.progress import Progress
@@ -239,8 +240,9 @@ class Trainer:
         }
         self.report = TrainReport()
 
-    def run(self) -> dict[int, ITDA]:
-        """Stream the corpus once, grow every layer's dictionary, return {layer: ITDA}."""
+    def run(self, on_batch: Callable[[ActivationBatch], None] | None = None) -> dict[int, ITDA]:
+        """Stream the corpus once, grow every layer's dictionary, return {layer: ITDA}. ``on_batch`` sees every
+        extracted batch first (e.g. to keep activations for similarity baselines without a second pass)."""
         cfg = self.config
         stream = extract(
             self.model,
@@ -264,6 +266,8 @@ class Trainer:
                 if batch is None:
                     break
                 report.forward_seconds += t1 - t0
+                if on_batch is not None:
+                    on_batch(batch)
                 for layer in self.layers:
                     self.builders[layer].step(batch.acts[layer].float(), batch.provenance)
                 report.trainer_seconds += time.perf_counter() - t1

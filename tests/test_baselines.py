@@ -8,7 +8,7 @@ import torch
 from tiny import tiny_corpus, tiny_model
 
 from itda_core.errors import ITDAError
-from itda_core.extract import extract
+from itda_core.extraction import extract
 from itda_core.similarity import (
     baseline_matrix,
     collect_activations,

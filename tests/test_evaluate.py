@@ -30,7 +30,7 @@ from itda_core.evaluation import (
     sweep,
 )
 from itda_core.evaluation.ce_score import cross_entropy, next_token_logprobs
-from itda_core.extract import residual_stream, tokenize_documents
+from itda_core.extraction import residual_stream, tokenize_documents
 from itda_core.models import LoadedModel
 from itda_core.provenance import Provenance
 

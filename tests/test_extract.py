@@ -7,7 +7,7 @@ import torch
 from tiny import tiny_corpus, tiny_model
 
 from itda_core.errors import ITDAError
-from itda_core.extract import extract, residual_stream, tokenize_documents
+from itda_core.extraction import extract, residual_stream, tokenize_documents
 
 
 def _hidden_states(model, doc_text: str, seq_len: int = 128) -> tuple[torch.Tensor, ...]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from itda_core.corpus import load_corpus
-from itda_core.extract import extract, tokenize_documents
+from itda_core.extraction import extract, tokenize_documents
 from itda_core.models import load_model
 from itda_core.provenance_check import check_provenance
 from itda_core.trainer import train
@@ -74,7 +74,7 @@ def test_smollm2_knows_paris():
 def test_early_stop_equals_full_pass_on_real_model(corpus):
     model = load_model("smollm2-135m", device="cpu")
     tb = tokenize_documents(model, corpus.documents[:2], 64)
-    from itda_core.extract import residual_stream
+    from itda_core.extraction import residual_stream
 
     early = residual_stream(model, tb.input_ids, tb.attention_mask, [7])
     full = residual_stream(model, tb.input_ids, tb.attention_mask, [7, 29])

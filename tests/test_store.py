@@ -285,7 +285,7 @@ def test_index_summaries_are_consistent(built):
 
 def test_codes_match_a_fresh_encoding(built, llama, corpus):
     """The stored codes are MP(k) of the held-out activations, with repeated atoms summed."""
-    from itda_core.extract import extract
+    from itda_core.extraction import extract
 
     dict_id = built["ids"][("llama", 2)]
     itda = built["dicts"]["llama"][2]

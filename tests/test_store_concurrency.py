@@ -17,7 +17,7 @@ from tiny import tiny_corpus, tiny_model
 
 from itda_core.corpus import Corpus
 from itda_core.dictionary import ITDA, ITDAConfig
-from itda_core.extract import tokenize_documents
+from itda_core.extraction import tokenize_documents
 from itda_core.models import LoadedModel
 from itda_core.store.connection import connect_readonly, connect_write, writer_waiting
 from itda_core.store.schema import SCHEMA_VERSION

@@ -96,6 +96,10 @@ def test_build_interrupt_resume_and_fast_path(tmp_path, monkeypatch):
     bert = next(m for m in report.models if m.name == "tiny-bert")
     assert (bert.trained, bert.newly_indexed, bert.present, bert.indexed) == (1, 2, 2, 2)
     assert _layers(path) == {"tiny-llama": (3, 3), "tiny-bert": (2, 2)}
+    # every dictionary got its cached UMAP atom map, so the dashboard's map opens at once
+    from itda_core.atom_map import missing_maps
+
+    assert missing_maps(path) == []
 
     # 4. a complete store: no model is loaded and it returns at once
     fourth = Loader()

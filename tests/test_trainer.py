@@ -8,7 +8,7 @@ from tiny import tiny_corpus, tiny_model
 
 from itda_core import trainer as trainer_mod
 from itda_core.errors import ITDAError
-from itda_core.extract import extract
+from itda_core.extraction import extract
 from itda_core.provenance_check import check_provenance
 from itda_core.trainer import TrainConfig, Trainer, _first_unique_rows, normalised_error, train
 

@@ -14,7 +14,9 @@ HELP = (
     "Evaluate a saved ITDA dictionary on held-out documents: CE loss score (H* - H0) / (H_orig - H0) with "
     "the residual stream after the dictionary's block replaced by its matching-pursuit reconstruction, KL to "
     "the clean model, FVU, MSE, cosine, L0 and dead atoms. Special tokens (BOS/EOS/PAD/CLS/SEP) and padding "
-    "are never counted. Encoders get the reconstruction metrics only. See docs/evaluation.md."
+    "are never counted. Encoders get the reconstruction metrics only. With --store, evaluates the store's "
+    "dictionaries on its held-out documents and records the figures in the store (shown by the dashboard). "
+    "See docs/evaluation.md."
 )
 
 
@@ -48,14 +50,28 @@ def _dictionary_folder(path: Path) -> Path:
 
 def eval_command(
     dictionary: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             help=(
                 "A dictionary folder written by 'itda train' (config.json + dictionary.safetensors), e.g. "
-                "data/dictionaries/smollm2-135m/blocks.15.hook_resid_post."
+                "data/dictionaries/smollm2-135m/blocks.15.hook_resid_post. Give this or --store."
             )
         ),
-    ],
+    ] = None,
+    store: Annotated[
+        Path | None,
+        typer.Option(
+            help=(
+                "Evaluate the dictionaries held in this store (choose them with --model and --layers) on the "
+                "store's held-out documents, and write the figures into its evaluations table (replacing "
+                "earlier ones for the same metric, k and corpus). Give this or --dictionary."
+            )
+        ),
+    ] = None,
+    layers: Annotated[
+        str,
+        typer.Option(help="With --store: layers to evaluate, comma-separated, or 'all'."),
+    ] = "all",
     model: Annotated[
         str | None,
         typer.Option(
@@ -63,7 +79,8 @@ def eval_command(
             "-m",
             help=(
                 "Model to run (embedded alias, HF id, folder or .gguf). Default: the model recorded in the "
-                "dictionary; it must be the model the dictionary was built on."
+                "dictionary; it must be the model the dictionary was built on. With --store: evaluate only "
+                "this model's dictionaries (its name or model id; default all models)."
             ),
         ),
     ] = None,
@@ -132,13 +149,14 @@ def eval_command(
         ),
     ] = "",
     out: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             help=(
-                "JSON file for the results: one object, or with --sweep a list of objects (one per size x k)."
+                "JSON file for the results: one object, or with --sweep a list of objects (one per size x k). "
+                "Default: results.json; with --store none (the store holds them) unless given."
             )
         ),
-    ] = Path("results.json"),
+    ] = None,
     plot: Annotated[
         Path | None,
         typer.Option(
@@ -181,6 +199,17 @@ def eval_command(
     from itda_core.evaluation import sweep as run_sweep
     from itda_core.models import load_model
 
+    if (dictionary is None) == (store is None):
+        raise ITDAError("give either --dictionary DIR (one saved dictionary) or --store PATH (a store's dictionaries)")
+    if store is not None:
+        _eval_store(
+            store, model, layers, k=k, sweep=sweep, ks=ks, sizes=sizes, out=out, max_tokens=max_tokens,
+            batch_size=batch_size, splice_special=splice_special, exclude_first=exclude_first, device=device,
+            progress=progress,
+        )  # fmt: skip
+        return
+    assert dictionary is not None
+    out = out or Path("results.json")
     if not 0 <= held_out < 1:
         raise ITDAError(f"--held-out must be in [0, 1) (got {held_out})")
     itda = ITDA.load(_dictionary_folder(dictionary))
@@ -228,6 +257,65 @@ def eval_command(
     typer.echo(f"wrote {out} and {', '.join(str(p) for p in written)}")
     if message:
         typer.echo(f"note: {message}", err=True)
+
+
+def parse_layers(spec: str) -> list[int] | None:
+    """'all' -> None, '3,5' -> [3, 5] (non-negative integers)."""
+    if spec.strip().lower() == "all":
+        return None
+    try:
+        values = [int(part) for part in spec.replace(" ", "").split(",") if part]
+    except ValueError as err:
+        raise ITDAError(f"cannot read --layers {spec!r}; write e.g. 3,15 or all") from err
+    if not values or min(values) < 0:
+        raise ITDAError(f"--layers must be non-negative integers or 'all' (got {spec!r})")
+    return values
+
+
+def _eval_store(
+    store: Path,
+    model: str | None,
+    layers: str,
+    *,
+    k: int | None,
+    sweep: bool,
+    ks: str,
+    sizes: str,
+    out: Path | None,
+    max_tokens: int,
+    batch_size: int,
+    splice_special: bool,
+    exclude_first: bool,
+    device: str,
+    progress: bool,
+) -> None:
+    """``itda eval --store``: evaluate the chosen stored dictionaries and write the figures into the store."""
+    from itda_core.evaluation.store import StoreEvalConfig, evaluate_store
+
+    if sizes:
+        raise ITDAError("--sizes is not available with --store (stored dictionaries are evaluated whole)")
+    if sweep:
+        k_list: list[int] | None = parse_ints(ks, "--ks")
+        if not k_list:
+            raise ITDAError("--ks is empty; give e.g. 10,20,40,80")
+    else:
+        k_list = [k] if k is not None else None
+    config = StoreEvalConfig(
+        ks=k_list,
+        max_tokens=max_tokens or None,
+        batch_size=batch_size,
+        splice_special=splice_special,
+        exclude_first=exclude_first,
+        device=device,
+        progress=progress,
+    )
+    report = evaluate_store(store, model, parse_layers(layers), config)
+    typer.echo(report.summary())
+    if out is not None:
+        rows = [r.to_dict() | {"dict_id": d} for d, results in report.results.items() for r in results]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(rows, indent=2, default=str) + "\n")
+        typer.echo(f"wrote {out}")
 
 
 def register(app: typer.Typer) -> None:

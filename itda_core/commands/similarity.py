@@ -104,8 +104,24 @@ def _to_json(df: pd.DataFrame, shared: pd.DataFrame | None, kind: str, sources: 
 
 
 PathsArg = Annotated[
-    list[Path], typer.Argument(help="Dictionary folders, or folders above them (searched recursively).")
+    list[Path] | None,
+    typer.Argument(help="Dictionary folders, or folders above them (searched recursively); with --store optional."),
 ]
+StoreOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Write Jaccard and the baselines (CKA, SVCCA, relative, R^2) into this store's similarities table "
+        "(for the dashboard), for every dictionary in it, or for the given dictionaries (which must be in it)."
+    ),
+]
+MeasuresOpt = Annotated[
+    str, typer.Option(help="With --store: 'all' or e.g. 'jaccard,cka,cka_normalised,svcca,relative,r2'.")
+]
+TokensOpt = Annotated[
+    int, typer.Option(help="With --store: first N tokens of the stored held-out text for the baselines (paper 100k).")
+]
+SplitOpt = Annotated[str, typer.Option(help="With --store: stored documents for the baselines: held_out, train, all.")]
+DeviceOpt = Annotated[str, typer.Option(help="With --store: auto, cpu, cuda or cuda:N.")]
 ModelLevelOpt = Annotated[
     bool,
     typer.Option(
@@ -130,21 +146,59 @@ OutOpt = Annotated[
 DigitsOpt = Annotated[int, typer.Option(help="Decimals when printing.")]
 
 
+def _store_ids(store: Path, paths: list[Path]) -> list[int]:
+    """The store's dict_ids of the dictionaries under ``paths`` (each must have been written to the store)."""
+    from itda_core.dictionary import ITDA
+    from itda_core.store.connection import connect_readonly
+    from itda_core.store.writer import find_dictionary
+
+    folders = find_dictionaries(paths)
+    ids = []
+    with connect_readonly(store) as con:
+        for folder in folders:
+            dict_id = find_dictionary(con, ITDA.load(folder).config)
+            if dict_id is None:
+                raise ITDAError(f"{folder} is not in {store}; write it first (itda train --store {store})")
+            ids.append(dict_id)
+    return ids
+
+
+def _to_store(store: Path, paths: list[Path], measures: str, tokens: int, split: str, device: str) -> None:
+    from itda_core.commands.bench import parse_measures
+    from itda_core.similarity.store import StoreSimilarityConfig, store_similarities
+
+    config = StoreSimilarityConfig(measures=parse_measures(measures), tokens=tokens, split=split, device=device)
+    report = store_similarities(store, _store_ids(store, paths) if paths else None, config)
+    typer.echo(report.summary())
+
+
 def register(app: typer.Typer) -> None:
     """Add ``itda similarity`` to ``app``."""
 
     @app.command("similarity", help=HELP)
     def similarity(
-        paths: PathsArg,
+        paths: PathsArg = None,
         model_level: ModelLevelOpt = False,
         layers: LayersOpt = None,
         method: MethodOpt = "auto",
         shared: SharedOpt = False,
         out: OutOpt = None,
         digits: DigitsOpt = 3,
+        store: StoreOpt = None,
+        measures: MeasuresOpt = "all",
+        tokens: TokensOpt = 20_000,
+        split: SplitOpt = "held_out",
+        device: DeviceOpt = "auto",
     ) -> None:
         from itda_core.similarity.matrices import jaccard_matrix, labelled_matrix, model_jaccard_matrix
 
+        if store is not None:
+            if out is not None or model_level:
+                raise ITDAError("--store writes into the store; run without --store for --out or --model-level")
+            _to_store(store, paths or [], measures, tokens, split, device)
+            return
+        if not paths:
+            raise ITDAError("give dictionary folders (or --store PATH to compute for a store's dictionaries)")
         if out is not None and out.suffix.lower() not in (".csv", ".json"):
             raise ITDAError(f"--out must end in .csv or .json (got {out.name})")
         folders = find_dictionaries(paths)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from itda_core.errors import ITDAError
-from itda_core.extract import TokenizedBatch
+from itda_core.extraction import TokenizedBatch
 from itda_core.models import LoadedModel
 
 Replace = Callable[[Tensor], Tensor]

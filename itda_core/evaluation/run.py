@@ -27,7 +27,7 @@ from itda_core.evaluation.ce_score import (
     splice_forward,
 )
 from itda_core.evaluation.metrics import LossStats, ReconstructionStats, ce_loss_score
-from itda_core.extract import residual_stream, tokenize_documents
+from itda_core.extraction import residual_stream, tokenize_documents
 from itda_core.models import LoadedModel
 from itda_core.progress import Progress
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -122,11 +124,40 @@ def plot_sweep(df: pd.DataFrame, metric: str | None = None) -> go.Figure:
     return fig
 
 
-def save_figure(fig: go.Figure, stem: str | Path) -> tuple[list[Path], str | None]:
-    """Write ``stem.html`` and try ``stem.png``; returns (written paths, a message when PNG export failed).
+# Browsers kaleido (>= 1, through choreographer) can drive: names looked up on PATH, then usual locations.
+BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+BROWSER_PATHS = (
+    "/usr/bin/chromium",
+    "/usr/bin/chromium-browser",
+    "/usr/bin/google-chrome",
+    "/snap/bin/chromium",
+    "/Applications/Google Chrome.app/Contents/MacOS/Google Chrome",
+)
 
-    PNG export goes through kaleido, which needs a Chrome/Chromium browser (kaleido >= 1 does not bundle one;
-    set ``BROWSER_PATH`` to point at one). Without it the HTML file holds the same interactive figure."""
+
+def _executable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def find_browser() -> str | None:
+    """The Chrome/Chromium for PNG export: ``$BROWSER_PATH`` (what kaleido's choreographer reads) when set,
+    else the first of :data:`BROWSER_NAMES` on PATH, else the first of :data:`BROWSER_PATHS` that exists."""
+    override = os.environ.get("BROWSER_PATH")
+    if override:
+        return override if _executable(override) else None
+    for name in BROWSER_NAMES:
+        found = shutil.which(name)
+        if found and _executable(found):
+            return found
+    return next((p for p in BROWSER_PATHS if _executable(p)), None)
+
+
+def save_figure(fig: go.Figure, stem: str | Path) -> tuple[list[Path], str | None]:
+    """Write ``stem.html`` and try ``stem.png``; returns (written paths, a one-line message when no PNG).
+
+    PNG export goes through kaleido, which (from version 1) drives a Chrome/Chromium installed on the machine;
+    :func:`find_browser` picks it and hands it to kaleido through ``BROWSER_PATH``. Without kaleido or a
+    browser the HTML file (self-contained) holds the same interactive figure."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     html = stem.with_suffix(".html")
@@ -134,13 +165,30 @@ def save_figure(fig: go.Figure, stem: str | Path) -> tuple[list[Path], str | Non
     written = [html]
     png = stem.with_suffix(".png")
     try:
-        fig.write_image(str(png))
-    except Exception as err:  # kaleido missing, no Chrome, or a browser that failed to start
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        return written, (
-            f"PNG not written ({first}); PNG export needs kaleido and a Chrome/Chromium browser "
-            f"(install one, or set BROWSER_PATH to it); the figure is in {html}"
+        import kaleido  # noqa: F401
+    except ImportError:
+        return written, f"PNG not written: kaleido is not installed (pip install kaleido); the figure is in {html}"
+    browser = find_browser()
+    if browser is None:
+        override = os.environ.get("BROWSER_PATH")
+        why = (
+            f"BROWSER_PATH={override} is not an executable"
+            if override
+            else "no Chrome/Chromium browser found (install chromium, or set BROWSER_PATH to a Chrome executable)"
         )
+        return written, f"PNG not written: {why}; the figure is in {html}"
+    previous = os.environ.get("BROWSER_PATH")
+    os.environ["BROWSER_PATH"] = browser
+    try:
+        fig.write_image(str(png))
+    except Exception as err:  # a browser that failed to start, a kaleido error, ...
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        return written, f"PNG not written ({first}; browser {browser}); the figure is in {html}"
+    finally:
+        if previous is None:
+            os.environ.pop("BROWSER_PATH", None)
+        else:
+            os.environ["BROWSER_PATH"] = previous
     written.append(png)
     return written, None
 

@@ -11,6 +11,7 @@ from itda_core.similarity.baselines import (
     relative_similarity,
     svcca,
 )
+from itda_core.similarity.convergence import ConvergenceConfig, checkpoint_convergence, convergence_figure
 from itda_core.similarity.jaccard import (
     check_comparable,
     jaccard,
@@ -20,12 +21,25 @@ from itda_core.similarity.jaccard import (
     shared_atoms,
     span_matches,
 )
+from itda_core.similarity.layer_matching import (
+    LayerMatchingConfig,
+    LayerMatchingResult,
+    matching_accuracy,
+    run_layer_matching,
+)
 from itda_core.similarity.matrices import jaccard_matrix, labelled_matrix, model_jaccard_matrix
+from itda_core.similarity.store import StoreSimilarityConfig, store_similarities
 
 __all__ = [
+    "ConvergenceConfig",
+    "LayerMatchingConfig",
+    "LayerMatchingResult",
+    "StoreSimilarityConfig",
     "baseline_matrix",
     "check_comparable",
+    "checkpoint_convergence",
     "collect_activations",
+    "convergence_figure",
     "jaccard",
     "jaccard_by_span",
     "jaccard_matrix",
@@ -33,11 +47,14 @@ __all__ = [
     "linear_cka",
     "linear_cka_feature_normalised",
     "linear_regression_r2",
+    "matching_accuracy",
     "model_jaccard",
     "model_jaccard_matrix",
     "relative_similarity",
+    "run_layer_matching",
     "same_tokenizer",
     "shared_atoms",
     "span_matches",
+    "store_similarities",
     "svcca",
 ]

@@ -313,7 +313,7 @@ def collect_activations(model: Any, corpus: Any, layers: Sequence[int], n_tokens
     """The first ``n_tokens`` activations of each layer in corpus order (the paper uses 100k), as
     ``{layer: [n, d_model]}`` on ``device`` (None: the model's). Memory: n_tokens x d_model x 4 bytes per
     layer in float32 (100k x 576 -> 230 MB); rows of every layer are the same tokens."""
-    from itda_core.extract import extract
+    from itda_core.extraction import extract
 
     if n_tokens < 1:
         raise ITDAError(f"n_tokens must be positive (got {n_tokens})")

@@ -49,6 +49,7 @@ class DemoConfig:
     seq_len: int = 128
     batch_size: int = 32
     gram_memory_gib: float = 4.0
+    atom_maps: bool = True  # compute and cache each dictionary's UMAP atom map (~2 s each) after indexing
     rebuild: bool = False  # delete the store first
     progress: bool = True
     device: str = "auto"
@@ -155,6 +156,36 @@ def _present_layers(config: DemoConfig, model_id: str) -> set[int]:
     return {int(r[0]) for r in rows}
 
 
+def _demo_dict_ids(config: DemoConfig, name: str) -> list[int]:
+    """Dictionaries of model ``name`` that belong to this demo (same train split, k and seq_len)."""
+    if not Path(config.store).is_file():
+        return []
+    with connect_readonly(config.store) as con:
+        rows = con.execute(
+            "SELECT d.dict_id FROM dictionaries d JOIN models m USING (model_id) WHERE m.name = ? "
+            "AND d.train_corpus_id = ? AND d.k = ? AND d.seq_len = ? ORDER BY d.layer",
+            [name, train_corpus_id(config), config.k, config.seq_len],
+        ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def _map_atoms(config: DemoConfig, name: str, tag: str) -> int:
+    """Compute the missing atom maps of model ``name``'s demo dictionaries; returns how many were made."""
+    if not config.atom_maps:
+        return 0
+    from itda_core.atom_map import compute_atom_maps, missing_maps
+
+    ids = _demo_dict_ids(config, name)
+    todo = missing_maps(config.store, ids) if ids else []
+    if not todo:
+        return 0
+    config.log(f"{tag}: computing {len(todo)} atom map(s) (UMAP)")
+    start = time.perf_counter()
+    done = len(compute_atom_maps(config.store, todo))
+    config.log(f"{tag}: {done} atom map(s) stored in {time.perf_counter() - start:.0f} s")
+    return done
+
+
 def delete_store(path: str | Path) -> None:
     """Remove a store file and its write-ahead log."""
     path = Path(path)
@@ -175,6 +206,8 @@ def build_demo(config: DemoConfig | None = None) -> DemoReport:
         log(f"removed {config.store}; building from scratch")
     statuses = [model_status(config, name) for name in config.models]
     if all(s.complete for s in statuses):
+        for name in config.models:  # a store built before atom maps existed gets them now
+            _map_atoms(config, name, name)
         report.models = statuses
         report.seconds = time.perf_counter() - start
         return report
@@ -191,6 +224,7 @@ def build_demo(config: DemoConfig | None = None) -> DemoReport:
         tag = f"[{step}/{len(config.models)}] {name}"
         if status.complete:
             log(f"{tag}: all {status.n_layers} layers stored and indexed")
+            _map_atoms(config, name, tag)
             report.models.append(status)
             continue
         t0 = time.perf_counter()
@@ -248,6 +282,7 @@ def build_demo(config: DemoConfig | None = None) -> DemoReport:
         done.seconds = time.perf_counter() - t0
         report.models.append(done)
         log(f"{tag}: ready to browse ({done.present} layers, {done.indexed} indexed, {done.seconds:.0f} s)")
+        _map_atoms(config, name, tag)
         del model
     report.seconds = time.perf_counter() - start
     return report

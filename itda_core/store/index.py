@@ -183,7 +183,7 @@ def _index_group(
     report: IndexReport,
 ) -> None:
     """One forward pass for all layers of ``targets``, then encode and store each dictionary in turn."""
-    from itda_core.extract import extract
+    from itda_core.extraction import extract
 
     layers = sorted({t.layer for t in targets})
     with tempfile.TemporaryDirectory(prefix=".itda-index-", dir=store.parent) as tmp_name:

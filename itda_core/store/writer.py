@@ -129,7 +129,7 @@ def documents_table(corpus: Corpus, info: SplitInfo) -> pa.Table:
 
 def tokens_table(model: LoadedModel, corpus: Corpus, seq_len: int, tok_id: str) -> pa.Table:
     """Every token position < ``seq_len`` of every document, tokenised exactly as extraction does."""
-    from itda_core.extract import tokenize_documents
+    from itda_core.extraction import tokenize_documents
 
     special_ids = set(getattr(model.tokenizer, "all_special_ids", []) or [])
     parts: list[Provenance] = []

@@ -1,0 +1,279 @@
+"""Evaluate dictionaries held in a store on the store's held-out documents and record the figures there.
+
+:func:`evaluate_store` is what ``itda eval --store`` calls (and what a demo build can call). For every
+chosen dictionary it runs :func:`~itda_core.evaluation.run.evaluate_many` (one pass over the held-out text
+per model and layer, the clean and zero-ablated runs shared by all dictionaries and k of that layer) and
+writes one ``evaluations`` row per metric: ``value`` is the figure, ``corpus_id`` the evaluated held-out
+split, ``n_tokens`` the counted tokens and ``details`` the whole :class:`EvalResult` as JSON (k included).
+Each dictionary's rows are written in ONE transaction that first deletes its earlier rows for the same
+metric, k and corpus, so re-running replaces figures instead of piling them up; a dictionary rewritten
+while it was being evaluated is skipped (its figures would describe the old atoms).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from itda_core.corpus import Corpus, Document
+from itda_core.errors import ITDAError
+from itda_core.evaluation.run import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS, EvalResult, evaluate_many
+from itda_core.models import LoadedModel
+
+log = logging.getLogger(__name__)
+
+# The EvalResult fields stored as rows (the dashboard shows one column per metric); the rest is in details.
+STORED_METRICS = ("ce_loss_score", "kl_div", "fvu", "mse", "cosine", "dead_fraction")
+
+
+@dataclass
+class StoreEvalConfig:
+    """How to evaluate the store's dictionaries (the options of ``itda eval``)."""
+
+    ks: list[int] | None = None  # L0 values to evaluate at; None = each dictionary's own k
+    max_tokens: int | None = DEFAULT_MAX_TOKENS  # counted held-out tokens, in document order; None = all
+    batch_size: int = DEFAULT_BATCH_SIZE
+    splice_special: bool = True
+    exclude_first: bool = False
+    device: str = "auto"
+    progress: bool = False
+    timeout: float = 600.0  # longest wait for the store's lock
+
+
+@dataclass
+class StoreEvalReport:
+    """What :func:`evaluate_store` did: results per dictionary, dictionaries skipped (with why), timings."""
+
+    results: dict[int, list[EvalResult]] = field(default_factory=dict)
+    skipped: dict[int, str] = field(default_factory=dict)
+    eval_seconds: float = 0.0
+    write_seconds: float = 0.0
+
+    def summary(self) -> str:
+        """A few lines for the CLI: one per evaluated (dictionary, k), then the skipped ones."""
+        lines = []
+        for dict_id, results in self.results.items():
+            for r in results:
+                score = "n/a" if r.ce_loss_score is None else f"{r.ce_loss_score:.4f}"
+                fvu = "n/a" if r.fvu is None else f"{r.fvu:.4f}"
+                lines.append(
+                    f"dict {dict_id} {r.model_name} L{r.layer} ({r.dictionary_size:,} atoms) k={r.k}: "
+                    f"CE loss score {score}, FVU {fvu} on {r.tokens:,} held-out tokens"
+                )
+        n = sum(len(v) for v in self.results.values())
+        lines.append(
+            f"stored {n} evaluation(s) of {len(self.results)} dictionaries (evaluation {self.eval_seconds:.1f} s, "
+            f"store {self.write_seconds:.1f} s)"
+        )
+        lines += [f"skipped dict {d}: {why}" for d, why in self.skipped.items()]
+        return "\n".join(lines)
+
+
+def _chosen(store: Path, model: str | None, layers: Sequence[int] | None, dict_ids: Sequence[int] | None) -> list[dict]:
+    """The store's dictionaries matching a model (name or id), layers and ids, as dicts of columns."""
+    from itda_core.store.connection import connect_readonly
+
+    with connect_readonly(store) as con:
+        cur = con.execute(
+            "SELECT dict_id, model_id, model_name, layer, corpus_id, seq_len, k, n_atoms, written "
+            "FROM dictionaries ORDER BY model_id, layer, dict_id"
+        )
+        names = [c[0] for c in cur.description]
+        rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    if not rows:
+        raise ITDAError(f"store {store} holds no dictionaries; build some with `itda train --store {store}`")
+    if model is not None:
+        rows = [r for r in rows if model in (r["model_name"], r["model_id"])]
+        if not rows:
+            raise ITDAError(f"store {store} has no dictionaries of model {model!r}")
+    if layers is not None:
+        wanted = {int(layer) for layer in layers}
+        rows = [r for r in rows if int(r["layer"]) in wanted]
+        if not rows:
+            raise ITDAError(f"store {store} has no dictionaries at layers {sorted(wanted)}" + (
+                f" of {model}" if model else ""))  # fmt: skip
+    if dict_ids is not None:
+        rows = [r for r in rows if int(r["dict_id"]) in {int(d) for d in dict_ids}]
+        if not rows:
+            raise ITDAError(f"store {store} has none of the dictionaries {list(dict_ids)}")
+    return rows
+
+
+def held_out_corpus(store: str | Path, corpus_id: str, timeout: float = 30.0) -> Corpus | None:
+    """The store's held-out documents of ``corpus_id`` as the Corpus ``load_corpus(...).split(f, seed)[1]``
+    gives (same documents, order, id and sha256); None when the corpus has no held-out split."""
+    from itda_core.store.connection import connect_readonly
+
+    with connect_readonly(store, timeout=timeout) as con:
+        meta = con.execute(
+            "SELECT name, held_out_fraction, split_seed FROM corpora WHERE corpus_id = ?", [corpus_id]
+        ).fetchall()
+        if not meta or meta[0][1] is None:
+            return None
+        rows = con.execute(
+            "SELECT doc_id, text, source FROM documents WHERE corpus_id = ? AND split = 'held_out' ORDER BY doc_id",
+            [corpus_id],
+        ).fetchall()
+    if not rows:
+        return None
+    name, frac, seed = meta[0]
+    docs = [Document(int(d), t, s) for d, t, s in rows]
+    return Corpus(f"{name}:held_out", docs, f"{corpus_id}:held_out:{float(frac):g}:{int(seed or 0)}")
+
+
+def evaluation_rows(dict_id: int, result: EvalResult) -> list[tuple[Any, ...]]:
+    """The ``evaluations`` rows of one result (created is set by the database): one per stored metric
+    that has a value (encoders have no CE loss score)."""
+    details = json.dumps(result.to_dict(), default=str)
+    rows = []
+    for metric in STORED_METRICS:
+        value = getattr(result, metric)
+        if value is not None:
+            rows.append((dict_id, metric, float(value), result.corpus_id, result.tokens, details))
+    return rows
+
+
+def write_evaluations(
+    store: str | Path, dict_id: int, results: Sequence[EvalResult], written: Any = None, timeout: float = 600.0
+) -> str:
+    """Replace the dictionary's rows for the same metric, k and corpus by ``results``, in one transaction.
+
+    ``written`` (the dictionary's ``written`` stamp when it was read) guards against a concurrent rewrite.
+    Returns '' when written, else why not."""
+    from itda_core.store.connection import connect_write, transaction
+    from itda_core.store.schema import first_row
+
+    rows = [row for r in results for row in evaluation_rows(dict_id, r)]
+    with connect_write(store, timeout=timeout) as con, transaction(con):
+        now = first_row(con, "SELECT written FROM dictionaries WHERE dict_id = ?", [dict_id])
+        if now is None:
+            return "deleted while it was evaluated"
+        if written is not None and now[0] != written:
+            return "rewritten while it was evaluated (evaluate it again)"
+        for r in results:
+            con.execute(
+                "DELETE FROM evaluations WHERE dict_id = ? AND corpus_id = ? AND metric IN ("
+                + ", ".join("?" * len(STORED_METRICS))
+                + ") AND TRY_CAST(json_extract_string(details, '$.k') AS INTEGER) = ?",
+                [dict_id, r.corpus_id, *STORED_METRICS, r.k],
+            )
+        if rows:
+            con.executemany("INSERT INTO evaluations VALUES (?, ?, ?, ?, ?, ?, now())", rows)
+    return ""
+
+
+def evaluate_store(
+    store: str | Path,
+    model: str | None = None,
+    layers: Sequence[int] | None = None,
+    config: StoreEvalConfig | None = None,
+    *,
+    dict_ids: Sequence[int] | None = None,
+    loader: Callable[[str], LoadedModel] | None = None,
+) -> StoreEvalReport:
+    """Evaluate the store's dictionaries (of ``model``, a name or model id, at ``layers``; all by default) on
+    the store's held-out documents and write the figures into its ``evaluations`` table.
+
+    ``loader(name) -> LoadedModel`` loads a model (default: :func:`itda_core.models.load_model` on
+    ``config.device``). Dictionaries whose corpus has no held-out split, or whose model now loads with
+    another model id, are skipped with the reason in the report."""
+    from itda_core.store.writer import read_dictionary
+
+    config = config or StoreEvalConfig()
+    if config.ks is not None and (not config.ks or min(config.ks) < 1):
+        raise ITDAError(f"ks must be positive integers (got {config.ks})")
+    store = Path(store)
+    if not store.is_file():
+        raise ITDAError(f"no store at {store}; build one with `itda demo-build` or `itda train --store {store}`")
+    rows = _chosen(store, model, layers, dict_ids)
+    if loader is None:
+        from itda_core.models import load_model
+
+        def loader(name: str) -> LoadedModel:
+            return load_model(name, device=config.device)
+
+    report = StoreEvalReport()
+    by_model: dict[str, list[dict]] = {}
+    for r in rows:
+        by_model.setdefault(r["model_id"], []).append(r)
+    for model_id, group in by_model.items():
+        lm = loader(group[0]["model_name"])
+        if lm.model_id != model_id:
+            for r in group:
+                report.skipped[int(r["dict_id"])] = f"{r['model_name']} now loads as {lm.model_id}, not {model_id}"
+            continue
+        passes: dict[tuple[str, int, int], list[dict]] = {}
+        for r in group:
+            passes.setdefault((r["corpus_id"], int(r["seq_len"]), int(r["layer"])), []).append(r)
+        for (corpus_id, seq_len, _layer), targets in passes.items():
+            corpus = held_out_corpus(store, corpus_id, timeout=config.timeout)
+            if corpus is None:
+                for r in targets:
+                    report.skipped[int(r["dict_id"])] = (
+                        f"corpus {corpus_id} has no held-out documents (train with --held-out to evaluate)"
+                    )
+                continue
+            _evaluate_targets(store, lm, corpus, seq_len, targets, config, report, read_dictionary)
+    return report
+
+
+def _evaluate_targets(
+    store: Path,
+    lm: LoadedModel,
+    corpus: Corpus,
+    seq_len: int,
+    targets: list[dict],
+    config: StoreEvalConfig,
+    report: StoreEvalReport,
+    read_dictionary: Callable[..., Any],
+) -> None:
+    """One evaluation pass for the dictionaries of one layer, then one write transaction per dictionary."""
+    from itda_core.store.connection import connect_readonly
+
+    with connect_readonly(store, timeout=config.timeout) as con:
+        dicts = {int(r["dict_id"]): read_dictionary(con, int(r["dict_id"])).to(lm.device) for r in targets}
+    settings, owners = [], []
+    for r in targets:
+        d = int(r["dict_id"])
+        for k in config.ks or [int(r["k"])]:
+            settings.append((dicts[d], int(k)))
+            owners.append(d)
+    t0 = time.perf_counter()
+    results = evaluate_many(
+        lm,
+        settings,
+        corpus,
+        max_tokens=config.max_tokens,
+        seq_len=seq_len,
+        batch_size=config.batch_size,
+        splice_special=config.splice_special,
+        exclude_first=config.exclude_first,
+        progress=config.progress,
+    )
+    t1 = time.perf_counter()
+    report.eval_seconds += t1 - t0
+    for r in targets:
+        d = int(r["dict_id"])
+        mine = [res for res, owner in zip(results, owners, strict=True) if owner == d]
+        why = write_evaluations(store, d, mine, r["written"], timeout=config.timeout)
+        if why:
+            report.skipped[d] = why
+        else:
+            report.results[d] = mine
+    report.write_seconds += time.perf_counter() - t1
+
+
+__all__ = [
+    "STORED_METRICS",
+    "StoreEvalConfig",
+    "StoreEvalReport",
+    "evaluate_store",
+    "evaluation_rows",
+    "held_out_corpus",
+    "write_evaluations",
+]

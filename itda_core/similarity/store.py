@@ -1,0 +1,229 @@
+"""Similarity results written into the store's ``similarities`` table, in the form the dashboard reads.
+
+Rows are ``(dict_a, dict_b, method, value, details, created)``. ``method`` is ``jaccard`` or a baseline's
+display name (``linear CKA``, ``SVCCA``, ...), which the dashboard lists as a measure beside Jaccard.
+Symmetric measures are stored once per unordered pair (``dict_a <= dict_b``, the dashboard looks both ways);
+R^2 is stored for both orders (``dict_a`` predicts ``dict_b``). Baselines need activations: each model is
+loaded (by its stored name, else its source) and run on the first ``tokens`` tokens of the store's held-out
+documents; cross-model baselines are computed only between models that tokenise that text identically.
+Everything is written in one transaction, replacing earlier rows of the same (pair, method).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from itda_core.errors import ITDAError
+
+__all__ = ["JACCARD", "StoreSimilarityConfig", "StoreSimilarityReport", "method_name", "store_similarities"]
+
+JACCARD = "jaccard"
+BASELINES = ("cka", "cka_normalised", "svcca", "relative", "r2")
+
+
+def method_name(measure: str) -> str:
+    """The ``method`` string stored for a measure key (jaccard, cka, ...): the baseline's display name."""
+    from itda_core.similarity.baselines import MEASURES
+
+    return JACCARD if measure == JACCARD else MEASURES[measure].name
+
+
+@dataclass
+class StoreSimilarityConfig:
+    """Options of ``itda similarity --store`` (the baselines' activations and which measures to store)."""
+
+    measures: tuple[str, ...] = (JACCARD, *BASELINES)
+    tokens: int = 20_000  # first N held-out tokens per model for the baselines (the paper uses 100k)
+    split: str = "held_out"  # held_out / train / all: which stored documents feed the baselines
+    batch_size: int = 32
+    n_directions: int = 20
+    n_anchors: int = 300
+    anchor_seed: int = 0
+    device: str = "auto"
+    progress: bool = False
+
+
+@dataclass
+class StoreSimilarityReport:
+    """What was written: rows per method, the dictionaries involved, the skipped pairs (and why)."""
+
+    rows: dict[str, int] = field(default_factory=dict)
+    dict_ids: list[int] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        lines = [f"wrote {sum(self.rows.values()):,} similarity rows for {len(self.dict_ids)} dictionaries "
+                 f"in {self.seconds:.1f} s:"]
+        lines += [f"  {method}: {n:,}" for method, n in self.rows.items()]
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)}: {self.skipped[0]}" + (" ..." if len(self.skipped) > 1 else ""))
+        return "\n".join(lines)
+
+
+def _rows(con: Any, dict_ids: list[int] | None) -> pd.DataFrame:
+    df = con.execute(
+        "SELECT d.dict_id, d.model_id, d.layer, d.corpus_id, d.tokenizer_id, d.seq_len, d.skip_special_tokens, "
+        "m.name AS model_name, m.source FROM dictionaries d LEFT JOIN models m USING (model_id) ORDER BY d.dict_id"
+    ).df()
+    if dict_ids is not None:
+        missing = sorted(set(dict_ids) - set(df["dict_id"].astype(int)))
+        if missing:
+            raise ITDAError(f"no dictionary {missing[0]} in the store")
+        df = df[df["dict_id"].isin(dict_ids)]
+    if df.empty:
+        raise ITDAError("the store holds no dictionaries; write some with `itda train --store`")
+    return df.reset_index(drop=True)
+
+
+def _corpus(con: Any, corpus_id: str, split: str):  # -> Corpus
+    """The store's documents of ``corpus_id`` (the ``split`` part; all of them when that part is empty)."""
+    from itda_core.corpus import Corpus, Document
+
+    sql = "SELECT doc_id, text, source, split FROM documents WHERE corpus_id = ? ORDER BY doc_id"
+    docs = con.execute(sql, [corpus_id]).df()
+    part = docs if split == "all" else docs[docs["split"] == split]
+    if part.empty:
+        part, split = docs, "all"
+    if part.empty:
+        raise ITDAError(f"the store has no documents of corpus {corpus_id}")
+    documents = [Document(int(d), str(t), str(s)) for d, t, s in zip(part["doc_id"], part["text"], part["source"],
+                                                                          strict=True)]
+    return Corpus(f"{corpus_id}:{split}", documents, f"{corpus_id}:store:{split}")
+
+
+def _load(name: str, source: str, model_id: str, device: str):  # -> LoadedModel
+    """The model behind stored dictionaries: by name, else by source; its id must match the stored one."""
+    from itda_core.models import load_model
+
+    errors = []
+    for spec in dict.fromkeys(s for s in (name, source) if s):
+        try:
+            model = load_model(spec, device=device)
+        except ITDAError as err:
+            errors.append(str(err))
+            continue
+        if model.model_id != model_id:
+            raise ITDAError(f"{spec} now loads as {model.model_id}, but the store's dictionaries were built with "
+                            f"{model_id}: the baselines would describe another model")
+        return model
+    raise ITDAError(f"cannot load model {name or model_id} for the baselines: {errors[0] if errors else 'no name'}")
+
+
+def _jaccard_rows(con: Any, rows: pd.DataFrame, report: StoreSimilarityReport) -> list[tuple]:
+    from itda_core.similarity.jaccard import atom_set, shared_count
+    from itda_core.store.writer import read_dictionary
+
+    sets = {int(d): atom_set(read_dictionary(con, int(d))) for d in rows["dict_id"]}
+    ids = sorted(sets)
+    out = []
+    for i, a in enumerate(ids):
+        for b in ids[i:]:
+            try:
+                shared, n_a, n_b, how = shared_count(sets[a], sets[b])
+            except ITDAError as err:
+                report.skipped.append(f"jaccard {a} x {b}: {err}")
+                continue
+            union = n_a + n_b - shared
+            details = {"shared": shared, "n_a": n_a, "n_b": n_b, "matched_by": how}
+            out.append((a, b, JACCARD, shared / union if union else float("nan"), details))
+    return out
+
+
+def _baseline_rows(rows: pd.DataFrame, corpora: dict[str, Any], config: StoreSimilarityConfig) -> list[tuple]:
+    """Activations per model (one pass each), then every measure between every pair of token-compatible
+    dictionaries. Runs without a store connection, so writers are not blocked meanwhile."""
+    import torch
+
+    from itda_core.similarity.baselines import MEASURES, collect_activations
+
+    measures = [m for m in config.measures if m != JACCARD]
+    if not measures:
+        return []
+    group_keys = ["corpus_id", "tokenizer_id", "seq_len", "skip_special_tokens"]
+    items: dict[tuple, list[tuple[int, Any]]] = {}  # token-compatibility key -> [(dict_id, activations)]
+    tokens_used: dict[tuple, int] = {}
+    for (model_id, *key), group in rows.groupby(["model_id", *group_keys], sort=False, dropna=False):
+        first = group.iloc[0]
+        model = _load(str(first["model_name"] or ""), str(first["source"] or ""), str(model_id), config.device)
+        corpus = corpora[str(first["corpus_id"])]
+        layers = sorted(set(group["layer"].astype(int)))
+        with torch.no_grad():
+            acts = collect_activations(model, corpus, layers, config.tokens, seq_len=int(first["seq_len"]),
+                                       batch_size=config.batch_size,
+                                       skip_special_tokens=bool(first["skip_special_tokens"]), device=model.device,
+                                       progress=config.progress)
+        bucket = items.setdefault(tuple(key), [])
+        n = len(next(iter(acts.values())))
+        tokens_used[tuple(key)] = n
+        bucket.extend((int(d), acts[int(layer)]) for d, layer in zip(group["dict_id"], group["layer"], strict=True))
+        del model
+    out = []
+    for key, bucket in items.items():
+        n = tokens_used[key]
+        bucket.sort(key=lambda t: t[0])
+        for measure in measures:
+            m = MEASURES[measure]
+            options: dict[str, Any] = {}
+            if measure == "svcca":
+                options["n_directions"] = config.n_directions
+            if measure == "relative":  # the same anchor tokens in every model (rows are the same tokens)
+                options.update(n_anchors=config.n_anchors, seed=config.anchor_seed)
+            prepared = [m.prepare(x, **options) for _, x in bucket]
+            details = {"tokens": n, "split": config.split, "corpus_id": key[0], "measure": measure, **options}
+            for i, (a, _) in enumerate(bucket):
+                for j, (b, _) in enumerate(bucket):
+                    if m.symmetric and j < i:
+                        continue
+                    out.append((a, b, m.name, m.pair(prepared[i], prepared[j]), details))
+    return out
+
+
+def store_similarities(store: str | Path, dict_ids: list[int] | None = None,
+                       config: StoreSimilarityConfig | None = None) -> StoreSimilarityReport:
+    """Compute Jaccard and the baselines between the store's dictionaries (all, or ``dict_ids``) and write them
+    into ``similarities`` in one transaction (replacing earlier rows of the same pair and method)."""
+    from itda_core.similarity.layer_matching import ALL_MEASURES
+    from itda_core.store.connection import connect_readonly, connect_write, transaction
+
+    config = config or StoreSimilarityConfig()
+    bad = [m for m in config.measures if m not in ALL_MEASURES]
+    if bad or not config.measures:
+        raise ITDAError(f"unknown measure(s) {bad}; use any of {', '.join(ALL_MEASURES)}")
+    if config.tokens < 2:
+        raise ITDAError(f"tokens must be at least 2 (got {config.tokens})")
+    if config.split not in ("held_out", "train", "all"):
+        raise ITDAError(f"split must be held_out, train or all (got {config.split!r})")
+    start = time.perf_counter()
+    report = StoreSimilarityReport()
+    with connect_readonly(store) as con:
+        rows = _rows(con, dict_ids)
+        report.dict_ids = [int(d) for d in rows["dict_id"]]
+        found = _jaccard_rows(con, rows, report) if JACCARD in config.measures else []
+        baselines = any(m != JACCARD for m in config.measures)
+        corpora = {str(c): _corpus(con, str(c), config.split) for c in set(rows["corpus_id"])} if baselines else {}
+    found += _baseline_rows(rows, corpora, config)
+    if not found:
+        raise ITDAError("nothing to write: " + (report.skipped[0] if report.skipped else "no comparable pairs"))
+    frame = pd.DataFrame(found, columns=["dict_a", "dict_b", "method", "value", "details"])
+    frame["details"] = [json.dumps({**d, "config": asdict(config)}, default=str) for d in frame["details"]]
+    with connect_write(store) as con, transaction(con):
+        con.register("_sim_in", frame)
+        con.execute(  # the same pair in either order: symmetric ones are stored once, R^2 both ways
+            "DELETE FROM similarities WHERE EXISTS (SELECT 1 FROM _sim_in n WHERE n.method = similarities.method "
+            "AND ((n.dict_a = similarities.dict_a AND n.dict_b = similarities.dict_b) OR "
+            "(n.dict_a = similarities.dict_b AND n.dict_b = similarities.dict_a)))"
+        )
+        con.execute("INSERT INTO similarities SELECT dict_a, dict_b, method, value, CAST(details AS JSON), now() "
+                    "FROM _sim_in")
+        con.unregister("_sim_in")
+    report.rows = dict(Counter(frame["method"]))
+    report.seconds = time.perf_counter() - start
+    return report

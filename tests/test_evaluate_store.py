@@ -1,0 +1,192 @@
+"""Evaluation results in the store (``itda eval --store``), shown by the dashboard; PNG export of figures."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+
+import plotly.graph_objects as go
+import pytest
+import typer
+from streamlit.testing.v1 import AppTest
+from tiny import tiny_corpus, tiny_model
+from typer.testing import CliRunner
+
+from itda_core.errors import ITDAError
+from itda_core.evaluation import evaluate, save_figure
+from itda_core.evaluation.store import STORED_METRICS, StoreEvalConfig, evaluate_store, held_out_corpus
+from itda_core.models import LoadedModel
+from itda_core.store.connection import connect_readonly
+
+HELD_OUT = 0.25
+sweep_module = importlib.import_module("itda_core.evaluation.sweep")  # the package exports a function 'sweep'
+APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A store with a 3-layer tiny Llama (saved as a folder, so it loads by name) and its layers 1 and 2."""
+    from itda_core.models import load_model
+    from itda_core.store.writer import write_dictionary
+    from itda_core.trainer import TrainConfig, Trainer
+
+    root = tmp_path_factory.mktemp("evalstore")
+    made = tiny_model("llama")
+    made.model.save_pretrained(root / "tiny-llama")
+    made.tokenizer.save_pretrained(root / "tiny-llama")
+    model = load_model(str(root / "tiny-llama"), device="cpu")
+    corpus = tiny_corpus(n_copies=4)
+    train, held = corpus.split(HELD_OUT)
+    store = root / "itda.duckdb"
+    config = TrainConfig(layers=[1, 2], k=4, max_tokens=None, progress=False)
+    itdas = Trainer(model, train, config).run()
+    ids = {layer: write_dictionary(store, itda, model, corpus) for layer, itda in itdas.items()}
+    return {"path": store, "model": model, "ids": ids, "itdas": itdas, "held": held}
+
+
+def _rows(store: Path) -> list[tuple]:
+    with connect_readonly(store) as con:
+        return con.execute(
+            "SELECT dict_id, metric, value, corpus_id, n_tokens, json_extract_string(details, '$.k') "
+            "FROM evaluations ORDER BY dict_id, metric"
+        ).fetchall()
+
+
+def test_evaluate_store_writes_and_replaces_rows(tiny_store: dict) -> None:
+    store, model = tiny_store["path"], tiny_store["model"]
+    held = held_out_corpus(store, "tiny-v1")
+    assert held is not None and held.corpus_id == tiny_store["held"].corpus_id
+    assert held.sha256 == tiny_store["held"].sha256  # the very split 'itda train --held-out' left out
+
+    def loader(_name: str) -> LoadedModel:
+        return model
+
+    config = StoreEvalConfig(max_tokens=100)
+    report = evaluate_store(store, model.name, [1], config, loader=loader)
+    d1 = tiny_store["ids"][1]
+    assert list(report.results) == [d1] and not report.skipped
+    rows = _rows(store)
+    assert {r[1] for r in rows} == set(STORED_METRICS) and {r[0] for r in rows} == {d1}
+    assert {r[3] for r in rows} == {held.corpus_id} and {r[5] for r in rows} == {"4"}
+    # the stored figures are those of a plain evaluation on the held-out split
+    direct = evaluate(model, tiny_store["itdas"][1], tiny_store["held"], k=4, max_tokens=100)
+    stored = {r[1]: r[2] for r in rows}
+    assert stored["ce_loss_score"] == pytest.approx(direct.ce_loss_score, rel=1e-6)
+    assert stored["fvu"] == pytest.approx(direct.fvu, rel=1e-6)
+    assert {r[4] for r in rows} == {direct.tokens}
+    # evaluating again replaces the rows of the same metric, k and corpus
+    evaluate_store(store, model.name, [1], config, loader=loader)
+    assert len(_rows(store)) == len(rows)
+    # another k adds rows next to them; the dashboard shows the dictionary's own k
+    evaluate_store(store, model.model_id, [1], StoreEvalConfig(ks=[2], max_tokens=100), loader=loader)
+    after = _rows(store)
+    assert len(after) == 2 * len(rows) and {r[5] for r in after} == {"2", "4"}
+    assert "CE loss score" in report.summary()
+
+
+def test_evaluate_store_errors(tiny_store: dict, tmp_path: Path) -> None:
+    store = tiny_store["path"]
+    with pytest.raises(ITDAError, match="no dictionaries of model 'nope'"):
+        evaluate_store(store, "nope")
+    with pytest.raises(ITDAError, match="no dictionaries at layers"):
+        evaluate_store(store, None, [7])
+    with pytest.raises(ITDAError, match="no store at"):
+        evaluate_store(tmp_path / "missing.duckdb")
+    with pytest.raises(ITDAError, match="ks must be positive"):
+        evaluate_store(store, config=StoreEvalConfig(ks=[0]))
+
+
+def test_dashboard_overview_shows_stored_evaluations(tiny_store: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, model = tiny_store["path"], tiny_store["model"]
+    evaluate_store(store, model.name, [2], StoreEvalConfig(max_tokens=100), loader=lambda _n: model)
+    # dictionary 1: its own k (4) first, then another k (2) more recently: the overview shows k = 4
+    for k in (4, 2):
+        evaluate_store(store, model.name, [1], StoreEvalConfig(ks=[k], max_tokens=100), loader=lambda _n: model)
+    monkeypatch.setenv("ITDA_STORE", str(store))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    tables = [df.value for df in at.dataframe if "dict_id" in df.value.columns]
+    assert tables, "no dictionaries table on the overview page"
+    table = tables[0]
+    assert "eval_ce_loss_score" in table.columns and "eval_fvu" in table.columns
+    row = table[table["dict_id"] == tiny_store["ids"][2]].iloc[0]
+    with connect_readonly(store) as con:
+        want = con.execute(
+            "SELECT value FROM evaluations WHERE dict_id = ? AND metric = 'ce_loss_score'", [tiny_store["ids"][2]]
+        ).fetchall()[0][0]
+    assert row["eval_ce_loss_score"] == pytest.approx(want)
+    own = table[table["dict_id"] == tiny_store["ids"][1]].iloc[0]
+    with connect_readonly(store) as con:
+        by_k = dict(con.execute(
+            "SELECT json_extract_string(details, '$.k'), value FROM evaluations "
+            "WHERE dict_id = ? AND metric = 'ce_loss_score'", [tiny_store["ids"][1]]
+        ).fetchall())  # fmt: skip
+    assert set(by_k) == {"2", "4"} and by_k["2"] != pytest.approx(by_k["4"])
+    assert own["eval_ce_loss_score"] == pytest.approx(by_k["4"])
+
+
+def _cli() -> typer.Typer:
+    from itda_core.commands.evaluate import register
+
+    app = typer.Typer()
+    register(app)
+
+    @app.command()
+    def other() -> None:  # a second command, so that typer keeps "eval" as a sub-command
+        """Unused."""
+
+    return app
+
+
+def test_cli_eval_store(tiny_store: dict, tmp_path: Path) -> None:
+    store = tiny_store["path"]
+    out = tmp_path / "store_results.json"
+    args = ["eval", "--store", str(store), "--layers", "1,2", "--sweep", "--ks", "1,3", "--max-tokens", "60",
+            "--device", "cpu", "--no-progress", "--out", str(out)]  # fmt: skip
+    res = CliRunner().invoke(_cli(), args)
+    assert res.exit_code == 0, res.output
+    assert "stored 4 evaluation(s) of 2 dictionaries" in res.output
+    data = json.loads(out.read_text())
+    assert sorted((r["dict_id"], r["k"]) for r in data) == sorted(
+        (d, k) for d in tiny_store["ids"].values() for k in (1, 3)
+    )
+    res = CliRunner().invoke(_cli(), ["eval", "--device", "cpu"])
+    assert res.exit_code != 0 and "either --dictionary" in str(res.exception)
+    res = CliRunner().invoke(_cli(), ["eval", "--store", str(store), "--sizes", "3"])
+    assert res.exit_code != 0 and "--sizes is not available" in str(res.exception)
+    res = CliRunner().invoke(_cli(), ["eval", "--store", str(store), "--layers", "x"])
+    assert res.exit_code != 0 and "cannot read --layers" in str(res.exception)
+
+
+# ---- PNG export ------------------------------------------------------------------------------------------
+
+
+def _figure() -> go.Figure:
+    return go.Figure(go.Scatter(x=[10, 20, 40, 80], y=[0.5, 0.6, 0.7, 0.8]))
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="needs Debian's chromium at /usr/bin/chromium")
+def test_png_export_with_chromium(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BROWSER_PATH", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # not on PATH: found at its usual location
+    written, message = save_figure(_figure(), tmp_path / "fig")
+    assert message is None, message
+    assert written == [tmp_path / "fig.html", tmp_path / "fig.png"]
+    assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "BROWSER_PATH" not in os.environ  # restored
+
+
+def test_png_skipped_with_one_line_message_without_browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-such-chrome"))
+    written, message = save_figure(_figure(), tmp_path / "a")
+    assert written == [tmp_path / "a.html"] and (tmp_path / "a.html").is_file()
+    assert message is not None and "\n" not in message and "is not an executable" in message
+    monkeypatch.delenv("BROWSER_PATH")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(sweep_module, "BROWSER_PATHS", ())
+    written, message = save_figure(_figure(), tmp_path / "b")
+    assert written == [tmp_path / "b.html"] and not (tmp_path / "b.png").exists()
+    assert message is not None and "\n" not in message and "no Chrome/Chromium browser found" in message
