@@ -291,3 +291,17 @@ def test_cuda_ties_and_zeros(use_triton: str, monkeypatch: pytest.MonkeyPatch) -
     assert idx[:, 0].tolist() == [2, 1, 0, 0]
     assert coef[:, 0].tolist() == [5.0, -2.0, 1.0, 0.0]
     assert idx[2].tolist() == [0, 1, 2, 4] and idx[3].tolist() == [0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_reconstruct_equals_the_loop_over_steps(dtype) -> None:
+    gen = torch.Generator().manual_seed(3)
+    atoms = torch.randn(50, 16, generator=gen, dtype=dtype)
+    idx = torch.randint(0, 50, (30, 7), generator=gen)
+    coef = torch.randn(30, 7, generator=gen, dtype=dtype)
+    expected = torch.zeros(30, 16, dtype=dtype)
+    for s in range(7):
+        expected += coef[:, s, None] * atoms[idx[:, s]]
+    got = reconstruct(idx, coef, atoms)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got, expected)
