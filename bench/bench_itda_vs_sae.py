@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from itda_core.corpus import load_corpus
 from itda_core.dictionary import ITDA, ITDAConfig
@@ -105,7 +105,7 @@ def log(msg: str) -> None:
 def cache_activations(model: LoadedModel, cfg: BenchConfig, out: Path) -> dict:
     """Residual stream after block ``cfg.layer`` for the first ``cfg.train_tokens`` train-split tokens."""
     meta_path = out / "acts.json"
-    if meta_path.is_file():
+    if meta_path.is_file() and (out / "prov.safetensors").is_file():
         meta = json.loads(meta_path.read_text())
         same = (meta["model_id"], meta["layer"], meta["requested"]) == (model.model_id, cfg.layer, cfg.train_tokens)
         if same:
@@ -122,7 +122,9 @@ def cache_activations(model: LoadedModel, cfg: BenchConfig, out: Path) -> dict:
     x = torch.cat(acts)
     np.save(out / "acts.npy", x.numpy())
     prov = Provenance.concat(provs)
-    torch.save({"prov": prov, "batch_sizes": batch_sizes}, out / "prov.pt")
+    # safetensors + JSON, never pickle (the project's rule for anything read back from disk)
+    save_file(prov.to_tensors(), str(out / "prov.safetensors"))
+    (out / "batch_sizes.json").write_text(json.dumps(batch_sizes))
     meta = {
         "model_id": model.model_id,
         "layer": cfg.layer,
@@ -216,8 +218,8 @@ def main() -> None:
     model = load_model(cfg.model, device="cpu")
     meta = cache_activations(model, cfg, out)
     x = torch.from_numpy(np.load(out / "acts.npy"))
-    saved = torch.load(out / "prov.pt", weights_only=False)
-    prov, batch_sizes = saved["prov"], saved["batch_sizes"]
+    prov = Provenance.from_tensors(load_file(str(out / "prov.safetensors")))
+    batch_sizes = json.loads((out / "batch_sizes.json").read_text())
     tau = default_threshold(model.d_model)
     itda, itda_s = build_itda(model, x, prov, batch_sizes, cfg, meta, tau, None)
     log(f"ITDA (default threshold {tau:.2e}): {len(itda):,} atoms in {itda_s:.1f} s")
