@@ -68,3 +68,31 @@ def test_cli_convergence(tmp_path):
     assert json.loads(out.with_suffix(".json").read_text())["labels"] == ["step5", "final"]
     bad = CliRunner().invoke(app, ["convergence", "--checkpoints", *folders, "--steps", "5"])
     assert bad.exit_code != 0 and "--steps has 1 values" in str(bad.exception)
+
+
+def test_hub_revision_is_split_and_passed_to_transformers(monkeypatch, tmp_path):
+    """`id@revision` (e.g. Pythia's step branches) reaches every from_pretrained call; a folder whose name
+    holds an @ stays a folder."""
+    import transformers
+
+    from itda_core.models import load_model
+    from itda_core.similarity.convergence import _split
+
+    assert _split("EleutherAI/pythia-70m@step1000") == ("EleutherAI/pythia-70m", "step1000")
+    folder = tmp_path / "run@2"
+    folder.mkdir()
+    assert _split(str(folder)) == (str(folder), None)
+
+    seen: list[tuple[str, str | None]] = []
+
+    def fake(kind):
+        def from_pretrained(name, *args, **kwargs):
+            seen.append((kind, kwargs.get("revision")))
+            raise OSError("no network here")
+
+        return from_pretrained
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", fake("config"))
+    with pytest.raises(ITDAError, match="could not load model"):
+        load_model("EleutherAI/pythia-70m", device="cpu", revision="step1000")
+    assert seen == [("config", "step1000")]
