@@ -207,3 +207,21 @@ def test_on_cuda():
     assert relative_similarity(x, y) == pytest.approx(1.0, abs=1e-5)
     assert linear_regression_r2(x, y) == pytest.approx(1.0, abs=1e-6)
     assert linear_cka(x, rand(2000, 64, 1).cuda()) == pytest.approx(linear_cka(x.cpu(), rand(2000, 64, 1)))
+
+
+def test_shared_cross_products_give_the_same_values():
+    """Inside shared_cross_products one centred cross product serves CKA, feature-normalised CKA and R^2 both
+    ways; every value equals the one computed on its own."""
+    from itda_core.similarity.baselines import MEASURES, shared_cross_products
+
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(300, 12, generator=gen) * torch.linspace(0.5, 3, 12) + 1.5
+    y = x @ torch.randn(12, 9, generator=gen) + 0.3 * torch.randn(300, 9, generator=gen)
+    names = ["cka", "cka_normalised", "r2"]
+    prepared = {n: (MEASURES[n].prepare(x), MEASURES[n].prepare(y)) for n in names}
+    alone = {n: (MEASURES[n].pair(a, b), MEASURES[n].pair(b, a)) for n, (a, b) in prepared.items()}
+    with shared_cross_products():
+        shared = {n: (MEASURES[n].pair(a, b), MEASURES[n].pair(b, a)) for n, (a, b) in prepared.items()}
+    for n in names:
+        assert shared[n] == pytest.approx(alone[n], rel=1e-9, abs=1e-12), n
+    assert alone["r2"][0] != pytest.approx(alone["r2"][1])  # R^2 is asymmetric: the transpose was used right

@@ -17,7 +17,8 @@ prepares every layer once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,12 +99,47 @@ def _stats(x: Tensor, normalise_features: bool = False) -> _Stats:
     return st
 
 
-def _cross(a: _Stats, b: _Stats) -> Tensor:
+def _cross_direct(a: _Stats, b: _Stats) -> Tensor:
     """``A^T B`` of the centred (scaled) matrices, [d1, d2], accumulated chunk by chunk on ``a``'s device."""
     out = torch.zeros((a.x.shape[1], b.x.shape[1]), dtype=a.dtype, device=a.device)
     for i in range(0, a.x.shape[0], CHUNK_ROWS):
         out += a.chunk(i).T @ b.chunk(i, device=a.device).to(a.dtype)
     return out
+
+
+# Plain (centred, unscaled) cross products of the current pair, keyed by the two matrices' identities; None
+# outside :func:`shared_cross_products`.
+_CROSS_CACHE: dict[tuple[int, int], Tensor] | None = None
+
+
+@contextmanager
+def shared_cross_products() -> Iterator[None]:
+    """Inside this block the centred ``A^T B`` of two activation matrices is computed once and reused by every
+    measure that needs it (CKA, feature-normalised CKA = diag(s_a) C diag(s_b), R^2 both ways, as C^T).
+    Keys are the tensors' identities: use it around one pair's measures, while both tensors are alive."""
+    global _CROSS_CACHE
+    previous, _CROSS_CACHE = _CROSS_CACHE, {}
+    try:
+        yield
+    finally:
+        _CROSS_CACHE = previous
+
+
+def _cross(a: _Stats, b: _Stats) -> Tensor:
+    """``A^T B`` of the centred (scaled) matrices; shared across measures inside :func:`shared_cross_products`."""
+    cache = _CROSS_CACHE
+    if cache is None or a.device != b.device or a.dtype != b.dtype:
+        return _cross_direct(a, b)
+    plain = cache.get((id(a.x), id(b.x)))
+    if plain is None:
+        flipped = cache.get((id(b.x), id(a.x)))
+        if flipped is not None:
+            plain = flipped.T
+        else:
+            ones_a, ones_b = torch.ones_like(a.mean), torch.ones_like(b.mean)
+            plain = _cross_direct(_Stats(a.x, a.mean, ones_a), _Stats(b.x, b.mean, ones_b))
+            cache[(id(a.x), id(b.x))] = plain
+    return a.scale[:, None] * plain * b.scale[None, :]
 
 
 # ---- linear CKA -------------------------------------------------------------------------------------------

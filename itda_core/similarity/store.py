@@ -142,7 +142,7 @@ def _baseline_rows(rows: pd.DataFrame, corpora: dict[str, Any], config: StoreSim
     dictionaries. Runs without a store connection, so writers are not blocked meanwhile."""
     import torch
 
-    from itda_core.similarity.baselines import MEASURES, collect_activations
+    from itda_core.similarity.baselines import MEASURES, collect_activations, shared_cross_products
 
     measures = [m for m in config.measures if m != JACCARD]
     if not measures:
@@ -169,20 +169,27 @@ def _baseline_rows(rows: pd.DataFrame, corpora: dict[str, Any], config: StoreSim
     for key, bucket in items.items():
         n = tokens_used[key]
         bucket.sort(key=lambda t: t[0])
+        prepared: dict[str, list[Any]] = {}
+        details: dict[str, dict[str, Any]] = {}
         for measure in measures:
-            m = MEASURES[measure]
             options: dict[str, Any] = {}
             if measure == "svcca":
                 options["n_directions"] = config.n_directions
             if measure == "relative":  # the same anchor tokens in every model (rows are the same tokens)
                 options.update(n_anchors=config.n_anchors, seed=config.anchor_seed)
-            prepared = [m.prepare(x, **options) for _, x in bucket]
-            details = {"tokens": n, "split": config.split, "corpus_id": key[0], "measure": measure, **options}
-            for i, (a, _) in enumerate(bucket):
-                for j, (b, _) in enumerate(bucket):
-                    if m.symmetric and j < i:
-                        continue
-                    out.append((a, b, m.name, m.pair(prepared[i], prepared[j]), details))
+            prepared[measure] = [MEASURES[measure].prepare(x, **options) for _, x in bucket]
+            details[measure] = {"tokens": n, "split": config.split, "corpus_id": key[0], "measure": measure,
+                                **options}
+        # pair by pair, so that CKA, feature-normalised CKA and R^2 (both ways) share one cross product
+        for i, (a, _) in enumerate(bucket):
+            for j in range(i, len(bucket)):
+                b = bucket[j][0]
+                with shared_cross_products():
+                    for measure in measures:
+                        m, p = MEASURES[measure], prepared[measure]
+                        out.append((a, b, m.name, m.pair(p[i], p[j]), details[measure]))
+                        if not m.symmetric and j != i:
+                            out.append((b, a, m.name, m.pair(p[j], p[i]), details[measure]))
     return out
 
 
