@@ -105,43 +105,21 @@ size, opacity = (5, 0.9) if len(frame) < 3000 else (4, 0.7)
 frame["hover"] = hover_text(frame)
 custom = np.column_stack([frame["dict_id"].to_numpy(), frame["atom"].to_numpy()])
 fig = go.Figure()
-if colour == "layer":
-    many = frame["layer"].nunique() > 1
-    marker = {
-        "size": size,
-        "opacity": opacity,
-        "color": frame["layer"],
-        "colorscale": "Turbo" if many else "Viridis",
-        "showscale": many,
-        "colorbar": {"title": "layer"},
-    }
+if colour in ("layer", "density"):
+    if colour == "layer":
+        many = frame["layer"].nunique() > 1
+        colour_spec = {"color": frame["layer"], "colorscale": "Turbo" if many else "Viridis", "showscale": many,
+                       "colorbar": {"title": "layer"}}
+    else:
+        density = frame["density"].fillna(0).to_numpy(dtype=float)
+        colour_spec = {"color": np.log10(np.maximum(density, 1e-6)), "colorscale": "Viridis", "showscale": True,
+                       "colorbar": {"title": "log10 density"}}
     fig.add_trace(
         go.Scattergl(
             x=frame["x"],
             y=frame["y"],
             mode="markers",
-            marker=marker,
-            customdata=custom,
-            hovertext=frame["hover"],
-            hoverinfo="text",
-        )
-    )
-elif colour == "density":
-    density = frame["density"].fillna(0).to_numpy(dtype=float)
-    marker = {
-        "size": size,
-        "opacity": opacity,
-        "color": np.log10(np.maximum(density, 1e-6)),
-        "colorscale": "Viridis",
-        "showscale": True,
-        "colorbar": {"title": "log10 density"},
-    }
-    fig.add_trace(
-        go.Scattergl(
-            x=frame["x"],
-            y=frame["y"],
-            mode="markers",
-            marker=marker,
+            marker={"size": size, "opacity": opacity, **colour_spec},
             customdata=custom,
             hovertext=frame["hover"],
             hoverinfo="text",
