@@ -7,26 +7,15 @@ Prints a markdown table for docs/benchmarks.md; ratios are measured within one r
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import torch
+from machine import cpu_name  # bench/machine.py (a script's folder is on sys.path)
 
 from itda_core.corpus import load_corpus
 from itda_core.extraction import extract
 from itda_core.models import load_model
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def rate(model, docs, layers, batch_size: int) -> float:

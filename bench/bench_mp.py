@@ -12,27 +12,15 @@ import argparse
 import itertools
 import logging
 import os
-import platform
 import time
 from collections.abc import Callable
 
 import numba
 import numpy as np
 import torch
+from machine import cpu_name  # bench/machine.py (a script's folder is on sys.path)
 
 from itda_core import mp
-
-
-def cpu_name() -> str:
-    """CPU model from /proc/cpuinfo (or platform's guess)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def device_name(device: torch.device) -> str:

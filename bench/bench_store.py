@@ -19,7 +19,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import random
 import re
 import statistics
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from machine import cpu_name  # bench/machine.py (a script's folder is on sys.path)
 
 from itda_core.store import queries as Q
 from itda_core.store.connection import connect_readonly, connect_write, transaction
@@ -41,18 +41,6 @@ DEMO_SHAPES = [
     ("synthetic-gemma3", 18, 640, True),
     ("synthetic-minilm", 6, 384, False),
 ]
-
-
-def cpu_name() -> str:
-    """The CPU model, for the table header."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 # ---- a synthetic, demo-sized store -----------------------------------------------------------------------
