@@ -386,23 +386,9 @@ def _contexts(
     ).fetchall()
     if not keys:
         return []
-    corpus_id, tok_id, seq_len = keys[0]
     doc_ids = sorted({int(d) for d, _, _ in hits})
     ids = _ints(doc_ids)
-    texts = dict(
-        con.execute(
-            f"SELECT doc_id, text FROM documents WHERE corpus_id = ? AND doc_id IN ({ids})", [corpus_id]
-        ).fetchall()
-    )
-    rows = con.execute(
-        f"SELECT doc_id, position, token_str, char_start, char_end FROM tokens WHERE tokenizer_id = ? "
-        f"AND seq_len = ? AND corpus_id = ? AND doc_id BETWEEN {doc_ids[0]} AND {doc_ids[-1]} "
-        f"AND doc_id IN ({ids}) ORDER BY doc_id, position",
-        [tok_id, seq_len, corpus_id],
-    ).fetchall()
-    tokens: dict[int, dict[int, tuple[str, int, int]]] = {}
-    for d, p, s, cs, ce in rows:
-        tokens.setdefault(int(d), {})[int(p)] = (s, int(cs), int(ce))
+    texts, tokens = Q.documents_with_tokens(con, *keys[0], doc_ids)
     coefs: dict[tuple[int, int], float] = {}
     if atom_id is not None:
         for d, p, c in con.execute(

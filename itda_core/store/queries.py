@@ -9,6 +9,7 @@ document text by character span) plus the list of the window's token texts and t
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import duckdb
@@ -93,6 +94,34 @@ def _dict_keys(con: duckdb.DuckDBPyConnection, dict_id: int) -> tuple[str, str, 
     return None if row is None else (row[0], row[1], int(row[2]))
 
 
+def documents_with_tokens(
+    con: duckdb.DuckDBPyConnection, corpus_id: str, tokenizer_id: str, seq_len: int, doc_ids: Iterable[int]
+) -> tuple[dict[int, str], dict[int, dict[int, tuple[str, int, int]]]]:
+    """The texts of ``doc_ids`` and, per document, ``{position: (token_str, char_start, char_end)}`` under one
+    tokenisation: what every context window is cut from."""
+    ids = sorted({int(d) for d in doc_ids})
+    if not ids:
+        return {}, {}
+    in_list = ", ".join(str(d) for d in ids)
+    texts = dict(
+        con.execute(
+            f"SELECT doc_id, text FROM documents WHERE corpus_id = ? AND doc_id BETWEEN {ids[0]} AND "
+            f"{ids[-1]} AND doc_id IN ({in_list})",
+            [corpus_id],
+        ).fetchall()
+    )
+    rows = con.execute(
+        f"SELECT doc_id, position, token_str, char_start, char_end FROM tokens WHERE tokenizer_id = ? AND "
+        f"seq_len = ? AND corpus_id = ? AND doc_id BETWEEN {ids[0]} AND {ids[-1]} "
+        f"AND doc_id IN ({in_list}) ORDER BY doc_id, position",
+        [tokenizer_id, seq_len, corpus_id],
+    ).fetchall()
+    by_doc: dict[int, dict[int, tuple[str, int, int]]] = {}
+    for d, p, s, cs, ce in rows:
+        by_doc.setdefault(int(d), {})[int(p)] = (s, int(cs), int(ce))
+    return {int(d): t for d, t in texts.items()}, by_doc
+
+
 def render_contexts(
     con: duckdb.DuckDBPyConnection, dict_id: int, hits: pd.DataFrame, window: int = 8
 ) -> pd.DataFrame:
@@ -105,25 +134,7 @@ def render_contexts(
     keys = _dict_keys(con, dict_id)
     if keys is None or out.empty:
         return out
-    corpus_id, tok_id, seq_len = keys
-    doc_ids = sorted({int(d) for d in out["doc_id"]})
-    in_list = ", ".join(str(d) for d in doc_ids)
-    texts = dict(
-        con.execute(
-            f"SELECT doc_id, text FROM documents WHERE corpus_id = ? AND doc_id BETWEEN {doc_ids[0]} AND "
-            f"{doc_ids[-1]} AND doc_id IN ({in_list})",
-            [corpus_id],
-        ).fetchall()
-    )
-    toks = con.execute(
-        f"SELECT doc_id, position, token_str, char_start, char_end FROM tokens WHERE tokenizer_id = ? AND "
-        f"seq_len = ? AND corpus_id = ? AND doc_id BETWEEN {doc_ids[0]} AND {doc_ids[-1]} "
-        f"AND doc_id IN ({in_list}) ORDER BY doc_id, position",
-        [tok_id, seq_len, corpus_id],
-    ).fetchall()
-    by_doc: dict[int, dict[int, tuple[str, int, int]]] = {}
-    for d, p, s, cs, ce in toks:
-        by_doc.setdefault(int(d), {})[int(p)] = (s, int(cs), int(ce))
+    texts, by_doc = documents_with_tokens(con, *keys, out["doc_id"])
     for i, (doc_id, pos) in enumerate(zip(out["doc_id"], out["position"], strict=True)):
         doc_id, pos = int(doc_id), int(pos)
         text, tokens = texts.get(doc_id, ""), by_doc.get(doc_id, {})
@@ -132,7 +143,7 @@ def render_contexts(
         lo, hi = max(0, pos - window), pos + window
         window_pos = [p for p in range(lo, hi + 1) if p in tokens]
         pieces = [_piece(text, *tokens[p]) for p in window_pos]
-        s, cs, ce = tokens[pos]
+        _, cs, ce = tokens[pos]
         first = min((tokens[p][1] for p in window_pos if p < pos and tokens[p][2] > tokens[p][1]), default=cs)
         last = max((tokens[p][2] for p in window_pos if p > pos and tokens[p][2] > tokens[p][1]), default=ce)
         if ce <= cs:  # a special token covers no text: cut the text around it at its neighbours
