@@ -143,30 +143,20 @@ def model_status(config: DemoConfig, name: str, model_id: str | None = None) -> 
     return status
 
 
-def _present_layers(config: DemoConfig, model_id: str) -> set[int]:
-    """Layers of ``model_id`` that already have a demo dictionary in the store."""
-    if not Path(config.store).is_file():
-        return set()
-    with connect_readonly(config.store) as con:
-        rows = con.execute(
-            "SELECT DISTINCT layer FROM dictionaries WHERE model_id = ? AND train_corpus_id = ? "
-            "AND k = ? AND seq_len = ?",
-            [model_id, train_corpus_id(config), config.k, config.seq_len],
-        ).fetchall()
-    return {int(r[0]) for r in rows}
-
-
-def _demo_dict_ids(config: DemoConfig, name: str) -> list[int]:
-    """Dictionaries of model ``name`` that belong to this demo (same train split, k and seq_len)."""
+def _demo_dictionaries(
+    config: DemoConfig, *, model_id: str | None = None, name: str | None = None
+) -> list[tuple[int, int]]:
+    """(dict_id, layer) of the demo's dictionaries (same train split, k and seq_len) of one model, by id or name."""
     if not Path(config.store).is_file():
         return []
+    column, value = ("m.model_id", model_id) if model_id is not None else ("m.name", name)
     with connect_readonly(config.store) as con:
         rows = con.execute(
-            "SELECT d.dict_id FROM dictionaries d JOIN models m USING (model_id) WHERE m.name = ? "
+            f"SELECT d.dict_id, d.layer FROM dictionaries d JOIN models m USING (model_id) WHERE {column} = ? "
             "AND d.train_corpus_id = ? AND d.k = ? AND d.seq_len = ? ORDER BY d.layer",
-            [name, train_corpus_id(config), config.k, config.seq_len],
+            [value, train_corpus_id(config), config.k, config.seq_len],
         ).fetchall()
-    return [int(r[0]) for r in rows]
+    return [(int(d), int(layer)) for d, layer in rows]
 
 
 def _map_atoms(config: DemoConfig, name: str, tag: str) -> int:
@@ -175,7 +165,7 @@ def _map_atoms(config: DemoConfig, name: str, tag: str) -> int:
         return 0
     from itda_core.atom_map import compute_atom_maps, missing_maps
 
-    ids = _demo_dict_ids(config, name)
+    ids = [d for d, _ in _demo_dictionaries(config, name=name)]
     todo = missing_maps(config.store, ids) if ids else []
     if not todo:
         return 0
@@ -237,7 +227,7 @@ def build_demo(config: DemoConfig | None = None) -> DemoReport:
         train, _held = corpus.split(config.held_out_fraction, config.split_seed)
         # the same documents for every model, in an order whose prefixes sample the whole split
         train = Corpus(train.name, spread(train.documents), train.corpus_id, train.sha256)
-        present = _present_layers(config, model.model_id)
+        present = {layer for _, layer in _demo_dictionaries(config, model_id=model.model_id)}
         missing = [layer for layer in range(model.n_layers) if layer not in present]
         trained = 0
         if missing:
