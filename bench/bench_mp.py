@@ -86,7 +86,7 @@ def naive_gram_mp(x: torch.Tensor, atoms: torch.Tensor, gram: torch.Tensor, k: i
     return idx
 
 
-def compare(x: torch.Tensor, atoms: torch.Tensor, k: int, gram: torch.Tensor) -> str:
+def compare(x: torch.Tensor, atoms: torch.Tensor, k: int, gram: torch.Tensor | mp.HalfGram) -> str:
     """How the fast path's codes compare with the textbook loop's on ``x``.
 
     Where a token's indices differ, the first differing step is checked for a near-tie: the two
@@ -123,6 +123,9 @@ def main() -> None:
     parser.add_argument("--n-naive", type=int, default=512, help="tokens for the naive torch Gram row")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs (slow rows: 1)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--mid-m", type=int, default=40000,
+                        help="atoms for the float16-tier rows: float32 G over the budget, float16 G within (0: skip)")
+    parser.add_argument("--mid-n", type=int, default=2048, help="tokens for the float16-tier rows")
     parser.add_argument("--big-m", type=int, default=65536, help="atoms for the fallback row (0: skip)")
     parser.add_argument("--big-n", type=int, default=32, help="tokens for the big-m fallback row")
     parser.add_argument("--seed", type=int, default=0)
@@ -139,6 +142,7 @@ def main() -> None:
     warm = time.perf_counter() - t0
     gram_s = timed(lambda: mp.gram_matrix(atoms), dev, 1)
     gram = mp.gram_matrix(atoms)
+    half = mp.gram_matrix_half(atoms) if dev.type == "cpu" and mp._screened_kernel() is not None else None
 
     out = torch.empty((n, m), device=dev)
     if dev.type == "cpu":
@@ -158,9 +162,13 @@ def main() -> None:
             (len(naive_x), lambda: mp._gram_mp_torch(naive_x, atoms, gram, k, torch_chunk), False),
         f"fast path: matching_pursuit(gram=G) [{kernel}]":
             (n, lambda: mp.matching_pursuit(x, atoms, k, gram=gram), True),
+        "float16 Gram tier: matching_pursuit(gram=HalfGram) [numba, screened]":
+            (n, lambda: mp.matching_pursuit(x, atoms, k, gram=half), True),
         "fallback: chunked textbook (method='textbook')":
             (len(slow), lambda: mp.matching_pursuit(slow, atoms, k, method="textbook"), False),
     }
+    if half is None:
+        del cases["float16 Gram tier: matching_pursuit(gram=HalfGram) [numba, screened]"]
     steps_name = "  of which the k MP steps alone (numba kernel, x @ atoms.T excluded)"
     if kernel == "numba":
         corr0 = torch.mm(x, atoms.T)
@@ -184,6 +192,7 @@ def main() -> None:
     fallback = next(r for name, _t, r in rows if name.startswith("fallback"))
 
     agreement = compare(slow, atoms, k, gram)
+    half_agreement = compare(slow, atoms, k, half) if half is not None else ""
 
     print()
     print(f"# matching pursuit, {time.strftime('%Y-%m-%d')}, {device_name(dev)}, {torch.get_num_threads()} "
@@ -208,28 +217,44 @@ def main() -> None:
     print(f"one-off costs: Gram matrix {gram_s:.2f} s ({m * m * 4 / 2**30:.2f} GiB; = {gram_s * fast:,.0f} "
           f"tokens of fast-path time), first call incl. numba compile/cache load {warm:.2f} s")
     print(agreement)
+    if half_agreement:
+        print(f"float16 tier: {half_agreement}")
 
-    if args.big_m:
-        big_atoms, big_x = data(args.big_m, d, args.big_n, dev, args.seed + 1)
-        budget = mp.gram_budget_bytes(dev)
-        need = args.big_m**2 * 4
-        print()
-        pays = mp._gram_pays_off(len(big_x), args.big_m, k, dev)
-        if need > budget:
-            choice = "fallback (chunked textbook): the Gram matrix exceeds the budget"
-        elif not pays:
-            choice = f"fallback (chunked textbook): building the Gram matrix does not pay off for {len(big_x)} tokens"
-        else:
-            choice = "Gram path"
-        print(f"## m = {args.big_m}, {len(big_x)} tokens: Gram would be {need / 2**30:.1f} GiB, budget "
-              f"{budget / 2**30:.1f} GiB -> method='auto' takes the {choice}")
-        big_dense = len(big_x) / timed(lambda: big_x @ big_atoms.T, dev, args.repeats)
-        big_auto = len(big_x) / timed(lambda: mp.matching_pursuit(big_x, big_atoms, k), dev, 1)
-        print("| path | tokens timed | tokens/s | vs dense |")
-        print("|---|---|---|---|")
-        print(f"| dense product x @ atoms.T only | {len(big_x)} | {big_dense:,.0f} | 1.00x |")
-        print(f"| matching_pursuit(method='auto') | {len(big_x)} | {big_auto:,.1f} | "
-              f"{big_auto / big_dense:.3f}x |")
+    for big_m, big_n in ((args.mid_m, args.mid_n), (args.big_m, args.big_n)):
+        if big_m:
+            big_dictionary(big_m, big_n, d, k, dev, args)
+
+
+def auto_choice(m: int, n: int, k: int, dev: torch.device) -> str:
+    """Which path ``matching_pursuit(method='auto')`` takes for n tokens over m unit atoms, and why."""
+    budget = mp.gram_budget_bytes(dev)
+    if not mp._gram_pays_off(n, m, k, dev):
+        return f"the chunked textbook loop: building the Gram matrix does not pay off for {n} tokens"
+    if m * m * 4 <= budget:
+        return "the float32 Gram path"
+    if m * m * 2 <= budget and mp._half_tier_available(dev, torch.float32):
+        return "the float16 Gram tier (the float32 matrix exceeds the budget, the float16 one fits)"
+    return "the chunked textbook loop: the Gram matrix exceeds the budget"
+
+
+def big_dictionary(m: int, n: int, d: int, k: int, dev: torch.device, args: argparse.Namespace) -> None:
+    """Dense product, method='auto' and the textbook loop for a dictionary too big for a float32 Gram matrix."""
+    atoms, x = data(m, d, n, dev, args.seed + 1)
+    budget = mp.gram_budget_bytes(dev)
+    print()
+    print(f"## m = {m}, {n} tokens: Gram would be {m * m * 4 / 2**30:.1f} GiB in float32, "
+          f"{m * m * 2 / 2**30:.1f} GiB in float16, budget {budget / 2**30:.1f} GiB -> method='auto' takes "
+          f"{auto_choice(m, n, k, dev)}")
+    dense = n / timed(lambda: x @ atoms.T, dev, args.repeats)
+    auto_s = timed(lambda: mp.matching_pursuit(x, atoms, k), dev, 1)  # includes building G, if it does
+    slow = x[: args.n_slow // 4]
+    textbook = len(slow) / timed(lambda: mp.textbook_matching_pursuit(slow, atoms, k), dev, 1)
+    print("| path | tokens timed | tokens/s | vs textbook | vs dense |")
+    print("|---|---|---|---|---|")
+    print(f"| dense product x @ atoms.T only | {n} | {dense:,.0f} | {dense / textbook:.1f}x | 1.00x |")
+    print(f"| textbook loop | {len(slow)} | {textbook:,.1f} | 1.0x | {textbook / dense:.3f}x |")
+    print(f"| matching_pursuit(method='auto'), building G included | {n} | {n / auto_s:,.1f} | "
+          f"{n / auto_s / textbook:.1f}x | {n / auto_s / dense:.3f}x |")
 
 
 if __name__ == "__main__":

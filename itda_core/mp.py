@@ -24,8 +24,10 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from types import ModuleType
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -118,6 +120,60 @@ def gram_matrix(atoms: Tensor) -> Tensor:
     return atoms @ atoms.T
 
 
+@dataclass(frozen=True)
+class HalfGram:
+    """A Gram matrix stored in float16 (half the bytes to read per MP step), with, per row, the largest
+    absolute rounding error against the float32 products it was made from.
+
+    The CPU kernel uses it only to narrow each step's search; the winner and its coefficient come from
+    exact float32 dot products with the residual, so results still match the textbook loop.
+    """
+
+    rows: Tensor  # [m, m] float16, may be a view into larger storage (row stride >= m)
+    row_err: Tensor  # [m] float32
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.rows.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.rows.device
+
+    def float(self) -> Tensor:
+        """The float32 matrix (for the paths without a float16 kernel)."""
+        return self.rows.float()
+
+
+# Largest atom norm for which float16 Gram entries cannot overflow (|G_ij| <= norm^2 << 65504).
+_HALF_MAX_NORM = 100.0
+
+
+def _half_rows(rows: Tensor) -> tuple[Tensor, Tensor]:
+    """float16 copy of float32 Gram rows and each row's largest rounding error."""
+    half = rows.to(torch.float16)
+    return half, (half.float() - rows).abs().amax(dim=1)
+
+
+def _half_tier_available(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a float16 Gram matrix can be used: the screened kernel runs on CPU in float32."""
+    return device.type == "cpu" and dtype == torch.float32 and _screened_kernel() is not None
+
+
+def gram_matrix_half(atoms: Tensor) -> HalfGram:
+    """The Gram matrix of float32 ``atoms`` as a :class:`HalfGram`, built in blocks of rows (no m^2
+    float32 temporary)."""
+    m = atoms.shape[0]
+    a = atoms.float()
+    rows16 = torch.empty((m, m), dtype=torch.float16, device=atoms.device)
+    err = torch.empty(m, dtype=torch.float32, device=atoms.device)
+    step = max(1, _GRAM_BLOCK_BYTES // (4 * m))
+    for lo in range(0, m, step):
+        hi = min(lo + step, m)
+        rows16[lo:hi], err[lo:hi] = _half_rows(a[lo:hi] @ a.T)
+    return HalfGram(rows16, err)
+
+
 # --------------------------------------------------------------------------------------------------
 # Gram cache for a growing dictionary
 # --------------------------------------------------------------------------------------------------
@@ -127,14 +183,20 @@ class GramCache:
     """Incrementally maintained Gram matrix of a dictionary that only grows by appending rows.
 
     Each :meth:`update` computes only the new rows/columns (``D_new @ D.T``); storage grows by
-    capacity doubling so a long run of small appends stays amortised O(m^2 d) overall.
+    capacity doubling so a long run of small appends stays amortised O(m^2 d) overall. Storage is
+    ``dtype`` while m^2 entries fit ``max_bytes``; past that, on CPU in float32, it switches to float16
+    (a :class:`HalfGram`, half the bytes, for the screened kernel) until that no longer fits either.
+    ``half`` forces one storage (True: always float16, False: never).
     """
 
-    def __init__(self, device: torch.device | str, dtype: torch.dtype, max_bytes: int | None = None) -> None:
+    def __init__(self, device: torch.device | str, dtype: torch.dtype, max_bytes: int | None = None,
+                 half: bool | None = None) -> None:
         self.device = torch.device(device)
         self.dtype = dtype
         self.max_bytes = gram_budget_bytes(self.device) if max_bytes is None else int(max_bytes)
+        self.half = half
         self._store: Tensor | None = None
+        self._err: Tensor | None = None  # per-row float16 rounding error (float16 storage only)
         self._m = 0
 
     @property
@@ -145,15 +207,37 @@ class GramCache:
     def reset(self) -> None:
         """Forget the cached matrix (e.g. when the dictionary was edited rather than appended to)."""
         self._store = None
+        self._err = None
         self._m = 0
 
-    def update(self, atoms: Tensor) -> Tensor | None:
-        """The [m, m] Gram view for ``atoms`` (whose first rows are unchanged since the last call).
+    def _use_half(self, m: int) -> bool:
+        if self.half is not None:
+            return self.half
+        full = m * m * torch.empty((), dtype=self.dtype).element_size()
+        return full > self.max_bytes and _half_tier_available(self.device, self.dtype)
+
+    def _to_half(self) -> None:
+        """Convert the cached float32 rows to float16, measuring each row's rounding error."""
+        assert self._store is not None
+        cap, old = self._store.shape[0], self._m
+        half = torch.empty((cap, cap), dtype=torch.float16, device=self.device)
+        err = torch.zeros(cap, dtype=torch.float32, device=self.device)
+        step = max(1, _GRAM_BLOCK_BYTES // (4 * max(old, 1)))
+        for lo in range(0, old, step):
+            hi = min(lo + step, old)
+            half[lo:hi, :old], err[lo:hi] = _half_rows(self._store[lo:hi, :old])
+        self._store, self._err = half, err
+
+    def update(self, atoms: Tensor) -> Tensor | HalfGram | None:
+        """The [m, m] Gram view for ``atoms`` (whose first rows are unchanged since the last call): a
+        :class:`HalfGram` when stored in float16, else a tensor in ``dtype``.
 
         Returns None (and frees the storage) when m^2 entries would exceed ``max_bytes``.
         """
         m = atoms.shape[0]
-        elt = torch.empty((), dtype=self.dtype).element_size()
+        half = self._use_half(m)
+        store_dtype = torch.float16 if half else self.dtype
+        elt = torch.empty((), dtype=store_dtype).element_size()
         if m * m * elt > self.max_bytes:
             if self._store is not None:
                 logger.info("Gram matrix for %d atoms exceeds %d bytes: MP falls back to the textbook loop",
@@ -162,27 +246,45 @@ class GramCache:
             return None
         if m < self._m:  # the dictionary shrank: the cached rows no longer describe it
             self.reset()
+        if self._store is not None and self._store.dtype != store_dtype:
+            if not half:  # only a forced change of mode goes back to full precision: start again
+                self.reset()
+            else:
+                logger.info("Gram matrix for %d atoms exceeds %d bytes in %s: stored in float16 from now on",
+                            m, self.max_bytes, self.dtype)
+                self._to_half()
         a = atoms.to(device=self.device, dtype=self.dtype)
         cap = 0 if self._store is None else self._store.shape[0]
         if m > cap:
             new_cap = max(2 * cap, m)
             if new_cap * new_cap * elt > self.max_bytes:
                 new_cap = m
-            grown = torch.empty((new_cap, new_cap), dtype=self.dtype, device=self.device)
+            grown = torch.empty((new_cap, new_cap), dtype=store_dtype, device=self.device)
+            err = torch.zeros(new_cap, dtype=torch.float32, device=self.device)
             if self._store is not None and self._m:
                 grown[: self._m, : self._m] = self._store[: self._m, : self._m]
-            self._store = grown
-        store = self._store
-        assert store is not None
+                if self._err is not None:
+                    err[: self._m] = self._err[: self._m]
+            self._store, self._err = grown, err
+        store, row_err = self._store, self._err
+        assert store is not None and row_err is not None
         old = self._m
         at = a.T
-        step = max(1, _GRAM_BLOCK_BYTES // (elt * m))  # new rows per product: bounds the temporary
+        step = max(1, _GRAM_BLOCK_BYTES // (a.element_size() * m))  # new rows per product: bounds the temporary
         for lo in range(old, m, step):
             hi = min(lo + step, m)
             rows = a[lo:hi] @ at  # [hi - lo, m]: only the new rows' products
+            if half:
+                rows16, row_err[lo:hi] = _half_rows(rows)
+                if old:  # the old rows gain new columns, and with them maybe a larger error
+                    new_cols = (rows16[:, :old].float() - rows[:, :old]).abs().amax(dim=0)
+                    torch.maximum(row_err[:old], new_cols, out=row_err[:old])
+                rows = rows16
             store[lo:hi, :m] = rows
             store[:old, lo:hi] = rows[:, :old].T  # and, by symmetry, the new columns of the old rows
         self._m = m
+        if half:
+            return HalfGram(store[:m, :m], row_err[:m])
         return store[:m, :m]
 
 
@@ -309,7 +411,6 @@ def _gram_mp_numba(x: Tensor, atoms: Tensor, gram: Tensor, k: int, chunk: int,
     coef = torch.empty((n, k), dtype=torch.float32)
     idx_np, coef_np = idx.numpy(), coef.numpy()
     threads = max(1, torch.get_num_threads())
-    pool = _thread_pool(threads) if threads > 1 else None
     buf = torch.empty((min(chunk, n), m), dtype=torch.float32)
     at = atoms.T
     for lo in range(0, n, chunk):
@@ -317,18 +418,95 @@ def _gram_mp_numba(x: Tensor, atoms: Tensor, gram: Tensor, k: int, chunk: int,
         corr = buf[: hi - lo]
         torch.mm(x[lo:hi], at, out=corr)
         c_np = corr.numpy()
+
+        def args(a: int, b: int, lo: int = lo, c_np: np.ndarray = c_np) -> tuple:
+            return (c_np[a:b], flat, stride, k, idx_np[lo + a : lo + b], coef_np[lo + a : lo + b])
+
+        _run_rows(kernel, hi - lo, threads, args)
+    return idx, coef
+
+
+_screened: Callable[..., None] | None = None
+
+
+def _screened_kernel() -> Callable[..., None] | None:
+    """The float16-screened CPU kernel, or None where numba is disabled or unusable."""
+    global _screened
+    if _screened is None and _numba_kernel() is not None:
+        from itda_core.mp_kernels import screened_mp_rows
+
+        _screened = screened_mp_rows
+    return _screened if _numba_kernel() is not None else None
+
+
+def _run_rows(kernel: Callable[..., None], rows: int, threads: int, args: Callable[[int, int], tuple]) -> None:
+    """Run ``kernel(*args(a, b))`` over row ranges [a, b) covering ``rows``, on the MP thread pool."""
+    if threads <= 1 or rows < 2:
+        kernel(*args(0, rows))
+        return
+    # several pieces per thread so a briefly descheduled thread does not stall the chunk
+    pieces = min(rows, 4 * threads)
+    bounds = [rows * p // pieces for p in range(pieces + 1)]
+    pool = _thread_pool(threads)
+    futures = [pool.submit(kernel, *args(a, b)) for a, b in itertools.pairwise(bounds) if b > a]
+    for f in futures:
+        f.result()
+
+
+def _gram_mp_screened(x: Tensor, atoms: Tensor, hg: HalfGram, k: int, chunk: int,
+                      kernel: Callable[..., None]) -> tuple[Tensor, Tensor]:
+    """CPU float32 path over a float16 Gram matrix: x @ D.T per chunk, then the screened kernel.
+
+    The kernel's error bound (see :func:`itda_core.mp_kernels.screened_mp_rows`) starts from the
+    float32 rounding of a dot product of length d, gamma_d * |r| * max|D_i| (the standard worst-case
+    bound, gamma_d = d u / (1 - d u)), counted twice: once for the first correlations (a GEMM), once for
+    the dot products that decide. Rows whose bound grows too loose are refreshed with r @ D.T here.
+    """
+    n, m, d = x.shape[0], atoms.shape[0], atoms.shape[1]
+    rows16 = hg.rows
+    if rows16.stride(1) != 1 or rows16.stride(0) < m:
+        rows16 = rows16.contiguous()
+    stride = rows16.stride(0)
+    flat = torch.as_strided(rows16.detach(), ((m - 1) * stride + m,), (1,)).view(torch.uint16).numpy()
+    u = 2.0**-24
+    gamma = d * u / (1 - d * u)
+    nu = float(atoms.norm(dim=1).max()) * (1 + 4 * d * u)
+    # per row: float16 rounding (measured) plus the float32 Gram product's own rounding
+    row_err = (hg.row_err.double() + gamma * nu * nu).numpy()
+    atoms_np = atoms.contiguous().numpy()
+    cmax = max(32, m // 128)  # a refresh (one r @ D.T) costs about m / 100 candidate dot products
+    idx = torch.empty((n, k), dtype=torch.int64)
+    coef = torch.empty((n, k), dtype=torch.float32)
+    idx_np, coef_np = idx.numpy(), coef.numpy()
+    threads = max(1, torch.get_num_threads())
+    buf = torch.empty((min(chunk, n), m), dtype=torch.float32)
+    at = atoms.T
+    for lo in range(0, n, chunk):
+        hi = min(lo + chunk, n)
         rows = hi - lo
-        if pool is None or rows < 2:
-            kernel(c_np, flat, stride, k, idx_np[lo:hi], coef_np[lo:hi])
-            continue
-        # several pieces per thread so a briefly descheduled thread does not stall the chunk
-        pieces = min(rows, 4 * threads)
-        bounds = [rows * p // pieces for p in range(pieces + 1)]
-        futures = [pool.submit(kernel, c_np[a:b], flat, stride, k, idx_np[lo + a : lo + b],
-                               coef_np[lo + a : lo + b])
-                   for a, b in itertools.pairwise(bounds) if b > a]
-        for f in futures:
-            f.result()
+        corr = buf[:rows]
+        torch.mm(x[lo:hi], at, out=corr)
+        res = x[lo:hi].clone()
+        base = res.double().norm(dim=1)
+        err = 2 * gamma * nu * base
+        step = torch.zeros(rows, dtype=torch.int64)
+        c_np, r_np, s_np, e_np, b_np = corr.numpy(), res.numpy(), step.numpy(), err.numpy(), base.numpy()
+
+        def args(a: int, b: int, lo: int = lo, c_np: np.ndarray = c_np, r_np: np.ndarray = r_np,
+                 s_np: np.ndarray = s_np, e_np: np.ndarray = e_np, b_np: np.ndarray = b_np) -> tuple:
+            return (c_np[a:b], r_np[a:b], atoms_np, flat, stride, row_err, nu, k, idx_np[lo + a : lo + b],
+                    coef_np[lo + a : lo + b], s_np[a:b], e_np[a:b], b_np[a:b], cmax)
+
+        _run_rows(kernel, rows, threads, args)
+        while True:  # rows whose error bound outgrew their correlations: recompute them exactly
+            pending = (step < k).nonzero().flatten()
+            if pending.numel() == 0:
+                break
+            r = res[pending]
+            corr[pending] = r @ at
+            base[pending] = r.double().norm(dim=1)
+            err[pending] = 2 * gamma * nu * base[pending]
+            _run_rows(kernel, rows, threads if pending.numel() > 1 else 1, args)
     return idx, coef
 
 
@@ -375,10 +553,17 @@ def _gram_mp_triton(x: Tensor, atoms: Tensor, gram: Tensor, k: int, chunk: int,
     return idx, coef
 
 
-def _gram_mp(x: Tensor, atoms: Tensor, gram: Tensor, k: int, chunk_size: int | None) -> tuple[Tensor, Tensor]:
-    """Dispatch the Gram recurrence: numba on CPU, Triton on CUDA (float32), the torch loop otherwise."""
+def _gram_mp(x: Tensor, atoms: Tensor, gram: Tensor | HalfGram, k: int,
+             chunk_size: int | None) -> tuple[Tensor, Tensor]:
+    """Dispatch: the screened kernel for a float16 Gram matrix on CPU, else the Gram recurrence (numba on
+    CPU, Triton on CUDA, float32; the torch loop otherwise)."""
     global _triton_failed
     m = atoms.shape[0]
+    if isinstance(gram, HalfGram):
+        screened = _screened_kernel() if x.dtype == torch.float32 and x.device.type == "cpu" else None
+        if screened is not None:
+            return _gram_mp_screened(x, atoms, gram, k, chunk_size or _default_chunk(m, x.device), screened)
+        gram = gram.float()  # no float16 kernel here: the float32 recurrence on the widened matrix
     if x.dtype == torch.float32 and x.device.type == "cpu":
         kernel = _numba_kernel()
         if kernel is not None:
@@ -469,8 +654,8 @@ def orthogonal_matching_pursuit(x: Tensor, atoms: Tensor, k: int) -> tuple[Tenso
 
 
 @torch.no_grad()
-def matching_pursuit(x: Tensor, atoms: Tensor, k: int, *, gram: Tensor | None = None, method: str = "auto",
-                     chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
+def matching_pursuit(x: Tensor, atoms: Tensor, k: int, *, gram: Tensor | HalfGram | None = None,
+                     method: str = "auto", chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
     """Encode raw activations ``x`` [n, d] with k steps of plain matching pursuit over ``atoms`` [m, d].
 
     ``atoms`` rows should be unit norm (the coefficient is the plain correlation). Returns
@@ -478,11 +663,12 @@ def matching_pursuit(x: Tensor, atoms: Tensor, k: int, *, gram: Tensor | None = 
     signed coefficient. An atom chosen at two steps appears twice, each with its own coefficient;
     :func:`reconstruct` sums them. Ties in ``|corr|`` go to the lowest index. k > m is allowed.
 
-    ``method``: "auto" (Gram recurrence when ``gram`` is given, or when building G pays off and fits
-    :func:`gram_budget_bytes`; else the chunked textbook loop), "gram" (always the Gram recurrence,
-    building G if needed, ignoring the budget), "textbook" (chunked textbook loop) or "omp"
-    (:func:`orthogonal_matching_pursuit`). All MP methods agree with :func:`textbook_matching_pursuit`
-    up to float rounding. ``chunk_size`` bounds the tokens processed at once (memory).
+    ``method``: "auto" (a Gram path when ``gram`` is given, or when building G pays off and fits
+    :func:`gram_budget_bytes`: in float32, else on CPU in float16 as a :class:`HalfGram`; else the
+    chunked textbook loop), "gram" (always the float32 Gram recurrence, building G if needed, ignoring
+    the budget), "textbook" (chunked textbook loop) or "omp" (:func:`orthogonal_matching_pursuit`).
+    All MP methods agree with :func:`textbook_matching_pursuit` up to float rounding. ``chunk_size``
+    bounds the tokens processed at once (memory).
     """
     if method not in METHODS:
         raise ValueError(f"unknown MP method {method!r}; choose one of {', '.join(METHODS)}")
@@ -490,7 +676,7 @@ def matching_pursuit(x: Tensor, atoms: Tensor, k: int, *, gram: Tensor | None = 
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     n, m = x.shape[0], atoms.shape[0]
-    if gram is not None and (gram.dim() != 2 or gram.shape[0] != m or gram.shape[1] != m):
+    if gram is not None and tuple(gram.shape) != (m, m):
         raise ValueError(f"gram must be [{m}, {m}] for {m} atoms, got shape {tuple(gram.shape)}")
     if n == 0:
         return _empty_codes(x, k)
@@ -501,9 +687,13 @@ def matching_pursuit(x: Tensor, atoms: Tensor, k: int, *, gram: Tensor | None = 
     if not bool(torch.isfinite(xc).all()):
         raise ValueError("x contains NaN or infinite values; matching pursuit needs finite activations")
 
-    g: Tensor | None = None
+    g: Tensor | HalfGram | None = None
     if method != "textbook":
-        if gram is not None:
+        if isinstance(gram, HalfGram) and cdt != torch.float32:
+            g = gram_matrix(d)  # float16 entries would throw away float64's accuracy
+        elif isinstance(gram, HalfGram):
+            g = HalfGram(gram.rows.to(x.device), gram.row_err.to(x.device))
+        elif gram is not None:
             g = gram.to(device=x.device, dtype=cdt)
         elif method == "gram":
             g = gram_matrix(d)
@@ -511,8 +701,16 @@ def matching_pursuit(x: Tensor, atoms: Tensor, k: int, *, gram: Tensor | None = 
             budget = gram_budget_bytes(x.device)
             if m * m * d.element_size() <= budget:
                 g = gram_matrix(d)
+            elif (m * m * 2 <= budget and _half_tier_available(x.device, cdt)
+                  and float(d.norm(dim=1).max()) <= _HALF_MAX_NORM):
+                logger.info("MP: the %d x %d float32 Gram matrix exceeds the memory budget; using it in float16 "
+                            "(screened kernel, same results)", m, m)
+                g = gram_matrix_half(d)
             else:
                 _log_fallback(m, budget)
+    if isinstance(g, HalfGram) and not bool(torch.isfinite(g.row_err).all()):
+        logger.warning("MP: Gram entries overflow float16 (atoms far from unit norm); using the textbook loop")
+        g = None
     if g is not None:
         idx, coef = _gram_mp(xc, d, g, k, chunk_size)
     else:

@@ -117,6 +117,195 @@ def gram_mp_rows(corr, gram, stride, k, idx, coef):  # type: ignore[no-untyped-d
 
 
 # --------------------------------------------------------------------------------------------------
+# CPU, screened: float16 Gram rows to narrow the search, exact dot products to decide
+# --------------------------------------------------------------------------------------------------
+
+# Sub-blocks of a candidate block: their maxima are computed only in blocks that may hold the winner,
+# so collecting the candidates reads a few dozen entries instead of a whole block.
+SUB = 32
+HBLOCK = 512  # block of the screened kernel (smaller than BLOCK: candidates are collected per block)
+_U32 = 2.0**-24  # unit roundoff of float32
+
+
+@intrinsic
+def _bits_to_float(typingctx, q):  # type: ignore[no-untyped-def]
+    """The float32 whose IEEE-754 bits are ``q`` (inverse of the bit view used by the maxima)."""
+    sig = types.float32(types.int32)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+@intrinsic
+def _half_to_float(typingctx, h):  # type: ignore[no-untyped-def]
+    """A float16 stored as uint16 bits, widened to float32 (exact; one vcvtph2ps per 8 with F16C)."""
+    sig = types.float32(types.uint16)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return sig, codegen
+
+
+@njit(nogil=True, boundscheck=False, cache=True)
+def _update_block_half(c, g, a):  # type: ignore[no-untyped-def]
+    """c -= a * float(g) in place for float16 bits ``g``, returning the bits of max |c| over the block."""
+    mx = np.int32(0)
+    for i in range(c.shape[0]):
+        v = c[i] - a * _half_to_float(g[i])
+        c[i] = v
+        q = _abs_bits(v)
+        mx = q if q > mx else mx
+    return mx
+
+
+@njit(nogil=True, boundscheck=False, cache=True, fastmath={"reassoc"})
+def _dot(a, b):  # type: ignore[no-untyped-def]
+    """Dot product of two float32 vectors (reassociated so that it vectorises)."""
+    s = np.float32(0.0)
+    for i in range(a.shape[0]):
+        s += a[i] * b[i]
+    return s
+
+
+@njit(nogil=True, boundscheck=False, cache=True)
+def _all_zero(r):  # type: ignore[no-untyped-def]
+    """Whether every entry of ``r`` is 0 (an early-exit loop: numba compiles it to a plain scan)."""
+    for i in range(r.shape[0]):  # noqa: SIM110
+        if r[i] != 0.0:
+            return False
+    return True
+
+
+@njit(nogil=True, boundscheck=False, cache=True)
+def _collect(c, lo, hi, thr_bits, cand, cnt, limit):  # type: ignore[no-untyped-def]
+    """Append to ``cand`` (from ``cnt``) the indices in [lo, hi) with bits(|c|) >= thr_bits, in order.
+
+    Sub-block maxima (vectorised) skip the runs that hold none. Stops early past ``limit`` candidates.
+    """
+    for sl in range(lo, hi, SUB):
+        sh = min(sl + SUB, hi)
+        mx = np.int32(0)
+        for i in range(sl, sh):
+            q = _abs_bits(c[i])
+            mx = q if q > mx else mx
+        if mx < thr_bits:
+            continue
+        for i in range(sl, sh):
+            if _abs_bits(c[i]) >= thr_bits:
+                cand[cnt] = i
+                cnt += 1
+        if cnt > limit:
+            break
+    return cnt
+
+
+@njit(nogil=True, boundscheck=False, cache=True)
+def _choose(c, r, atoms, bmax, e, cand, limit):  # type: ignore[no-untyped-def]
+    """One screened MP choice: (atom, coefficient, max |c|), or atom -1 past ``limit`` candidates.
+
+    Every atom with |c_i| >= max|c| - 2e is a candidate (``e`` bounds |c_i - r.D_i|); the winner is the
+    candidate with the largest exact |r.D_i|, ties to the lowest index.
+    """
+    m = c.shape[0]
+    best = np.int32(0)
+    for b in range(bmax.shape[0]):
+        best = bmax[b] if bmax[b] > best else best
+    top = np.float64(_bits_to_float(best))
+    thr = top - 2.0 * e
+    thr_bits = _abs_bits(np.float32(thr)) if thr > 0.0 else np.int32(0)
+    if thr > 0.0 and np.float64(_bits_to_float(thr_bits)) > thr:  # round the threshold down
+        thr_bits -= 1
+    cnt = 0
+    for b in range(bmax.shape[0]):
+        if bmax[b] >= thr_bits:
+            cnt = _collect(c, b * HBLOCK, min(b * HBLOCK + HBLOCK, m), thr_bits, cand, cnt, limit)
+            if cnt > limit:
+                return -1, np.float32(0.0), top
+    j = cand[0]
+    a = _dot(r, atoms[j])
+    for q in range(1, cnt):
+        v = _dot(r, atoms[cand[q]])
+        if abs(v) > abs(a):
+            a = v
+            j = cand[q]
+    return j, a, top
+
+
+@njit(nogil=True, boundscheck=False, cache=True)
+def _finish_zero(idx, coef, t, s, k):  # type: ignore[no-untyped-def]
+    """Steps s.. of a row whose residual is exactly zero: every correlation is 0, so atom 0, coefficient 0."""
+    for q in range(s, k):
+        idx[t, q] = 0
+        coef[t, q] = 0.0
+
+
+@njit(nogil=True, boundscheck=False, cache=True)
+def screened_mp_rows(corr, res, atoms, gram16, stride, row_err, nu, k, idx, coef, step, err, base,
+                     cmax):  # type: ignore[no-untyped-def]
+    """Plain MP steps for each row whose ``step`` < k, screening with float16 Gram rows.
+
+    ``corr`` [n, m] holds approximations c of r @ D.T whose error is at most ``err`` per row (|c_i - r.D_i|
+    for every i); each step updates c with a float16 Gram row (``gram16``: uint16 bits, row j at
+    ``j * stride``; ``row_err[j]`` bounds that row's error against the exact products), then only atoms
+    with |c_i| >= max|c| - 2 err can win: their exact correlations r.D_i are computed as dot products and
+    the largest wins (ties: lowest index). The coefficient is that dot product, the residual ``res`` is
+    updated as in the textbook loop, and the error bound grows by the step's rounding. A row whose
+    candidates outnumber ``cmax`` (the bound grew loose, e.g. the residual fell to ~0) stops with
+    ``step`` < k: the caller recomputes its correlations (r @ D.T), resets ``err`` and ``base`` (the
+    residual norm the rounding terms scale with) and calls again. The first step of a call accepts any
+    number of candidates, so every call makes progress.
+    """
+    n, m = corr.shape
+    nblk = (m + HBLOCK - 1) // HBLOCK
+    bmax = np.empty(nblk, np.int32)
+    cand = np.empty(m, np.int64)
+    for t in range(n):
+        s = step[t]
+        if s >= k:
+            continue
+        c = corr[t]
+        r = res[t]
+        e = err[t]
+        rnd = _U32 * base[t] * nu  # a residual update's rounding, seen through any atom
+        if _all_zero(r):
+            _finish_zero(idx, coef, t, s, k)
+            step[t] = k
+            continue
+        for b in range(nblk):
+            lo = b * HBLOCK
+            bmax[b] = _block_max(c[lo : min(lo + HBLOCK, m)])
+        limit = m  # the first step of a call always proceeds
+        while True:
+            j, a, top = _choose(c, r, atoms, bmax, e, cand, limit)
+            if j < 0:
+                break  # bound too loose: the caller refreshes this row
+            idx[t, s] = j
+            coef[t, s] = a
+            dj = atoms[j]
+            for q in range(r.shape[0]):
+                r[q] = r[q] - a * dj[q]
+            s += 1
+            if s < k and _all_zero(r):
+                _finish_zero(idx, coef, t, s, k)
+                s = k
+            if s == k:
+                break
+            aa = abs(np.float64(a))
+            e += aa * row_err[j] + _U32 * (top + 3.0 * aa * nu * nu) + rnd
+            g = gram16[j * stride : j * stride + m]
+            for b in range(nblk):
+                lo = b * HBLOCK
+                hi = min(lo + HBLOCK, m)
+                bmax[b] = _update_block_half(c[lo:hi], g[lo:hi], a)
+            limit = cmax
+        step[t] = s
+        err[t] = e
+
+
+# --------------------------------------------------------------------------------------------------
 # CUDA (Triton)
 # --------------------------------------------------------------------------------------------------
 

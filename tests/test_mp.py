@@ -10,14 +10,16 @@ import torch
 from itda_core import mp
 from itda_core.mp import (
     GramCache,
+    HalfGram,
     gram_matrix,
+    gram_matrix_half,
     matching_pursuit,
     orthogonal_matching_pursuit,
     reconstruct,
     textbook_matching_pursuit,
 )
 
-GRAM_PATHS = ["numba", "torch"]
+GRAM_PATHS = ["half", "numba", "torch"]
 
 
 def _unit(m: int, d: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -33,13 +35,18 @@ def _acts(n: int, d: int, seed: int = 1) -> torch.Tensor:
 
 def _run(path: str, x: torch.Tensor, atoms: torch.Tensor, k: int, monkeypatch: pytest.MonkeyPatch,
          **kw: object) -> tuple[torch.Tensor, torch.Tensor]:
-    """matching_pursuit forced down the numba kernel or the torch Gram loop."""
+    """matching_pursuit forced down the float16-screened kernel (given a HalfGram), the float32 numba
+    recurrence or the torch Gram loop."""
     if path == "torch":
         monkeypatch.setenv("ITDA_MP_NUMBA", "0")
     else:
         monkeypatch.delenv("ITDA_MP_NUMBA", raising=False)
         if mp._numba_kernel() is None:
             pytest.skip("numba kernel unavailable")
+    if path == "half":
+        if mp._screened_kernel() is None:
+            pytest.skip("numba kernel unavailable")
+        kw = {**kw, "gram": gram_matrix_half(atoms)}
     return matching_pursuit(x, atoms, k, method="gram", **kw)  # type: ignore[arg-type]
 
 
@@ -205,7 +212,7 @@ def test_gram_cache_incremental_equals_full(block_bytes: int | None, monkeypatch
     if block_bytes is not None:  # new rows computed a few at a time
         monkeypatch.setattr(mp, "_GRAM_BLOCK_BYTES", block_bytes)
     atoms = _unit(300, 16)
-    cache = GramCache("cpu", torch.float32)
+    cache = GramCache("cpu", torch.float32, half=False)
     for m in (5, 6, 40, 41, 130, 300):
         g = cache.update(atoms[:m])
         assert g is not None and g.shape == (m, m)
@@ -215,9 +222,110 @@ def test_gram_cache_incremental_equals_full(block_bytes: int | None, monkeypatch
     torch.testing.assert_close(cache.update(atoms[:10]), gram_matrix(atoms[:10]), atol=1e-5, rtol=1e-5)
 
 
+def test_gram_cache_half_incremental_equals_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mp, "_GRAM_BLOCK_BYTES", 7 * 300 * 4)  # new rows a few at a time
+    atoms = _unit(300, 16)
+    cache = GramCache("cpu", torch.float32, half=True)
+    for m in (5, 40, 41, 300):
+        g = cache.update(atoms[:m])
+        assert isinstance(g, HalfGram) and g.rows.dtype == torch.float16 and g.shape == (m, m)
+        exact = gram_matrix(atoms[:m])
+        assert torch.equal(g.rows, exact.half()) or (g.rows.float() - exact).abs().max() <= 2**-11
+        # each row's error covers every column, the ones added after the row was first computed too
+        measured = (g.rows.float() - exact).abs().amax(dim=1)
+        torch.testing.assert_close(g.row_err, measured, atol=1e-6, rtol=0)
+        full = gram_matrix_half(atoms[:m])
+        torch.testing.assert_close(full.row_err, measured, atol=1e-6, rtol=0)
+    assert cache.size == 300
+
+
+def test_screened_kernel_decides_near_duplicates_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    # twins 3e-4 apart: float16 Gram rows (error ~6e-5 per unit coefficient) cannot order them after a
+    # few steps, so only the exact dot products keep the screened path on the textbook's choices
+    if mp._screened_kernel() is None:
+        pytest.skip("numba kernel unavailable")
+    base = _unit(400, 32)
+    noise = torch.randn(400, 32, generator=torch.Generator().manual_seed(5))
+    twins = base + 3e-4 * noise
+    atoms = torch.cat([base, twins / twins.norm(dim=1, keepdim=True)])
+    x = _acts(60, 32)
+    ti, tc = textbook_matching_pursuit(x, atoms, 30)
+    hg = gram_matrix_half(atoms)
+    gi, gc = matching_pursuit(x, atoms, 30, gram=hg)
+    assert ((ti % 400) == (gi % 400)).all()  # same atom or its twin at every step...
+    twin_picks = (gi >= 400).sum().item()
+    assert 100 < twin_picks < 60 * 30 - 100  # ...and both members of pairs get chosen
+    # ...and the same member wherever the pair's |corr| differ by more than float rounding
+    for t, s in (gi != ti).nonzero().tolist():
+        r = x[t] - reconstruct(ti[t : t + 1, :s], tc[t : t + 1, :s], atoms)[0]
+        a, b = (r @ atoms[ti[t, s]]).abs().item(), (r @ atoms[gi[t, s]]).abs().item()
+        assert abs(a - b) <= 1e-5 * max(a, b)
+        break  # after a differing step the residuals differ; the first divergence is what counts
+    torch.testing.assert_close(reconstruct(gi, gc, atoms), reconstruct(ti, tc, atoms),
+                               atol=1e-3, rtol=1e-3)
+
+
+def test_screened_kernel_refreshes_when_the_residual_vanishes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # x = 2.5 * an atom: after one step the residual is ~1e-7 while the float16 error bound is ~1e-4, so
+    # every atom is a candidate; the row must be recomputed exactly (r @ D.T) rather than dot-checked
+    kernel = mp._screened_kernel()
+    if kernel is None:
+        pytest.skip("numba kernel unavailable")
+    calls: list[int] = []
+
+    def counting(*args: object) -> None:
+        calls.append(1)
+        kernel(*args)
+
+    monkeypatch.setattr(mp, "_screened_kernel", lambda: counting)
+    atoms = _unit(3000, 16)
+    x = torch.cat([2.5 * atoms[[17, 2999]], _acts(3, 16)])
+    idx, coef = matching_pursuit(x, atoms, 6, gram=gram_matrix_half(atoms))
+    ti, tc = textbook_matching_pursuit(x, atoms, 6)
+    assert len(calls) >= 2  # a second pass for the refreshed rows
+    assert idx[:2, 0].tolist() == [17, 2999]
+    assert coef[:2, 1:].abs().max() < 1e-5
+    assert torch.equal(idx[2:], ti[2:])
+    torch.testing.assert_close(reconstruct(idx, coef, atoms), reconstruct(ti, tc, atoms), atol=1e-4, rtol=1e-4)
+
+
+def test_gram_cache_switches_to_float16_when_float32_does_not_fit() -> None:
+    if mp._screened_kernel() is None:
+        pytest.skip("numba kernel unavailable")
+    atoms, x = _unit(60, 8), _acts(40, 8)
+    cache = GramCache("cpu", torch.float32, max_bytes=40 * 40 * 4)
+    g = cache.update(atoms[:30])
+    assert isinstance(g, torch.Tensor) and g.dtype == torch.float32  # fits in float32
+    g = cache.update(atoms[:50])  # 50^2 floats do not fit, 50^2 halves do
+    assert isinstance(g, HalfGram)
+    exact = gram_matrix(atoms[:50])
+    torch.testing.assert_close(g.row_err, (g.rows.float() - exact).abs().amax(dim=1), atol=1e-6, rtol=0)
+    _assert_same_codes(matching_pursuit(x, atoms[:50], 12, gram=g), textbook_matching_pursuit(x, atoms[:50], 12),
+                       x, atoms[:50])
+    assert cache.update(atoms) is None  # 60^2 halves do not fit either
+
+
+def test_auto_uses_float16_gram_between_the_two_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
+    if mp._screened_kernel() is None:
+        pytest.skip("numba kernel unavailable")
+    atoms, x = _unit(64, 8), _acts(200, 8)
+    monkeypatch.setenv("ITDA_GRAM_MAX_BYTES", str(64 * 64 * 3))
+    built: list[bool] = []
+    monkeypatch.setattr(mp, "gram_matrix_half", lambda a: built.append(True) or gram_matrix_half(a))
+    got = matching_pursuit(x, atoms, 12)
+    assert built
+    _assert_same_codes(got, textbook_matching_pursuit(x, atoms, 12), x, atoms)
+    # atoms far from unit norm would overflow float16 entries: the textbook loop instead
+    built.clear()
+    big = 300 * atoms  # (three steps only: MP over atoms this long blows the residual up)
+    monkeypatch.setenv("ITDA_GRAM_MAX_BYTES", str(64 * 64 * 3))
+    _assert_same_codes(matching_pursuit(x, big, 3), textbook_matching_pursuit(x, big, 3), x, big)
+    assert not built
+
+
 def test_gram_cache_budget_and_fallback() -> None:
     atoms, x = _unit(64, 8), _acts(40, 8)
-    cache = GramCache("cpu", torch.float32, max_bytes=32 * 32 * 4)
+    cache = GramCache("cpu", torch.float32, max_bytes=32 * 32 * 4, half=False)
     assert cache.update(atoms[:32]) is not None
     assert cache.update(atoms) is None  # 64^2 floats > budget: caller gets the fallback
     ref = textbook_matching_pursuit(x, atoms, 12)
@@ -229,6 +337,7 @@ def test_auto_falls_back_when_gram_too_big(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("ITDA_GRAM_MAX_BYTES", "100")
     called: list[bool] = []
     monkeypatch.setattr(mp, "gram_matrix", lambda a: called.append(True) or a @ a.T)
+    monkeypatch.setattr(mp, "gram_matrix_half", lambda a: called.append(True) or gram_matrix_half(a))
     got = matching_pursuit(x, atoms, 12, chunk_size=16)
     assert not called
     _assert_same_codes(got, textbook_matching_pursuit(x, atoms, 12), x, atoms)

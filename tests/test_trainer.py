@@ -6,6 +6,7 @@ import pytest
 import torch
 from tiny import tiny_corpus, tiny_model
 
+from itda_core import mp
 from itda_core import trainer as trainer_mod
 from itda_core.errors import ITDAError
 from itda_core.extraction import extract
@@ -75,6 +76,24 @@ def test_deterministic_and_one_pass_equals_separate_runs(gpt2, corpus16):
     assert both[2].provenance.keys() == again[2].provenance.keys()
     torch.testing.assert_close(both[2].atoms, alone[2].atoms)
     assert both[2].provenance.keys() == alone[2].provenance.keys()
+
+
+def test_gram_memory_tiers_build_the_same_dictionary(gpt2, corpus16, monkeypatch):
+    # a float32 Gram matrix, one that moves to float16 when float32 no longer fits (m^2 halves always
+    # fit), and the textbook fallback once neither fits: the same atoms from the same source tokens
+    opts = {"k": 8, "batch_size": 4, "max_tokens": None, "progress": False}
+    roomy = train(gpt2, corpus16, layers=[1], **opts)[1]
+    m = len(roomy)
+    screened: list[int] = []
+    original = mp._gram_mp_screened
+    monkeypatch.setattr(mp, "_gram_mp_screened", lambda *a: screened.append(1) or original(*a))
+    for name, budget in {"float16": m * m * 2, "textbook": (m // 4) ** 2 * 2}.items():
+        screened.clear()
+        tight = train(gpt2, corpus16, layers=[1], gram_memory_gib=budget / 2**30, **opts)[1]
+        assert tight.provenance.keys() == roomy.provenance.keys(), name
+        torch.testing.assert_close(tight.atoms, roomy.atoms)
+        if name == "float16" and mp._screened_kernel() is not None:
+            assert screened, "the float16 tier was used"
 
 
 def test_max_size_and_crop(gpt2, corpus16):
