@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -25,6 +25,9 @@ from torch import Tensor
 
 from itda_core.errors import ITDAError
 from itda_core.provenance import Provenance
+
+if TYPE_CHECKING:
+    from itda_core.mp import HalfGram
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -108,7 +111,7 @@ class ITDA:
         if add_error is None:
             add_error = torch.full((atoms.shape[0],), float("nan"))
         self.add_error = add_error.to(device="cpu", dtype=torch.float32)
-        self._gram: Tensor | None = None
+        self._gram: Tensor | HalfGram | None = None
 
     def __len__(self) -> int:
         return self.atoms.shape[0]
@@ -126,8 +129,9 @@ class ITDA:
         out = ITDA(self.atoms.to(device), self.provenance, self.config, self.add_error)
         return out
 
-    def gram(self) -> Tensor | None:
-        """The atoms' Gram matrix, computed once and kept, or None when it would not fit in memory."""
+    def gram(self) -> Tensor | HalfGram | None:
+        """The atoms' Gram matrix, computed once and kept (in float16 on CPU when float32 would not fit
+        the memory budget), or None when it would not fit at all."""
         if self._gram is None:
             from itda_core.mp import GramCache
 

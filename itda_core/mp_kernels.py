@@ -149,6 +149,33 @@ def _half_to_float(typingctx, h):  # type: ignore[no-untyped-def]
     return sig, codegen
 
 
+@intrinsic
+def _float_to_half(typingctx, x):  # type: ignore[no-untyped-def]
+    """A float32 rounded to float16 (nearest, ties to even), returned as its uint16 bits."""
+    sig = types.uint16(types.float32)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+    return sig, codegen
+
+
+@njit(nogil=True, boundscheck=False, cache=True)
+def half_rows(rows, out, err):  # type: ignore[no-untyped-def]
+    """float16 bits of float32 ``rows`` [b, m] into ``out`` [b, m] (uint16), and each row's largest
+    absolute rounding error into ``err`` [b], in one pass."""
+    for t in range(rows.shape[0]):
+        src = rows[t]
+        dst = out[t]
+        mx = np.float32(0.0)
+        for i in range(src.shape[0]):
+            h = _float_to_half(src[i])
+            dst[i] = h
+            e = abs(_half_to_float(h) - src[i])
+            mx = e if e > mx else mx
+        err[t] = mx
+
+
 @njit(nogil=True, boundscheck=False, cache=True)
 def _update_block_half(c, g, a):  # type: ignore[no-untyped-def]
     """c -= a * float(g) in place for float16 bits ``g``, returning the bits of max |c| over the block."""

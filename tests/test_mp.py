@@ -127,12 +127,17 @@ def test_x_equal_to_an_atom(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     torch.testing.assert_close(reconstruct(idx, coef, atoms), x, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["auto", "gram", "textbook"])
+@pytest.mark.parametrize("method", ["auto", "gram", "textbook", "half"])
 def test_zero_vectors(method: str) -> None:
     atoms = _unit(30, 8)
     x = torch.zeros(3, 8)
     x[1] = _acts(1, 8)[0]
-    idx, coef = matching_pursuit(x, atoms, 5, method=method)
+    if method == "half":
+        if mp._screened_kernel() is None:
+            pytest.skip("numba kernel unavailable")
+        idx, coef = matching_pursuit(x, atoms, 5, gram=gram_matrix_half(atoms))
+    else:
+        idx, coef = matching_pursuit(x, atoms, 5, method=method)
     ti, _ = textbook_matching_pursuit(x, atoms, 5)
     assert idx[0].tolist() == [0] * 5 and idx[2].tolist() == [0] * 5
     assert coef[0].abs().sum() == 0 and coef[2].abs().sum() == 0
