@@ -103,6 +103,11 @@ def train(
     device: DeviceOpt = "auto",
     hf_split: Annotated[str, typer.Option(help="Split of a Hugging Face dataset corpus.")] = "train",
     text_field: Annotated[str, typer.Option(help="Text field of a .jsonl or Hugging Face dataset corpus.")] = "text",
+    gram_memory_gib: Annotated[
+        float,
+        typer.Option(help="Memory for all layers' Gram matrices together (GiB). A layer whose float32 matrix "
+                     "outgrows its share uses float16 rows (CPU), then the much slower textbook loop."),
+    ] = 4.0,
     save_on_interrupt: Annotated[
         bool, typer.Option(help="On Ctrl-C, save what was built so far (marked interrupted).")
     ] = False,
@@ -127,6 +132,7 @@ def train(
         max_size=max_size,
         dedupe=dedupe,
         skip_special_tokens=skip_special,
+        gram_memory_gib=gram_memory_gib,
         save_on_interrupt=save_on_interrupt,
         progress=progress,
     )

@@ -43,7 +43,9 @@ class TrainConfig:
     dedupe: bool = True  # drop exact duplicate activations among a batch's new atoms
     skip_special_tokens: bool = False
     seed: int = 0  # recorded; the run itself is deterministic for a given corpus and order
-    gram_memory_gib: float = 4.0  # Gram matrices of all layers together; beyond it MP falls back
+    # Gram matrices of all layers together: a layer's matrix is float32 while its share fits, then float16
+    # (on CPU), then none (MP falls back to the textbook loop, same results, much slower)
+    gram_memory_gib: float = 4.0
     save_on_interrupt: bool = False  # Ctrl-C returns what was built so far instead of raising
     progress: bool = True
 
@@ -226,6 +228,8 @@ class Trainer:
             raise ITDAError(f"threshold must be non-negative (got {config.threshold})")
         if config.max_size is not None and config.max_size < 1:
             raise ITDAError(f"max_size must be at least 1 (got {config.max_size})")
+        if not config.gram_memory_gib > 0:
+            raise ITDAError(f"gram_memory_gib must be positive (got {config.gram_memory_gib})")
         self.model = model
         self.corpus = corpus
         self.config = config

@@ -44,7 +44,8 @@ def test_help_lists_commands_and_options():
         assert command in result.output
     result = runner.invoke(app, ["train", "--help"])
     assert result.exit_code == 0
-    for option in ("--model", "--layers", "--max-tokens", "--threshold", "--k", "--out", "--save-on-interrupt"):
+    for option in ("--model", "--layers", "--max-tokens", "--threshold", "--k", "--out", "--save-on-interrupt",
+                   "--gram-memory-gib"):
         assert option in result.output
 
 

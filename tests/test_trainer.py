@@ -148,7 +148,8 @@ def test_interrupt_keeps_partial_only_when_asked(gpt2, corpus16, monkeypatch):
 
 
 def test_bad_options(gpt2, corpus16):
-    for opts, msg in [({"k": 0}, "k must"), ({"threshold": -1.0}, "threshold"), ({"max_size": 0}, "max_size")]:
+    for opts, msg in [({"k": 0}, "k must"), ({"threshold": -1.0}, "threshold"), ({"max_size": 0}, "max_size"),
+                      ({"gram_memory_gib": 0.0}, "gram_memory_gib")]:
         with pytest.raises(ITDAError, match=msg):
             Trainer(gpt2, corpus16, TrainConfig(layers=[0], **opts))
 
