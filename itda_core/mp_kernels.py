@@ -6,11 +6,15 @@ correlation row: ``corr -= a * G[j]`` fused with the search for the next ``argma
 64 KB row stays in L2 while the Gram row streams from memory.
 
 Exactness: the float arithmetic is the same as the torch loop (``c - a * g``, no FMA contraction,
-no reassociation; numba's fastmath stays off). The argmax works on the IEEE bit pattern of ``|c|``:
+no reassociation; this kernel keeps numba's fastmath off). The argmax works on the IEEE bit pattern of ``|c|``:
 for non-negative floats the integer order of the bits IS the float order, and an integer max
 reduction vectorises (LLVM will not vectorise a float max without fast-math flags). Ties resolve to
 the lowest index because the winner is the smallest index whose ``|c|`` equals the maximum.
 The caller guarantees finite inputs.
+
+CPU, float16 Gram rows (``screened_mp_rows``, the memory tier for dictionaries whose float32 Gram matrix
+does not fit): the rows only narrow the search; exact float32 dot products with the residual decide each
+step, under a rigorous bound on the approximation's error (see the function).
 
 CUDA: two Triton kernels (only defined when Triton imports), one program per token: the token's
 whole correlation row in registers when m <= 16384, else streamed through in tiles.
