@@ -142,10 +142,6 @@ class HalfGram:
     def shape(self) -> torch.Size:
         return self.rows.shape
 
-    @property
-    def device(self) -> torch.device:
-        return self.rows.device
-
     def float(self) -> Tensor:
         """The float32 matrix (for the paths without a float16 kernel)."""
         return self.rows.float()
@@ -415,14 +411,20 @@ def _thread_pool(threads: int) -> ThreadPoolExecutor:
         return _pool
 
 
+def _flat_rows(gram: Tensor) -> tuple[np.ndarray, int]:
+    """A square matrix (possibly a view into larger storage) as one flat numpy array, row j at j * stride."""
+    m = gram.shape[0]
+    if gram.stride(1) != 1 or gram.stride(0) < m:
+        gram = gram.contiguous()
+    stride = gram.stride(0)
+    return torch.as_strided(gram.detach(), ((m - 1) * stride + m,), (1,)).numpy(), stride
+
+
 def _gram_mp_numba(x: Tensor, atoms: Tensor, gram: Tensor, k: int, chunk: int,
                    kernel: Callable[..., None]) -> tuple[Tensor, Tensor]:
     """CPU float32 fast path: torch computes x @ D.T per chunk, the numba kernel runs the k steps."""
     n, m = x.shape[0], atoms.shape[0]
-    if gram.stride(1) != 1 or gram.stride(0) < m:
-        gram = gram.contiguous()
-    stride = gram.stride(0)
-    flat = torch.as_strided(gram.detach(), ((m - 1) * stride + m,), (1,)).numpy()  # row j at j * stride
+    flat, stride = _flat_rows(gram)
     idx = torch.empty((n, k), dtype=torch.int64)
     coef = torch.empty((n, k), dtype=torch.float32)
     idx_np, coef_np = idx.numpy(), coef.numpy()
@@ -448,11 +450,13 @@ _screened: Callable[..., None] | None = None
 def _screened_kernel() -> Callable[..., None] | None:
     """The float16-screened CPU kernel, or None where numba is disabled or unusable."""
     global _screened
-    if _screened is None and _numba_kernel() is not None:
+    if _numba_kernel() is None:
+        return None
+    if _screened is None:
         from itda_core.mp_kernels import screened_mp_rows
 
         _screened = screened_mp_rows
-    return _screened if _numba_kernel() is not None else None
+    return _screened
 
 
 def _run_rows(kernel: Callable[..., None], rows: int, threads: int, args: Callable[[int, int], tuple]) -> None:
@@ -479,11 +483,7 @@ def _gram_mp_screened(x: Tensor, atoms: Tensor, hg: HalfGram, k: int, chunk: int
     the dot products that decide. Rows whose bound grows too loose are refreshed with r @ D.T here.
     """
     n, m, d = x.shape[0], atoms.shape[0], atoms.shape[1]
-    rows16 = hg.rows
-    if rows16.stride(1) != 1 or rows16.stride(0) < m:
-        rows16 = rows16.contiguous()
-    stride = rows16.stride(0)
-    flat = torch.as_strided(rows16.detach(), ((m - 1) * stride + m,), (1,)).view(torch.uint16).numpy()
+    flat, stride = _flat_rows(hg.rows.view(torch.uint16))  # the kernel reads float16 as its bits
     u = 2.0**-24
     gamma = d * u / (1 - d * u)
     nu = float(atoms.norm(dim=1).max()) * (1 + 4 * d * u)
