@@ -90,7 +90,7 @@ def _default_chunk(m: int, device: torch.device, buffers: int = 1) -> int:
     return max(1, budget // (4 * m * buffers))
 
 
-def _available_ram() -> int:
+def available_ram() -> int:
     """Bytes of RAM available now (MemAvailable), or a conservative guess when unknown."""
     try:
         with open("/proc/meminfo") as f:
@@ -118,7 +118,7 @@ def gram_budget_bytes(device: torch.device | str) -> int:
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return free // 2
-    return min(_CPU_GRAM_CAP, _available_ram() // 4)
+    return min(_CPU_GRAM_CAP, available_ram() // 4)
 
 
 def gram_matrix(atoms: Tensor) -> Tensor:
@@ -137,6 +137,15 @@ class HalfGram:
 
     rows: Tensor  # [m, m] float16, may be a view into larger storage (row stride >= m)
     row_err: Tensor  # [m] float32
+
+    def __post_init__(self) -> None:
+        rows, err = self.rows, self.row_err
+        if rows.dtype != torch.float16 or rows.dim() != 2 or rows.shape[0] != rows.shape[1]:
+            raise ValueError(f"HalfGram rows must be a square float16 matrix, got {rows.dtype} {tuple(rows.shape)}; "
+                             "build one with gram_matrix_half(atoms)")
+        if err.dim() != 1 or err.shape[0] != rows.shape[0]:
+            raise ValueError(f"HalfGram row_err must have one entry per row ({rows.shape[0]}), got "
+                             f"{tuple(err.shape)}")
 
     @property
     def shape(self) -> torch.Size:

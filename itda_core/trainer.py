@@ -22,7 +22,7 @@ from itda_core.dictionary import ITDA, ITDAConfig, library_versions
 from itda_core.errors import ITDAError
 from itda_core.extraction import ActivationBatch, extract
 from itda_core.models import LoadedModel
-from itda_core.mp import GramCache, matching_pursuit, reconstruct
+from itda_core.mp import GramCache, available_ram, matching_pursuit, reconstruct
 from itda_core.progress import Progress
 from itda_core.provenance import Provenance
 
@@ -236,6 +236,11 @@ class Trainer:
         self.layers = model.check_layers(list(config.layers))
         self.threshold = config.threshold if config.threshold is not None else default_threshold(model.d_model)
         gram_bytes = int(config.gram_memory_gib * 2**30 / len(self.layers))
+        available = available_ram() / 2**30
+        if torch.device(model.device).type == "cpu" and config.gram_memory_gib > available:
+            log.warning("gram_memory_gib %.1f is more than the %.1f GiB of memory available: large dictionaries "
+                        "may exhaust it; lower it (MP then moves to float16, then to the textbook loop)",
+                        config.gram_memory_gib, available)
         self.builders = {
             layer: LayerBuilder(
                 model.d_model, config.k, self.threshold, config.max_size, config.dedupe, model.device, gram_bytes

@@ -328,6 +328,16 @@ def test_auto_uses_float16_gram_between_the_two_budgets(monkeypatch: pytest.Monk
     assert not built
 
 
+def test_half_gram_rejects_malformed_parts() -> None:
+    with pytest.raises(ValueError, match="square float16"):
+        HalfGram(torch.zeros(4, 4), torch.zeros(4))
+    with pytest.raises(ValueError, match="one entry per row"):
+        HalfGram(torch.zeros(4, 4, dtype=torch.float16), torch.zeros(3))
+    atoms = _unit(5, 4)
+    with pytest.raises(ValueError, match="gram must be"):
+        matching_pursuit(_acts(2, 4), atoms, 3, gram=gram_matrix_half(_unit(6, 4)))
+
+
 def test_gram_cache_budget_and_fallback() -> None:
     atoms, x = _unit(64, 8), _acts(40, 8)
     cache = GramCache("cpu", torch.float32, max_bytes=32 * 32 * 4, half=False)

@@ -154,6 +154,16 @@ def test_bad_options(gpt2, corpus16):
             Trainer(gpt2, corpus16, TrainConfig(layers=[0], **opts))
 
 
+def test_gram_memory_beyond_ram_warns(gpt2, corpus16, caplog):
+    with caplog.at_level("WARNING", logger="itda_core.trainer"):
+        Trainer(gpt2, corpus16, TrainConfig(layers=[0], gram_memory_gib=1e6))
+    assert "more than the" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="itda_core.trainer"):
+        Trainer(gpt2, corpus16, TrainConfig(layers=[0]))
+    assert "gram_memory_gib" not in caplog.text
+
+
 def test_provenance_check_passes_and_catches_drift(gpt2, corpus16):
     itda = train(gpt2, corpus16, layers=[2], k=8, batch_size=4, max_tokens=None, progress=False)[2]
     result = check_provenance(itda, gpt2, corpus16)
