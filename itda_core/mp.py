@@ -430,9 +430,13 @@ def _flat_rows(gram: Tensor) -> tuple[np.ndarray, int]:
 
 
 def _gram_mp_numba(x: Tensor, atoms: Tensor, gram: Tensor, k: int, chunk: int,
-                   kernel: Callable[..., None]) -> tuple[Tensor, Tensor]:
-    """CPU float32 fast path: torch computes x @ D.T per chunk, the numba kernel runs the k steps."""
+                   kernel: Callable[..., None], stop: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+    """CPU float32 fast path: torch computes x @ D.T per chunk, the numba kernel runs the k steps (and
+    skips a token's remaining steps once its residual energy reaches ``stop``'s level)."""
     n, m = x.shape[0], atoms.shape[0]
+    energy, level = stop if stop is not None else (torch.zeros(n, dtype=torch.float64),
+                                                   torch.full((n,), -np.inf, dtype=torch.float64))
+    e_np, l_np = energy.numpy(), level.numpy()
     flat, stride = _flat_rows(gram)
     idx = torch.empty((n, k), dtype=torch.int64)
     coef = torch.empty((n, k), dtype=torch.float32)
@@ -447,7 +451,8 @@ def _gram_mp_numba(x: Tensor, atoms: Tensor, gram: Tensor, k: int, chunk: int,
         c_np = corr.numpy()
 
         def args(a: int, b: int, lo: int = lo, c_np: np.ndarray = c_np) -> tuple:
-            return (c_np[a:b], flat, stride, k, idx_np[lo + a : lo + b], coef_np[lo + a : lo + b])
+            a, b = lo + a, lo + b
+            return (c_np[a - lo : b - lo], flat, stride, k, idx_np[a:b], coef_np[a:b], e_np[a:b], l_np[a:b])
 
         _run_rows(kernel, hi - lo, threads, args)
     return idx, coef
@@ -578,10 +583,25 @@ def _gram_mp_triton(x: Tensor, atoms: Tensor, gram: Tensor, k: int, chunk: int,
     return idx, coef
 
 
-def _gram_mp(x: Tensor, atoms: Tensor, gram: Tensor | HalfGram, k: int,
-             chunk_size: int | None) -> tuple[Tensor, Tensor]:
+def _gram_mp(x: Tensor, atoms: Tensor, gram: Tensor | HalfGram, k: int, chunk_size: int | None,
+             stop: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """Dispatch: the screened kernel for a float16 Gram matrix on CPU, else the Gram recurrence (numba on
-    CPU, Triton on CUDA, float32; the torch loop otherwise)."""
+    CPU, Triton on CUDA, float32; the torch loop otherwise). The numba recurrence applies ``stop`` itself
+    (skipping the steps); the other paths' codes are cut afterwards."""
+    idx, coef = _gram_mp_paths(x, atoms, gram, k, chunk_size, stop)
+    if stop is not None and not _stops_natively(x, gram):
+        _apply_stop(idx, coef, stop)
+    return idx, coef
+
+
+def _stops_natively(x: Tensor, gram: Tensor | HalfGram) -> bool:
+    """Whether :func:`_gram_mp` runs the numba recurrence, which skips the steps after an early stop."""
+    return (not isinstance(gram, HalfGram) and x.dtype == torch.float32 and x.device.type == "cpu"
+            and _numba_kernel() is not None)
+
+
+def _gram_mp_paths(x: Tensor, atoms: Tensor, gram: Tensor | HalfGram, k: int, chunk_size: int | None,
+                   stop: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
     global _triton_failed
     m = atoms.shape[0]
     if isinstance(gram, HalfGram):
@@ -592,7 +612,7 @@ def _gram_mp(x: Tensor, atoms: Tensor, gram: Tensor | HalfGram, k: int,
     if x.dtype == torch.float32 and x.device.type == "cpu":
         kernel = _numba_kernel()
         if kernel is not None:
-            return _gram_mp_numba(x, atoms, gram, k, chunk_size or _default_chunk(m, x.device), kernel)
+            return _gram_mp_numba(x, atoms, gram, k, chunk_size or _default_chunk(m, x.device), kernel, stop)
     if x.dtype == torch.float32 and x.device.type == "cuda":
         kernels = _triton_module()
         if kernels is not None:
@@ -627,6 +647,47 @@ def _gram_pays_off(n: int, m: int, k: int, device: torch.device) -> bool:
     """
     factor = 5 if device.type == "cuda" else 1
     return k >= 3 and n * (k - 2) >= factor * m
+
+
+# --------------------------------------------------------------------------------------------------
+# Early stop on the residual's energy
+# --------------------------------------------------------------------------------------------------
+
+
+def _stop_levels(x: Tensor, stop_residual: float | Tensor) -> tuple[Tensor, Tensor]:
+    """(|x|^2, stop level = stop_residual * |x|^2) per row, float64 on CPU; -inf (never stops) where
+    stop_residual is negative."""
+    n = x.shape[0]
+    if isinstance(stop_residual, Tensor):
+        frac = stop_residual.detach().to(device="cpu", dtype=torch.float64).reshape(-1)
+        if frac.shape[0] != n:
+            raise ValueError(f"stop_residual must be a float or one value per row of x ({n}), got shape "
+                             f"{tuple(stop_residual.shape)}")
+    else:
+        frac = torch.full((n,), float(stop_residual), dtype=torch.float64)
+    if not bool(torch.isfinite(frac).all()):
+        raise ValueError("stop_residual must be finite (a fraction of |x|^2; negative: never stop)")
+    energy = torch.linalg.vector_norm(x.detach(), dim=1, dtype=torch.float64).cpu().square()
+    return energy, torch.where(frac < 0, torch.full_like(frac, -np.inf), frac * energy)
+
+
+def _apply_stop(idx: Tensor, coef: Tensor, stop: tuple[Tensor, Tensor]) -> None:
+    """Zero every step after the one where a row's residual energy |x|^2 - sum coef^2 first reaches its
+    level, in place. The arithmetic is the CPU kernel's (float64, step by step), so on its output this
+    changes nothing, and on any other path's output it gives the same codes."""
+    energy, level = stop
+    c64 = coef.detach().to(device="cpu", dtype=torch.float64)
+    e = energy.clone()
+    done = torch.zeros(idx.shape[0], dtype=torch.bool)
+    keep = torch.ones(idx.shape, dtype=torch.bool)
+    for s in range(idx.shape[1]):
+        keep[:, s] = ~done
+        e -= c64[:, s] * c64[:, s]
+        done |= e <= level
+    if not bool(keep.all()):
+        keep = keep.to(idx.device)
+        idx.masked_fill_(~keep, 0)
+        coef.masked_fill_(~keep, 0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -680,7 +741,8 @@ def orthogonal_matching_pursuit(x: Tensor, atoms: Tensor, k: int) -> tuple[Tenso
 
 @torch.no_grad()
 def matching_pursuit(x: Tensor, atoms: Tensor, k: int, *, gram: Tensor | HalfGram | None = None,
-                     method: str = "auto", chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
+                     method: str = "auto", chunk_size: int | None = None,
+                     stop_residual: float | Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Encode raw activations ``x`` [n, d] with k steps of plain matching pursuit over ``atoms`` [m, d].
 
     ``atoms`` rows should be unit norm (the coefficient is the plain correlation). Returns
@@ -694,6 +756,12 @@ def matching_pursuit(x: Tensor, atoms: Tensor, k: int, *, gram: Tensor | HalfGra
     the budget), "textbook" (chunked textbook loop) or "omp" (:func:`orthogonal_matching_pursuit`).
     All MP methods agree with :func:`textbook_matching_pursuit` up to float rounding. ``chunk_size``
     bounds the tokens processed at once (memory).
+
+    ``stop_residual`` (not in the paper; default None = always k steps): stop a row once its residual
+    energy |x|^2 - sum of coef^2 (= |r|^2 for unit atoms) is at most ``stop_residual * |x|^2`` (a float,
+    or a tensor [n] with a value per row, negative = never); its remaining steps are (index 0,
+    coefficient 0.0), and the steps before are unchanged. The CPU float32 kernel then skips those
+    steps; other paths compute them and drop them. Not with OMP.
     """
     if method not in METHODS:
         raise ValueError(f"unknown MP method {method!r}; choose one of {', '.join(METHODS)}")
@@ -706,10 +774,13 @@ def matching_pursuit(x: Tensor, atoms: Tensor, k: int, *, gram: Tensor | HalfGra
     if n == 0:
         return _empty_codes(x, k)
     if method == "omp":
+        if stop_residual is not None:
+            raise ValueError("stop_residual applies to plain MP only; OMP refits its coefficients")
         return orthogonal_matching_pursuit(x, atoms, k)
+    stop = _stop_levels(x, stop_residual) if stop_residual is not None else None
     cdt = _compute_dtype(x, atoms)
     xc, d = x.to(cdt), atoms.to(cdt)
-    if not bool(torch.isfinite(xc).all()):
+    if not all(bool(torch.isfinite(v)) for v in torch.aminmax(xc)):  # NaN propagates; ~25x isfinite().all()
         raise ValueError("x contains NaN or infinite values; matching pursuit needs finite activations")
 
     g: Tensor | HalfGram | None = None
@@ -737,9 +808,11 @@ def matching_pursuit(x: Tensor, atoms: Tensor, k: int, *, gram: Tensor | HalfGra
         logger.warning("MP: Gram entries overflow float16 (atoms far from unit norm); using the textbook loop")
         g = None
     if g is not None:
-        idx, coef = _gram_mp(xc, d, g, k, chunk_size)
+        idx, coef = _gram_mp(xc, d, g, k, chunk_size, stop)
     else:
         idx, coef = _textbook_chunked(xc, d, k, chunk_size or _default_chunk(m, x.device, buffers=2))
+        if stop is not None:
+            _apply_stop(idx, coef, stop)
     return idx, coef.to(x.dtype)
 
 

@@ -92,17 +92,21 @@ def _argmax(c, bmax, nblk, m):  # type: ignore[no-untyped-def]
 
 
 @njit(nogil=True, boundscheck=False, cache=True)
-def gram_mp_rows(corr, gram, stride, k, idx, coef):  # type: ignore[no-untyped-def]
+def gram_mp_rows(corr, gram, stride, k, idx, coef, energy, stop):  # type: ignore[no-untyped-def]
     """Plain MP for each row of ``corr`` [n, m] (= x @ D.T, overwritten) using Gram rows.
 
     ``gram`` is the flat Gram storage, row ``j`` at ``gram[j * stride : j * stride + m]``.
     Writes step ``s``'s atom and signed coefficient to ``idx[:, s]`` and ``coef[:, s]``.
+    Early stop: ``energy[t]`` is |x_t|^2 (float64); after each step it loses coef^2 (the residual's
+    energy for unit atoms) and once it is <= ``stop[t]`` the token's remaining steps are (0, 0.0).
+    ``stop[t] = -inf`` never stops.
     """
     n, m = corr.shape
     nblk = (m + BLOCK - 1) // BLOCK
     bmax = np.empty(nblk, np.int32)
     for t in range(n):
         c = corr[t]
+        e = energy[t]
         for b in range(nblk):
             lo = b * BLOCK
             bmax[b] = _block_max(c[lo : min(lo + BLOCK, m)])
@@ -112,6 +116,12 @@ def gram_mp_rows(corr, gram, stride, k, idx, coef):  # type: ignore[no-untyped-d
             idx[t, s] = j
             coef[t, s] = a
             if s == k - 1:
+                break
+            e -= np.float64(a) * np.float64(a)
+            if e <= stop[t]:
+                for q in range(s + 1, k):
+                    idx[t, q] = 0
+                    coef[t, q] = 0.0
                 break
             g = gram[j * stride : j * stride + m]
             for b in range(nblk):

@@ -175,6 +175,38 @@ def test_residual_norm_non_increasing() -> None:
         prev = cur
 
 
+@pytest.mark.parametrize("path", [*GRAM_PATHS, "textbook"])
+def test_stop_residual_truncates_the_same_codes(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    atoms, x = _unit(400, 24), _acts(60, 24)
+    x[5] = atoms[7] * 2.0  # residual 0 after one step
+    x[10] = 0.0
+    k = 25
+    frac = torch.full((60,), 0.1)
+    frac[::3] = -1.0  # these rows never stop
+    if path == "textbook":
+        full = matching_pursuit(x, atoms, k, method="textbook")
+        got = matching_pursuit(x, atoms, k, method="textbook", stop_residual=frac)
+    else:
+        full = _run(path, x, atoms, k, monkeypatch)
+        got = _run(path, x, atoms, k, monkeypatch, stop_residual=frac)
+    # reference: the full codes cut after the first step whose residual |x - x_hat|^2 <= 0.1 |x|^2
+    energy = x.double().pow(2).sum(1)
+    steps = torch.full((60,), k)
+    for s in range(k):
+        res = (x - reconstruct(full[0][:, : s + 1], full[1][:, : s + 1], atoms)).double().pow(2).sum(1)
+        reached = (res <= 0.1 * energy + 1e-9) & (steps == k) & (frac > 0)
+        steps[reached] = s + 1
+    assert steps[::3].eq(k).all() and steps[5] == 1 and steps[10] == 1 and 1 < steps.float().mean() < k
+    for t in range(60):
+        n = int(steps[t])
+        assert torch.equal(got[0][t, :n], full[0][t, :n]) and torch.equal(got[1][t, :n], full[1][t, :n])
+        assert got[0][t, n:].eq(0).all() and got[1][t, n:].eq(0).all()
+    assert torch.equal(got[0], matching_pursuit(x, atoms, k, method="textbook", stop_residual=frac)[0])
+    # a float applies to every row
+    one = matching_pursuit(x, atoms, k, stop_residual=0.1)
+    assert (one[1] != 0).sum(1).max() < k
+
+
 def test_empty_batch_and_dtypes() -> None:
     atoms = _unit(10, 4)
     idx, coef = matching_pursuit(torch.zeros(0, 4), atoms, 3)
@@ -208,6 +240,12 @@ def test_errors() -> None:
         matching_pursuit(torch.full((2, 4), float("nan")), atoms, 3)
     with pytest.raises(ValueError, match="k"):
         orthogonal_matching_pursuit(x, atoms, 11)
+    with pytest.raises(ValueError, match="stop_residual must be a float or one value per row"):
+        matching_pursuit(x, atoms, 3, stop_residual=torch.zeros(2))
+    with pytest.raises(ValueError, match="stop_residual must be finite"):
+        matching_pursuit(x, atoms, 3, stop_residual=float("nan"))
+    with pytest.raises(ValueError, match="plain MP only"):
+        matching_pursuit(x, atoms, 3, method="omp", stop_residual=0.1)
     with pytest.raises(ValueError, match="same"):
         reconstruct(torch.zeros(2, 3, dtype=torch.int64), torch.zeros(2, 2), atoms)
 

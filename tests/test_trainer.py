@@ -96,6 +96,43 @@ def test_gram_memory_tiers_build_the_same_dictionary(gpt2, corpus16, monkeypatch
             assert screened, "the float16 tier was used"
 
 
+def test_early_stop_builds_the_same_dictionary(gpt2, corpus16, monkeypatch):
+    # MP stops a token once its residual proves it stays under the threshold: the atoms, their sources and
+    # their recorded errors are those of the run that encodes every token with all k steps
+    opts = {"k": 8, "batch_size": 4, "max_tokens": None, "progress": False}
+    full = train(gpt2, corpus16, layers=[0, 2], early_stop=False, **opts)
+    cut_rows: list[int] = []
+    original = trainer_mod.matching_pursuit
+
+    def spy(x, atoms, k, **kw):
+        idx, coef = original(x, atoms, k, **kw)
+        if kw.get("stop_residual") is not None:
+            cut_rows.append(int((coef[:, -1] == 0).sum()))
+        return idx, coef
+
+    monkeypatch.setattr(trainer_mod, "matching_pursuit", spy)
+    fast = train(gpt2, corpus16, layers=[0, 2], **opts)
+    assert sum(cut_rows) > 0, "some tokens stopped early"
+    for layer in (0, 2):
+        assert fast[layer].provenance.keys() == full[layer].provenance.keys()
+        assert torch.equal(fast[layer].atoms, full[layer].atoms)
+        torch.testing.assert_close(fast[layer].add_error, full[layer].add_error, equal_nan=True)
+
+
+def test_stop_fraction_guarantees_the_threshold():
+    d, thr = 64, 0.3 / 64
+    frac = trainer_mod.stop_fraction(thr, d)
+    assert frac is not None and 0 < frac < 1 - 0.85**2
+    # the worst reconstruction with |x - x_hat|^2 = frac |x|^2 is still under the threshold
+    x = torch.zeros(1, d)
+    x[0, 0] = 1.0
+    r = torch.zeros(1, d)
+    r[0, 0], r[0, 1] = frac, (frac * (1 - frac)) ** 0.5  # |r|^2 = frac, r tangent to the cone of x_hat
+    assert float(normalised_error(x, x - r)) < thr
+    assert trainer_mod.stop_fraction(0.0, d) is None  # threshold 0: every inexact token is added
+    assert trainer_mod.stop_fraction(1.0, d) == pytest.approx(1 - trainer_mod.STOP_MARGIN)
+
+
 def test_max_size_and_crop(gpt2, corpus16):
     itda = train(gpt2, corpus16, layers=[1], k=8, batch_size=4, max_tokens=None, max_size=40, progress=False)[1]
     assert len(itda) == 40
