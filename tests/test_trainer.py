@@ -10,6 +10,7 @@ from itda_core import mp
 from itda_core import trainer as trainer_mod
 from itda_core.errors import ITDAError
 from itda_core.extraction import extract
+from itda_core.provenance import Provenance
 from itda_core.provenance_check import check_provenance
 from itda_core.trainer import TrainConfig, Trainer, _first_unique_rows, normalised_error, train
 
@@ -117,6 +118,31 @@ def test_early_stop_builds_the_same_dictionary(gpt2, corpus16, monkeypatch):
         assert fast[layer].provenance.keys() == full[layer].provenance.keys()
         assert torch.equal(fast[layer].atoms, full[layer].atoms)
         torch.testing.assert_close(fast[layer].add_error, full[layer].add_error, equal_nan=True)
+
+
+def test_early_stop_mean_error_is_the_sampled_tokens_full_error():
+    # the reported mean error comes from every ERROR_SAMPLE-th token, which runs all k steps
+    d, k, n = 16, 6, 200
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(d, d, generator=g)
+    x = torch.cat([base[torch.randint(0, d, (n // 2,), generator=g)] + 0.05 * torch.randn(n // 2, d, generator=g),
+                   torch.randn(n // 2, d, generator=g)])[torch.randperm(n, generator=g)]
+    prov = Provenance(doc_id=torch.zeros(n, dtype=torch.long), position=torch.arange(n),
+                      token_id=torch.zeros(n, dtype=torch.long), char_start=torch.zeros(n, dtype=torch.long),
+                      char_end=torch.zeros(n, dtype=torch.long), token_str=[""] * n)
+    seed_prov = prov.select(torch.arange(d))
+    builders = []
+    for early in (True, False):
+        b = trainer_mod.LayerBuilder(d, k, 0.3 / d, None, True, torch.device("cpu"), 1 << 20, early_stop=early)
+        b.initialise(base, seed_prov)
+        builders.append(b)
+    idx, coef = mp.matching_pursuit(x, builders[0].atoms, k)
+    full_err = normalised_error(x, mp.reconstruct(idx, coef, builders[0].atoms))
+    (added_fast, mean_fast), (added_full, mean_full) = (b.step(x, prov) for b in builders)
+    assert added_fast == added_full > 0
+    assert torch.equal(builders[0].atoms, builders[1].atoms)
+    assert mean_full == pytest.approx(float(full_err.mean()), rel=1e-5)
+    assert mean_fast == pytest.approx(float(full_err[:: trainer_mod.ERROR_SAMPLE].mean()), rel=1e-5)
 
 
 def test_stop_fraction_guarantees_the_threshold():
