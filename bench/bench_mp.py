@@ -65,10 +65,12 @@ def numba_steps(corr0: torch.Tensor, scratch: torch.Tensor, gram: torch.Tensor, 
     pool = mp._thread_pool(threads)
     flat, c = gram.reshape(-1).numpy(), scratch.numpy()
     idx, coef = np.empty((n, k), np.int64), np.empty((n, k), np.float32)
+    energy, never = np.zeros(n), np.full(n, -np.inf)  # no early stop: all k steps
     pieces = 4 * threads
     bounds = [n * p // pieces for p in range(pieces + 1)]
     start = time.perf_counter()
-    futures = [pool.submit(kernel, c[a:b], flat, m, k, idx[a:b], coef[a:b]) for a, b in itertools.pairwise(bounds)]
+    futures = [pool.submit(kernel, c[a:b], flat, m, k, idx[a:b], coef[a:b], energy[a:b], never[a:b])
+               for a, b in itertools.pairwise(bounds)]
     for f in futures:
         f.result()
     return time.perf_counter() - start

@@ -451,8 +451,8 @@ def _gram_mp_numba(x: Tensor, atoms: Tensor, gram: Tensor, k: int, chunk: int,
         c_np = corr.numpy()
 
         def args(a: int, b: int, lo: int = lo, c_np: np.ndarray = c_np) -> tuple:
-            a, b = lo + a, lo + b
-            return (c_np[a - lo : b - lo], flat, stride, k, idx_np[a:b], coef_np[a:b], e_np[a:b], l_np[a:b])
+            t0, t1 = lo + a, lo + b  # the rows' positions in the whole batch
+            return (c_np[a:b], flat, stride, k, idx_np[t0:t1], coef_np[t0:t1], e_np[t0:t1], l_np[t0:t1])
 
         _run_rows(kernel, hi - lo, threads, args)
     return idx, coef

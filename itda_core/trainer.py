@@ -75,8 +75,8 @@ def normalised_error(x: Tensor, x_hat: Tensor) -> Tensor:
 # Every ERROR_SAMPLE-th token of a batch is encoded with all k steps, for the reported mean error. A prime
 # stride: with documents of 128 tokens, 8 would sample position 0 (an attention sink in SmolLM2) in every one.
 ERROR_SAMPLE = 7
-# Residual energy (fraction of |x|^2) kept below the stop bound: covers the rounding of the energy
-# identity |r|^2 = |x|^2 - sum coef^2 (~1e-6 |x|^2 here) many times over.
+# Residual energy (fraction of |x|^2) kept below the stop bound: the float rounding of the energy identity
+# |r|^2 = |x|^2 - sum coef^2 and of the error itself is orders of magnitude smaller.
 STOP_MARGIN = 0.01
 
 
@@ -292,7 +292,8 @@ class Trainer:
             )
             for layer in self.layers
         }
-        self.report = TrainReport(error_sample=ERROR_SAMPLE if config.early_stop else 1)
+        stops = config.early_stop and stop_fraction(self.threshold, model.d_model) is not None
+        self.report = TrainReport(error_sample=ERROR_SAMPLE if stops else 1)
 
     def run(self, on_batch: Callable[[ActivationBatch], None] | None = None) -> dict[int, ITDA]:
         """Stream the corpus once, grow every layer's dictionary, return {layer: ITDA}. ``on_batch`` sees every

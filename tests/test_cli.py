@@ -1,14 +1,18 @@
-"""CLI: layer parsing, help text, and one-line errors."""
+"""CLI: layer parsing, help text, one-line errors, and `itda train` end to end on a local model."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pytest
+import torch
+from tiny import TEXTS, tiny_model
 from typer.testing import CliRunner
 
 from itda_core.cli import app, parse_layers
+from itda_core.dictionary import ITDA
 from itda_core.errors import ITDAError
 
 
@@ -45,7 +49,7 @@ def test_help_lists_commands_and_options():
     result = runner.invoke(app, ["train", "--help"])
     assert result.exit_code == 0
     for option in ("--model", "--layers", "--max-tokens", "--threshold", "--k", "--out", "--save-on-interrupt",
-                   "--gram-memory-gib"):
+                   "--gram-memory-gib", "--no-early-stop"):
         assert option in result.output
 
 
@@ -58,3 +62,29 @@ def test_user_error_is_one_line_exit_2():
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_train_end_to_end_on_a_local_model(tmp_path):
+    # `itda train` on a model folder and a .jsonl corpus: one dictionary folder per layer, loadable, and the
+    # same dictionaries with and without early stop
+    made = tiny_model("gpt2")
+    folder = tmp_path / "tiny-gpt2"
+    made.model.save_pretrained(folder)
+    made.tokenizer.save_pretrained(folder)
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS * 3))
+    runner = CliRunner()
+    outputs = {}
+    for flag in ("--early-stop", "--no-early-stop"):
+        out = tmp_path / flag
+        result = runner.invoke(app, ["train", "--model", str(folder), "--corpus", str(corpus), "--layers", "0,2",
+                                     "--k", "6", "--batch-size", "4", "--held-out", "0.2", "--out", str(out),
+                                     "--no-progress", flag])
+        assert result.exit_code == 0, result.output
+        assert "mean error (last batches" in result.output and "saved 2 dictionaries" in result.output
+        assert ("every 7th token" in result.output) == (flag == "--early-stop")  # else every token counts
+        sites = sorted(p.name for p in next(out.iterdir()).iterdir())
+        assert sites == ["blocks.0.hook_resid_post", "blocks.2.hook_resid_post"]
+        outputs[flag] = [ITDA.load(p) for p in sorted(next(out.iterdir()).iterdir())]
+    for fast, full in zip(outputs["--early-stop"], outputs["--no-early-stop"], strict=True):
+        assert torch.equal(fast.atoms, full.atoms) and fast.provenance.keys() == full.provenance.keys()
