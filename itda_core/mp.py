@@ -488,15 +488,19 @@ def _run_rows(kernel: Callable[..., None], rows: int, threads: int, args: Callab
 
 
 def _gram_mp_screened(x: Tensor, atoms: Tensor, hg: HalfGram, k: int, chunk: int,
-                      kernel: Callable[..., None]) -> tuple[Tensor, Tensor]:
+                      kernel: Callable[..., None], stop: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """CPU float32 path over a float16 Gram matrix: x @ D.T per chunk, then the screened kernel.
 
     The kernel's error bound (see :func:`itda_core.mp_kernels.screened_mp_rows`) starts from the
     float32 rounding of a dot product of length d, gamma_d * |r| * max|D_i| (the standard worst-case
     bound, gamma_d = d u / (1 - d u)), counted twice: once for the first correlations (a GEMM), once for
     the dot products that decide. Rows whose bound grows too loose are refreshed with r @ D.T here.
+    The kernel applies ``stop`` itself, as the float32 one does.
     """
     n, m, d = x.shape[0], atoms.shape[0], atoms.shape[1]
+    energy, level = (stop[0].clone(), stop[1]) if stop is not None else (
+        torch.zeros(n, dtype=torch.float64), torch.full((n,), -np.inf, dtype=torch.float64))
+    en_np, lv_np = energy.numpy(), level.numpy()
     flat, stride = _flat_rows(hg.rows.view(torch.uint16))  # the kernel reads float16 as its bits
     u = 2.0**-24
     gamma = d * u / (1 - d * u)
@@ -524,8 +528,9 @@ def _gram_mp_screened(x: Tensor, atoms: Tensor, hg: HalfGram, k: int, chunk: int
 
         def args(a: int, b: int, lo: int = lo, c_np: np.ndarray = c_np, r_np: np.ndarray = r_np,
                  s_np: np.ndarray = s_np, e_np: np.ndarray = e_np, b_np: np.ndarray = b_np) -> tuple:
-            return (c_np[a:b], r_np[a:b], atoms_np, flat, stride, row_err, nu, k, idx_np[lo + a : lo + b],
-                    coef_np[lo + a : lo + b], s_np[a:b], e_np[a:b], b_np[a:b], cmax)
+            t0, t1 = lo + a, lo + b  # the rows' positions in the whole batch
+            return (c_np[a:b], r_np[a:b], atoms_np, flat, stride, row_err, nu, k, idx_np[t0:t1],
+                    coef_np[t0:t1], s_np[a:b], e_np[a:b], b_np[a:b], cmax, en_np[t0:t1], lv_np[t0:t1])
 
         _run_rows(kernel, rows, threads, args)
         while True:  # rows whose error bound outgrew their correlations: recompute them exactly
@@ -586,7 +591,7 @@ def _gram_mp_triton(x: Tensor, atoms: Tensor, gram: Tensor, k: int, chunk: int,
 def _gram_mp(x: Tensor, atoms: Tensor, gram: Tensor | HalfGram, k: int, chunk_size: int | None,
              stop: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """Dispatch: the screened kernel for a float16 Gram matrix on CPU, else the Gram recurrence (numba on
-    CPU, Triton on CUDA, float32; the torch loop otherwise). The numba recurrence applies ``stop`` itself
+    CPU, Triton on CUDA, float32; the torch loop otherwise). The numba kernels apply ``stop`` themselves
     (skipping the steps); the other paths' codes are cut afterwards."""
     idx, coef = _gram_mp_paths(x, atoms, gram, k, chunk_size, stop)
     if stop is not None and not _stops_natively(x, gram):
@@ -595,9 +600,9 @@ def _gram_mp(x: Tensor, atoms: Tensor, gram: Tensor | HalfGram, k: int, chunk_si
 
 
 def _stops_natively(x: Tensor, gram: Tensor | HalfGram) -> bool:
-    """Whether :func:`_gram_mp` runs the numba recurrence, which skips the steps after an early stop."""
-    return (not isinstance(gram, HalfGram) and x.dtype == torch.float32 and x.device.type == "cpu"
-            and _numba_kernel() is not None)
+    """Whether :func:`_gram_mp` runs a numba kernel (float32 recurrence or float16 screened), which skips the
+    steps after an early stop."""
+    return x.dtype == torch.float32 and x.device.type == "cpu" and _numba_kernel() is not None
 
 
 def _gram_mp_paths(x: Tensor, atoms: Tensor, gram: Tensor | HalfGram, k: int, chunk_size: int | None,
@@ -607,7 +612,7 @@ def _gram_mp_paths(x: Tensor, atoms: Tensor, gram: Tensor | HalfGram, k: int, ch
     if isinstance(gram, HalfGram):
         screened = _screened_kernel() if x.dtype == torch.float32 and x.device.type == "cpu" else None
         if screened is not None:
-            return _gram_mp_screened(x, atoms, gram, k, chunk_size or _default_chunk(m, x.device), screened)
+            return _gram_mp_screened(x, atoms, gram, k, chunk_size or _default_chunk(m, x.device), screened, stop)
         gram = gram.float()  # no float16 kernel here: the float32 recurrence on the widened matrix
     if x.dtype == torch.float32 and x.device.type == "cpu":
         kernel = _numba_kernel()
@@ -760,8 +765,8 @@ def matching_pursuit(x: Tensor, atoms: Tensor, k: int, *, gram: Tensor | HalfGra
     ``stop_residual`` (not in the paper; default None = always k steps): stop a row once its residual
     energy |x|^2 - sum of coef^2 (= |r|^2 for unit atoms) is at most ``stop_residual * |x|^2`` (a float,
     or a tensor [n] with a value per row, negative = never); its remaining steps are (index 0,
-    coefficient 0.0), and the steps before are unchanged. The CPU float32 kernel then skips those
-    steps; other paths compute them and drop them. Not with OMP.
+    coefficient 0.0), and the steps before are unchanged. The CPU kernels (float32 and float16 Gram
+    tiers) then skip those steps; other paths compute them and drop them. Not with OMP.
     """
     if method not in METHODS:
         raise ValueError(f"unknown MP method {method!r}; choose one of {', '.join(METHODS)}")

@@ -285,7 +285,7 @@ def _finish_zero(idx, coef, t, s, k):  # type: ignore[no-untyped-def]
 
 @njit(nogil=True, boundscheck=False, cache=True)
 def screened_mp_rows(corr, res, atoms, gram16, stride, row_err, nu, k, idx, coef, step, err, base,
-                     cmax):  # type: ignore[no-untyped-def]
+                     cmax, energy, stop):  # type: ignore[no-untyped-def]
     """Plain MP steps for each row whose ``step`` < k, screening with float16 Gram rows.
 
     ``corr`` [n, m] holds approximations c of r @ D.T whose error is at most ``err`` per row (|c_i - r.D_i|
@@ -297,7 +297,8 @@ def screened_mp_rows(corr, res, atoms, gram16, stride, row_err, nu, k, idx, coef
     candidates outnumber ``cmax`` (the bound grew loose, e.g. the residual fell to ~0) stops with
     ``step`` < k: the caller recomputes its correlations (r @ D.T), resets ``err`` and ``base`` (the
     residual norm the rounding terms scale with) and calls again. The first step of a call accepts any
-    number of candidates, so every call makes progress.
+    number of candidates, so every call makes progress. Early stop as in :func:`gram_mp_rows` (``energy``
+    is updated in place, so it carries over to the next call).
     """
     n, m = corr.shape
     nblk = (m + HBLOCK - 1) // HBLOCK
@@ -310,6 +311,7 @@ def screened_mp_rows(corr, res, atoms, gram16, stride, row_err, nu, k, idx, coef
         c = corr[t]
         r = res[t]
         e = err[t]
+        en = energy[t]
         rnd = _U32 * base[t] * nu  # a residual update's rounding, seen through any atom
         if _all_zero(r):
             _finish_zero(idx, coef, t, s, k)
@@ -329,7 +331,8 @@ def screened_mp_rows(corr, res, atoms, gram16, stride, row_err, nu, k, idx, coef
             for q in range(r.shape[0]):
                 r[q] = r[q] - a * dj[q]
             s += 1
-            if s < k and _all_zero(r):
+            en -= np.float64(a) * np.float64(a)
+            if s < k and (en <= stop[t] or _all_zero(r)):
                 _finish_zero(idx, coef, t, s, k)
                 s = k
             if s == k:
@@ -344,6 +347,7 @@ def screened_mp_rows(corr, res, atoms, gram16, stride, row_err, nu, k, idx, coef
             limit = cmax
         step[t] = s
         err[t] = e
+        energy[t] = en
 
 
 # --------------------------------------------------------------------------------------------------
