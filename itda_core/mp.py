@@ -429,14 +429,20 @@ def _flat_rows(gram: Tensor) -> tuple[np.ndarray, int]:
     return torch.as_strided(gram.detach(), ((m - 1) * stride + m,), (1,)).numpy(), stride
 
 
+def _kernel_stop(n: int, stop: tuple[Tensor, Tensor] | None) -> tuple[np.ndarray, np.ndarray]:
+    """The numba kernels' early-stop arrays: |x|^2 (a copy, which the screened kernel updates in place) and
+    the stop level, float64; without ``stop`` a level of -inf, which never stops."""
+    if stop is None:
+        return np.zeros(n), np.full(n, -np.inf)
+    return stop[0].numpy().copy(), stop[1].numpy()
+
+
 def _gram_mp_numba(x: Tensor, atoms: Tensor, gram: Tensor, k: int, chunk: int,
                    kernel: Callable[..., None], stop: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
     """CPU float32 fast path: torch computes x @ D.T per chunk, the numba kernel runs the k steps (and
     skips a token's remaining steps once its residual energy reaches ``stop``'s level)."""
     n, m = x.shape[0], atoms.shape[0]
-    energy, level = stop if stop is not None else (torch.zeros(n, dtype=torch.float64),
-                                                   torch.full((n,), -np.inf, dtype=torch.float64))
-    e_np, l_np = energy.numpy(), level.numpy()
+    e_np, l_np = _kernel_stop(n, stop)
     flat, stride = _flat_rows(gram)
     idx = torch.empty((n, k), dtype=torch.int64)
     coef = torch.empty((n, k), dtype=torch.float32)
@@ -498,9 +504,7 @@ def _gram_mp_screened(x: Tensor, atoms: Tensor, hg: HalfGram, k: int, chunk: int
     The kernel applies ``stop`` itself, as the float32 one does.
     """
     n, m, d = x.shape[0], atoms.shape[0], atoms.shape[1]
-    energy, level = (stop[0].clone(), stop[1]) if stop is not None else (
-        torch.zeros(n, dtype=torch.float64), torch.full((n,), -np.inf, dtype=torch.float64))
-    en_np, lv_np = energy.numpy(), level.numpy()
+    en_np, lv_np = _kernel_stop(n, stop)
     flat, stride = _flat_rows(hg.rows.view(torch.uint16))  # the kernel reads float16 as its bits
     u = 2.0**-24
     gamma = d * u / (1 - d * u)
