@@ -81,14 +81,16 @@ def register(app: typer.Typer) -> None:
             return
         out.parent.mkdir(parents=True, exist_ok=True)
         fig = convergence_figure(result, steps=step_list)
-        fig.write_html(str(out), include_plotlyjs=True)
         frame.to_csv(out.with_suffix(".csv"))
         out.with_suffix(".json").write_text(json.dumps(result.to_dict(), indent=2))
-        saved = [out, out.with_suffix(".csv"), out.with_suffix(".json")]
-        if png:
-            try:
-                fig.write_image(str(out.with_suffix(".png")))
-                saved.append(out.with_suffix(".png"))
-            except Exception as err:  # kaleido missing or broken: the PNG is optional
-                typer.echo(f"(no PNG: {str(err).splitlines()[0][:120] if str(err) else type(err).__name__})")
-        typer.echo("saved " + ", ".join(map(str, saved)))
+        tables = [out.with_suffix(".csv"), out.with_suffix(".json")]
+        if png:  # the PNG is optional: save_figure finds the browser kaleido needs, or says why there is none
+            from itda_core.evaluation.sweep import save_figure
+
+            figures, message = save_figure(fig, out)
+            if message:
+                typer.echo(f"({message})")
+        else:
+            fig.write_html(str(out), include_plotlyjs=True)
+            figures = [out]
+        typer.echo("saved " + ", ".join(map(str, [figures[0], *tables, *figures[1:]])))
