@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import numbers
 import os
 import threading
 from collections.abc import Callable
@@ -672,8 +673,11 @@ def _stop_levels(x: Tensor, stop_residual: float | Tensor) -> tuple[Tensor, Tens
         if frac.shape[0] != n:
             raise ValueError(f"stop_residual must be a float or one value per row of x ({n}), got shape "
                              f"{tuple(stop_residual.shape)}")
-    else:
+    elif isinstance(stop_residual, numbers.Real) and not isinstance(stop_residual, bool):
         frac = torch.full((n,), float(stop_residual), dtype=torch.float64)
+    else:
+        raise ValueError(f"stop_residual must be a number or a tensor with one value per row, got "
+                         f"{type(stop_residual).__name__}")
     if not bool(torch.isfinite(frac).all()):
         raise ValueError("stop_residual must be finite (a fraction of |x|^2; negative: never stop)")
     energy = torch.linalg.vector_norm(x.detach(), dim=1, dtype=torch.float64).cpu().square()

@@ -247,6 +247,8 @@ def test_errors() -> None:
         matching_pursuit(x, atoms, 3, stop_residual=torch.zeros(2))
     with pytest.raises(ValueError, match="stop_residual must be finite"):
         matching_pursuit(x, atoms, 3, stop_residual=float("nan"))
+    with pytest.raises(ValueError, match="stop_residual must be a number or a tensor"):
+        matching_pursuit(x, atoms, 3, stop_residual="0.1")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="plain MP only"):
         matching_pursuit(x, atoms, 3, method="omp", stop_residual=0.1)
     with pytest.raises(ValueError, match="same"):
