@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from itda_core import hugepages
+
 logger = logging.getLogger(__name__)
 
 METHODS = ("auto", "gram", "textbook", "omp")
@@ -123,8 +125,10 @@ def gram_budget_bytes(device: torch.device | str) -> int:
 
 
 def gram_matrix(atoms: Tensor) -> Tensor:
-    """The Gram matrix ``atoms @ atoms.T`` [m, m] (its rows are what the fast MP path reads)."""
-    return atoms @ atoms.T
+    """The Gram matrix ``atoms @ atoms.T`` [m, m] (its rows are what the fast MP path reads), on CPU in
+    huge pages where the OS offers them (:mod:`itda_core.hugepages`)."""
+    a = atoms.detach()
+    return torch.mm(a, a.T, out=hugepages.empty((a.shape[0], a.shape[0]), a.dtype, a.device))
 
 
 @dataclass(frozen=True)
@@ -187,7 +191,7 @@ def gram_matrix_half(atoms: Tensor) -> HalfGram:
     float32 temporary)."""
     m = atoms.shape[0]
     a = atoms.float()
-    rows16 = torch.empty((m, m), dtype=torch.float16, device=atoms.device)
+    rows16 = hugepages.empty((m, m), torch.float16, atoms.device)
     err = torch.empty(m, dtype=torch.float32, device=atoms.device)
     step = max(1, _GRAM_BLOCK_BYTES // (4 * m))
     for lo in range(0, m, step):
@@ -242,7 +246,7 @@ class GramCache:
         """Convert the cached float32 rows to float16, measuring each row's rounding error."""
         assert self._store is not None
         cap, old = self._store.shape[0], self._m
-        half = torch.empty((cap, cap), dtype=torch.float16, device=self.device)
+        half = hugepages.empty((cap, cap), torch.float16, self.device)
         err = torch.zeros(cap, dtype=torch.float32, device=self.device)
         step = max(1, _GRAM_BLOCK_BYTES // (4 * max(old, 1)))
         for lo in range(0, old, step):
@@ -281,7 +285,7 @@ class GramCache:
             new_cap = max(2 * cap, m)
             if new_cap * new_cap * elt > self.max_bytes:
                 new_cap = m
-            grown = torch.empty((new_cap, new_cap), dtype=store_dtype, device=self.device)
+            grown = hugepages.empty((new_cap, new_cap), store_dtype, self.device)
             err = torch.zeros(new_cap, dtype=torch.float32, device=self.device)
             if self._store is not None and self._m:
                 grown[: self._m, : self._m] = self._store[: self._m, : self._m]
@@ -449,7 +453,7 @@ def _gram_mp_numba(x: Tensor, atoms: Tensor, gram: Tensor, k: int, chunk: int,
     coef = torch.empty((n, k), dtype=torch.float32)
     idx_np, coef_np = idx.numpy(), coef.numpy()
     threads = max(1, torch.get_num_threads())
-    buf = torch.empty((min(chunk, n), m), dtype=torch.float32)
+    buf = hugepages.empty((min(chunk, n), m), torch.float32)
     at = atoms.T
     for lo in range(0, n, chunk):
         hi = min(lo + chunk, n)
@@ -518,7 +522,7 @@ def _gram_mp_screened(x: Tensor, atoms: Tensor, hg: HalfGram, k: int, chunk: int
     coef = torch.empty((n, k), dtype=torch.float32)
     idx_np, coef_np = idx.numpy(), coef.numpy()
     threads = max(1, torch.get_num_threads())
-    buf = torch.empty((min(chunk, n), m), dtype=torch.float32)
+    buf = hugepages.empty((min(chunk, n), m), torch.float32)
     at = atoms.T
     for lo in range(0, n, chunk):
         hi = min(lo + chunk, n)
