@@ -18,6 +18,10 @@ per step gives the same result (up to float rounding) -- that is the fast path h
   m = 16,384), far faster than the textbook loop.
 * When no Gram matrix fits the memory budget, a chunked textbook loop.
 
+On CPU the Gram matrices and the correlation buffer live in transparent huge pages where Linux offers
+them (:mod:`itda_core.hugepages`): each step reads a random 64 KB row, which with 4 KiB pages costs 16
+TLB misses.
+
 Set ``ITDA_GRAM_MAX_BYTES`` to override the Gram budget, ``ITDA_MP_NUMBA=0`` / ``ITDA_MP_TRITON=0``
 to skip the numba / Triton kernels.
 """
