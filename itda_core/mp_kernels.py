@@ -134,9 +134,8 @@ def gram_mp_rows(corr, gram, stride, k, idx, coef, energy, stop):  # type: ignor
 # CPU, screened: float16 Gram rows to narrow the search, exact dot products to decide
 # --------------------------------------------------------------------------------------------------
 
-# Sub-blocks of a candidate block: their maxima are computed only in blocks that may hold the winner,
-# so collecting the candidates reads a few dozen entries instead of a whole block.
-SUB = 32
+# Up to this many candidates in a block are found by repeated vectorised scans, more by one scalar pass.
+FEW = 4
 HBLOCK = 512  # block of the screened kernel (smaller than BLOCK: candidates are collected per block)
 _U32 = 2.0**-24  # unit roundoff of float32
 
@@ -221,25 +220,53 @@ def _all_zero(r):  # type: ignore[no-untyped-def]
 
 
 @njit(nogil=True, boundscheck=False, cache=True)
+def _first_at_least(cb, start, thr_bits):  # type: ignore[no-untyped-def]
+    """Lowest i >= start with bits(|cb[i]|) >= thr_bits, else len(cb): a vectorised min-index scan (the
+    loop runs over a slice from 0, so numba emits no negative-index wraparound, which would stop LLVM
+    from vectorising it)."""
+    tail = cb[start:]
+    nb = tail.shape[0]
+    j = nb
+    for i in range(nb):
+        q = i if _abs_bits(tail[i]) >= thr_bits else nb
+        j = q if q < j else j
+    return start + j
+
+
+@njit(nogil=True, boundscheck=False, cache=True)
+def _count_at_least(cb, thr_bits):  # type: ignore[no-untyped-def]
+    """How many entries of ``cb`` have bits(|c|) >= thr_bits (vectorised)."""
+    n = np.int32(0)
+    for i in range(cb.shape[0]):
+        n += np.int32(1) if _abs_bits(cb[i]) >= thr_bits else np.int32(0)
+    return n
+
+
+@njit(nogil=True, boundscheck=False, cache=True)
 def _collect(c, lo, hi, thr_bits, cand, cnt, limit):  # type: ignore[no-untyped-def]
     """Append to ``cand`` (from ``cnt``) the indices in [lo, hi) with bits(|c|) >= thr_bits, in order.
 
-    Sub-block maxima (vectorised) skip the runs that hold none. Stops early past ``limit`` candidates.
+    A block usually holds one or two: each is found by a vectorised scan of the rest of the block
+    (~35 ns per 512 entries). A block with more takes one scalar pass instead, so the cost stays linear.
+    Stops early past ``limit`` candidates.
     """
-    for sl in range(lo, hi, SUB):
-        sh = min(sl + SUB, hi)
-        mx = np.int32(0)
-        for i in range(sl, sh):
-            q = _abs_bits(c[i])
-            mx = q if q > mx else mx
-        if mx < thr_bits:
-            continue
-        for i in range(sl, sh):
-            if _abs_bits(c[i]) >= thr_bits:
-                cand[cnt] = i
+    cb = c[lo:hi]
+    nb = cb.shape[0]
+    if _count_at_least(cb, thr_bits) > FEW:
+        for i in range(nb):
+            if _abs_bits(cb[i]) >= thr_bits:
+                cand[cnt] = lo + i
                 cnt += 1
+                if cnt > limit:
+                    break
+        return cnt
+    p = _first_at_least(cb, 0, thr_bits)
+    while p < nb:
+        cand[cnt] = lo + p
+        cnt += 1
         if cnt > limit:
             break
+        p = _first_at_least(cb, p + 1, thr_bits)
     return cnt
 
 
