@@ -140,11 +140,19 @@ def main() -> None:
     naive_x = x[: args.n_naive]
 
     t0 = time.perf_counter()
-    mp.matching_pursuit(x[:8], atoms[:64], k)  # warm-up: numba compile (or cache load)
+    mp.matching_pursuit(x[:8], atoms[:64], k)  # warm-up: numba compile (or cache load), both kernels
+    if dev.type == "cpu" and mp._screened_kernel() is not None:
+        mp.matching_pursuit(x[:8], atoms[:64], k, gram=mp.gram_matrix_half(atoms[:64]))
     warm = time.perf_counter() - t0
-    gram_s = timed(lambda: mp.gram_matrix(atoms), dev, 1)
-    gram = mp.gram_matrix(atoms)
-    half = mp.gram_matrix_half(atoms) if dev.type == "cpu" and mp._screened_kernel() is not None else None
+    start = time.perf_counter()
+    auto = mp.auto_gram(atoms)  # the matrix matching_pursuit builds by default (its tier depends on m)
+    gram_s = time.perf_counter() - start
+    if auto is None:
+        raise SystemExit(f"no Gram matrix fits the memory budget at m = {m}; lower --m or set ITDA_GRAM_MAX_BYTES")
+    gram = auto if isinstance(auto, torch.Tensor) else mp.gram_matrix(atoms)
+    half = auto if isinstance(auto, mp.HalfGram) else (
+        mp.gram_matrix_half(atoms) if dev.type == "cpu" and mp._screened_kernel() is not None else None)
+    default_tier = "float16 tier, screened" if isinstance(auto, mp.HalfGram) else "float32 tier"
 
     out = torch.empty((n, m), device=dev)
     if dev.type == "cpu":
@@ -162,7 +170,9 @@ def main() -> None:
             (len(naive_x), lambda: naive_gram_mp(naive_x, atoms, gram, k), False),
         "torch Gram path (chunked; the CUDA / no-numba path)":
             (len(naive_x), lambda: mp._gram_mp_torch(naive_x, atoms, gram, k, torch_chunk), False),
-        f"fast path: matching_pursuit(gram=G) [{kernel}]":
+        f"fast path, the default: matching_pursuit(gram=auto_gram(atoms)) [{default_tier}]":
+            (n, lambda: mp.matching_pursuit(x, atoms, k, gram=auto), True),
+        f"float32 Gram tier: matching_pursuit(gram=gram_matrix(atoms)) [{kernel}]":
             (n, lambda: mp.matching_pursuit(x, atoms, k, gram=gram), True),
         "float16 Gram tier: matching_pursuit(gram=HalfGram) [numba, screened]":
             (n, lambda: mp.matching_pursuit(x, atoms, k, gram=half), True),
@@ -171,7 +181,7 @@ def main() -> None:
     }
     if half is None:
         del cases["float16 Gram tier: matching_pursuit(gram=HalfGram) [numba, screened]"]
-    steps_name = "  of which the k MP steps alone (numba kernel, x @ atoms.T excluded)"
+    steps_name = "  of which the k MP steps alone (float32 numba kernel, x @ atoms.T excluded)"
     if kernel == "numba":
         corr0 = torch.mm(x, atoms.T)
         scratch = torch.empty_like(corr0)
@@ -186,7 +196,7 @@ def main() -> None:
     if kernel == "numba":  # show the kernel's row right under the fast path's
         steps_row = next(row for row in rows if row[0] == steps_name)
         rows.remove(steps_row)
-        rows.insert(next(i for i, row in enumerate(rows) if row[0].startswith("fast")) + 1, steps_row)
+        rows.insert(next(i for i, row in enumerate(rows) if row[0].startswith("float32 Gram tier")) + 1, steps_row)
     rate = {name: r for name, _t, r in rows}
     dense = max(r for name, _t, r in rows if name.startswith("dense"))
     textbook = rate["textbook loop (reference)"]
@@ -211,14 +221,15 @@ def main() -> None:
           f"(CPU target >= 0.5); fallback / textbook = {fallback / textbook:.2f}x")
     if kernel == "numba":
         steps = rate[steps_name]
-        print(f"MP steps alone: {steps:,.0f} tokens/s = {steps * (k - 1) * m * 4 / 1e9:.1f} GB/s of Gram rows; "
-              f"dense product + steps in sequence at the measured rates: "
+        print(f"float32 MP steps alone: {steps:,.0f} tokens/s = {steps * (k - 1) * m * 4 / 1e9:.1f} GB/s of Gram "
+              f"rows; dense product + steps in sequence at the measured rates: "
               f"{1 / (1 / dense + 1 / steps):,.0f} tokens/s = {1 / (1 + dense / steps):.2f} of dense")
     print(f"load average before/after the timed rows: {load_before} / {os.getloadavg()[0]:.2f} "
           f"(other processes on the machine skew the rates)")
-    print(f"one-off costs: Gram matrix {gram_s:.2f} s ({m * m * 4 / 2**30:.2f} GiB; = {gram_s * fast:,.0f} "
-          f"tokens of fast-path time), first call incl. numba compile/cache load {warm:.2f} s")
-    print(agreement)
+    size = m * m * (2 if default_tier.startswith("float16") else 4) / 2**30
+    print(f"one-off costs: the default Gram matrix ({default_tier}) {gram_s:.2f} s ({size:.2f} GiB; = "
+          f"{gram_s * fast:,.0f} tokens of fast-path time), first call incl. numba compile/cache load {warm:.2f} s")
+    print(f"float32 tier: {agreement}")
     if half_agreement:
         print(f"float16 tier: {half_agreement}")
 
@@ -232,9 +243,12 @@ def auto_choice(m: int, n: int, k: int, dev: torch.device) -> str:
     budget = mp.gram_budget_bytes(dev)
     if not mp._gram_pays_off(n, m, k, dev):
         return f"the chunked textbook loop: building the Gram matrix does not pay off for {n} tokens"
-    if m * m * 4 <= budget:
+    half_ok = m * m * 2 <= budget and mp._half_tier_available(dev, torch.float32)
+    if m * m * 4 <= budget and not (half_ok and mp._prefers_half(m, dev, torch.float32)):
         return "the float32 Gram path"
-    if m * m * 2 <= budget and mp._half_tier_available(dev, torch.float32):
+    if half_ok and m * m * 4 <= budget:
+        return "the float16 Gram tier (a float32 matrix this large is past mp.HALF_FROM_BYTES)"
+    if half_ok:
         return "the float16 Gram tier (the float32 matrix exceeds the budget, the float16 one fits)"
     return "the chunked textbook loop: the Gram matrix exceeds the budget"
 

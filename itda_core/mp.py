@@ -10,12 +10,14 @@ per step gives the same result (up to float rounding) -- that is the fast path h
   argmax in one pass per step and token; tokens are spread over ``torch.get_num_threads()`` threads.
 * CUDA, float32: a Triton kernel, one program per token (its corr row in registers when m <= 16384).
 * Elsewhere (float64, no numba / Triton): the same Gram recurrence in torch over chunks of tokens.
-* CPU, float32, when the float32 Gram matrix would not fit the memory budget but a float16 one does
-  (:class:`HalfGram`, m up to ~1.4x larger): a screened kernel. The float16 rows only narrow each
-  step's search to the atoms that could win given a rigorous bound on the accumulated error; exact
-  float32 dot products with the residual pick the winner and give its coefficient, so the results
-  are still those of the textbook loop. Slower per token than the float32 recurrence (~0.85-1x at
-  m = 16,384), far faster than the textbook loop.
+* CPU, float32, large dictionaries (a float32 Gram matrix of :data:`HALF_FROM_BYTES`, 512 MiB, or
+  more: m >= 11,586), or whenever the float32 matrix would not fit the memory budget but a float16 one
+  does (:class:`HalfGram`): a screened kernel. The float16 rows only narrow each step's search to the
+  atoms that could win given a rigorous bound on the accumulated error; exact float32 dot products with
+  the residual pick the winner and give its coefficient, so the results are still those of the textbook
+  loop. Each step reads half the bytes of the float32 recurrence: at m = 16,384 it is as fast on real
+  activations and faster on random data, with half the memory; on smaller dictionaries the float32
+  rows (which then nearly fit the CPU caches) win.
 * When no Gram matrix fits the memory budget, a chunked textbook loop.
 
 On CPU the Gram matrices and the correlation buffer live in transparent huge pages where Linux offers
@@ -49,7 +51,7 @@ logger = logging.getLogger(__name__)
 METHODS = ("auto", "gram", "textbook", "omp")
 
 # Bytes per [chunk, m] work buffer: keeps the chunked loops' memory bounded whatever n is.
-_CPU_WORK_BYTES = 64 << 20
+_CPU_WORK_BYTES = 128 << 20
 _CUDA_WORK_BYTES = 512 << 20
 _CPU_GRAM_CAP = 4 << 30
 _GRAM_BLOCK_BYTES = 256 << 20  # GramCache computes new rows in products of at most this size
@@ -190,6 +192,41 @@ def _half_tier_available(device: torch.device, dtype: torch.dtype) -> bool:
     return device.type == "cpu" and dtype == torch.float32 and _screened_kernel() is not None
 
 
+# From this float32 Gram size on (m >= 11,586 atoms), CPU MP keeps the Gram matrix in float16 even when the
+# float32 one fits: half the memory, and at least as fast there (docs/benchmarks.md: 0.96-1.09x the float32
+# kernel on SmolLM2 activations at m = 12,000-16,384, 1.06-1.2x on random data). Below it the float32 rows
+# are faster (at m = 2,048 the float16 tier runs at 0.75x: the float32 matrix nearly fits the CPU caches).
+HALF_FROM_BYTES = 512 << 20
+
+
+def _prefers_half(m: int, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the float16 tier is the first choice for m atoms (CPU, float32, large dictionary)."""
+    return m * m * 4 >= HALF_FROM_BYTES and _half_tier_available(device, dtype)
+
+
+def auto_gram(atoms: Tensor, budget: int | None = None) -> Tensor | HalfGram | None:
+    """The Gram matrix ``matching_pursuit(method="auto")`` builds for ``atoms``: a :class:`HalfGram` on CPU in
+    float32 from :data:`HALF_FROM_BYTES` on, or when only it fits the budget; else the float32 (float64 for
+    float64 atoms) matrix if it fits; None when neither fits (MP then runs the textbook loop).
+
+    Build it once and pass it as ``gram=`` when encoding many batches with the same atoms.
+    """
+    m = atoms.shape[0]
+    budget = gram_budget_bytes(atoms.device) if budget is None else budget
+    full_fits = m * m * atoms.element_size() <= budget
+    half_ok = (m * m * 2 <= budget and _half_tier_available(atoms.device, atoms.dtype)
+               and float(atoms.norm(dim=1).max()) <= _HALF_MAX_NORM)
+    if half_ok and (_prefers_half(m, atoms.device, atoms.dtype) or not full_fits):
+        if not full_fits:
+            logger.info("MP: the %d x %d float32 Gram matrix exceeds the memory budget; using it in float16 "
+                        "(screened kernel, same results)", m, m)
+        return gram_matrix_half(atoms)
+    if full_fits:
+        return gram_matrix(atoms)
+    _log_fallback(m, budget)
+    return None
+
+
 def gram_matrix_half(atoms: Tensor) -> HalfGram:
     """The Gram matrix of float32 ``atoms`` as a :class:`HalfGram`, built in blocks of rows (no m^2
     float32 temporary)."""
@@ -214,9 +251,9 @@ class GramCache:
 
     Each :meth:`update` computes only the new rows/columns (``D_new @ D.T``); storage grows by
     capacity doubling so a long run of small appends stays amortised O(m^2 d) overall. Storage is
-    ``dtype`` while m^2 entries fit ``max_bytes``; past that, on CPU in float32, it switches to float16
-    (a :class:`HalfGram`, half the bytes, for the screened kernel) until that no longer fits either.
-    ``half`` forces one storage (True: always float16, False: never).
+    ``dtype`` while m^2 entries fit ``max_bytes`` and stay under :data:`HALF_FROM_BYTES`; past either, on
+    CPU in float32, it switches to float16 (a :class:`HalfGram`, half the bytes, for the screened kernel)
+    until that no longer fits either. ``half`` forces one storage (True: always float16, False: never).
     """
 
     def __init__(self, device: torch.device | str, dtype: torch.dtype, max_bytes: int | None = None,
@@ -244,7 +281,8 @@ class GramCache:
         if self.half is not None:
             return self.half
         full = m * m * torch.empty((), dtype=self.dtype).element_size()
-        return full > self.max_bytes and _half_tier_available(self.device, self.dtype)
+        return ((full > self.max_bytes or _prefers_half(m, self.device, self.dtype))
+                and _half_tier_available(self.device, self.dtype))
 
     def _to_half(self) -> None:
         """Convert the cached float32 rows to float16, measuring each row's rounding error."""
@@ -815,16 +853,7 @@ def matching_pursuit(x: Tensor, atoms: Tensor, k: int, *, gram: Tensor | HalfGra
         elif method == "gram":
             g = gram_matrix(d)
         elif _gram_pays_off(n, m, k, x.device):
-            budget = gram_budget_bytes(x.device)
-            if m * m * d.element_size() <= budget:
-                g = gram_matrix(d)
-            elif (m * m * 2 <= budget and _half_tier_available(x.device, cdt)
-                  and float(d.norm(dim=1).max()) <= _HALF_MAX_NORM):
-                logger.info("MP: the %d x %d float32 Gram matrix exceeds the memory budget; using it in float16 "
-                            "(screened kernel, same results)", m, m)
-                g = gram_matrix_half(d)
-            else:
-                _log_fallback(m, budget)
+            g = auto_gram(d)
     if isinstance(g, HalfGram) and not bool(torch.isfinite(g.row_err).all()):
         logger.warning("MP: Gram entries overflow float16 (atoms far from unit norm); using the textbook loop")
         g = None

@@ -377,6 +377,34 @@ def test_auto_uses_float16_gram_between_the_two_budgets(monkeypatch: pytest.Monk
     assert not built
 
 
+def test_large_dictionaries_prefer_the_float16_gram(monkeypatch: pytest.MonkeyPatch) -> None:
+    # from HALF_FROM_BYTES of float32 Gram on, auto and the Gram cache store it in float16 even though the
+    # float32 matrix fits the budget; below it, and for float64 atoms, they keep the float32 (float64) one
+    if mp._screened_kernel() is None:
+        pytest.skip("numba kernel unavailable")
+    monkeypatch.setattr(mp, "HALF_FROM_BYTES", 100 * 100 * 4)  # "large" = 100 atoms and more
+    atoms, x = _unit(150, 16), _acts(300, 16)
+    assert isinstance(mp.auto_gram(atoms), HalfGram)
+    small = mp.auto_gram(atoms[:99])
+    assert isinstance(small, torch.Tensor) and small.dtype == torch.float32
+    wide = mp.auto_gram(atoms.double())
+    assert isinstance(wide, torch.Tensor) and wide.dtype == torch.float64
+    assert isinstance(mp.auto_gram(atoms, budget=150 * 150 * 3), HalfGram)  # float32 too big, float16 fits
+    assert mp.auto_gram(atoms, budget=100) is None  # neither: the textbook fallback
+    screened: list[bool] = []
+    real = mp._gram_mp_screened
+    monkeypatch.setattr(mp, "_gram_mp_screened", lambda *a, **kw: screened.append(True) or real(*a, **kw))
+    _assert_same_codes(matching_pursuit(x, atoms, 12), textbook_matching_pursuit(x, atoms, 12), x, atoms)
+    assert screened
+    cache = GramCache("cpu", torch.float32)
+    assert isinstance(cache.update(atoms[:60]), torch.Tensor)
+    grown = cache.update(atoms)  # crosses the size: the cached float32 rows are converted
+    assert isinstance(grown, HalfGram)
+    exact = gram_matrix(atoms)
+    torch.testing.assert_close(grown.row_err, (grown.rows.float() - exact).abs().amax(dim=1), atol=1e-6, rtol=0)
+    assert GramCache("cpu", torch.float32, half=False).update(atoms).dtype == torch.float32  # type: ignore[union-attr]
+
+
 def test_half_gram_rejects_malformed_parts() -> None:
     with pytest.raises(ValueError, match="square float16"):
         HalfGram(torch.zeros(4, 4), torch.zeros(4))
