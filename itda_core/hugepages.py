@@ -40,7 +40,7 @@ def empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str
     """
     device = torch.device(device)
     count = int(np.prod(shape, dtype=np.int64))
-    nbytes = count * torch.empty((), dtype=dtype).element_size()
+    nbytes = count * dtype.itemsize
     if device.type != "cpu" or dtype not in _NUMPY or nbytes < MIN_BYTES or not huge_pages_available():
         return torch.empty(shape, dtype=dtype, device=device)
     try:
