@@ -484,6 +484,12 @@ def _kernel_stop(n: int, stop: tuple[Tensor, Tensor] | None) -> tuple[np.ndarray
     return stop[0].numpy().copy(), stop[1].numpy()
 
 
+def _kernel_outputs(n: int, k: int, m: int, chunk: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The numba paths' codes (int64 and float32 [n, k]) and their [chunk, m] correlation buffer (huge pages)."""
+    return (torch.empty((n, k), dtype=torch.int64), torch.empty((n, k), dtype=torch.float32),
+            hugepages.empty((min(chunk, n), m), torch.float32))
+
+
 def _gram_mp_numba(x: Tensor, atoms: Tensor, gram: Tensor, k: int, chunk: int,
                    kernel: Callable[..., None], stop: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
     """CPU float32 fast path: torch computes x @ D.T per chunk, the numba kernel runs the k steps (and
@@ -491,11 +497,9 @@ def _gram_mp_numba(x: Tensor, atoms: Tensor, gram: Tensor, k: int, chunk: int,
     n, m = x.shape[0], atoms.shape[0]
     e_np, l_np = _kernel_stop(n, stop)
     flat, stride = _flat_rows(gram)
-    idx = torch.empty((n, k), dtype=torch.int64)
-    coef = torch.empty((n, k), dtype=torch.float32)
+    idx, coef, buf = _kernel_outputs(n, k, m, chunk)
     idx_np, coef_np = idx.numpy(), coef.numpy()
     threads = max(1, torch.get_num_threads())
-    buf = hugepages.empty((min(chunk, n), m), torch.float32)
     at = atoms.T
     for lo in range(0, n, chunk):
         hi = min(lo + chunk, n)
@@ -560,11 +564,9 @@ def _gram_mp_screened(x: Tensor, atoms: Tensor, hg: HalfGram, k: int, chunk: int
     row_err = (hg.row_err.double() + gamma * nu * nu).numpy()
     atoms_np = atoms.contiguous().numpy()
     cmax = max(32, m // 128)  # a refresh (one r @ D.T) costs about m / 100 candidate dot products
-    idx = torch.empty((n, k), dtype=torch.int64)
-    coef = torch.empty((n, k), dtype=torch.float32)
+    idx, coef, buf = _kernel_outputs(n, k, m, chunk)
     idx_np, coef_np = idx.numpy(), coef.numpy()
     threads = max(1, torch.get_num_threads())
-    buf = hugepages.empty((min(chunk, n), m), torch.float32)
     at = atoms.T
     for lo in range(0, n, chunk):
         hi = min(lo + chunk, n)
