@@ -211,6 +211,9 @@ def auto_gram(atoms: Tensor, budget: int | None = None) -> Tensor | HalfGram | N
 
     Build it once and pass it as ``gram=`` when encoding many batches with the same atoms.
     """
+    if not isinstance(atoms, Tensor) or atoms.dim() != 2 or atoms.shape[0] == 0:
+        shape = tuple(atoms.shape) if isinstance(atoms, Tensor) else type(atoms).__name__
+        raise ValueError(f"atoms must be a non-empty 2-D tensor [m, d], got {shape}")
     m = atoms.shape[0]
     budget = gram_budget_bytes(atoms.device) if budget is None else budget
     full_fits = m * m * atoms.element_size() <= budget

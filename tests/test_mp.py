@@ -403,6 +403,9 @@ def test_large_dictionaries_prefer_the_float16_gram(monkeypatch: pytest.MonkeyPa
     exact = gram_matrix(atoms)
     torch.testing.assert_close(grown.row_err, (grown.rows.float() - exact).abs().amax(dim=1), atol=1e-6, rtol=0)
     assert GramCache("cpu", torch.float32, half=False).update(atoms).dtype == torch.float32  # type: ignore[union-attr]
+    for bad in (torch.empty(0, 16), torch.ones(16), "atoms"):
+        with pytest.raises(ValueError, match="non-empty 2-D tensor"):
+            mp.auto_gram(bad)  # type: ignore[arg-type]
 
 
 def test_half_gram_rejects_malformed_parts() -> None:
