@@ -106,7 +106,8 @@ def train(
     gram_memory_gib: Annotated[
         float,
         typer.Option(help="Memory for all layers' Gram matrices together (GiB). A layer whose float32 matrix "
-                     "outgrows its share uses float16 rows (CPU), then the much slower textbook loop."),
+                     "outgrows its share, or ~11,600 atoms, uses float16 rows (CPU), then the much slower "
+                     "textbook loop."),
     ] = 4.0,
     early_stop: Annotated[
         bool,

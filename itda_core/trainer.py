@@ -48,8 +48,9 @@ class TrainConfig:
     dedupe: bool = True  # drop exact duplicate activations among a batch's new atoms
     skip_special_tokens: bool = False
     seed: int = 0  # recorded; the run itself is deterministic for a given corpus and order
-    # Gram matrices of all layers together: a layer's matrix is float32 while its share fits, then float16
-    # (on CPU), then none (MP falls back to the textbook loop, same results, much slower)
+    # Gram matrices of all layers together: a layer's matrix is float32 while its share fits and it has
+    # fewer than ~11,600 atoms (mp.HALF_FROM_BYTES), then float16 (on CPU), then none (MP falls back to the
+    # textbook loop, same results, much slower)
     gram_memory_gib: float = 4.0
     # stop MP for a token once it provably stays under the threshold (same dictionary, faster); the mean error
     # in the report is then measured on every ERROR_SAMPLE-th token of a batch, which always gets all k steps
