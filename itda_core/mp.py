@@ -4,7 +4,10 @@ ITDA encodes with plain MP and a fixed number of steps ``k`` (see docs/itda-meth
 ``r = x``; k times: ``corr = r @ D.T``; ``j = argmax |corr|``; ``a = corr[j]``; record ``(j, a)``;
 ``r -= a * D[j]``. The textbook loop costs a full ``[n, d] x [d, m]`` product per step. Because
 ``r @ D.T`` changes by ``-a * (D @ D[j]) = -a * G[j]``, one product ``x @ D.T`` plus one Gram row
-per step gives the same result (up to float rounding) -- that is the fast path here:
+per step gives the same result up to float rounding -- that is the fast path here. "Up to rounding" includes
+near-ties: where two atoms' |corr| are within rounding of each other (ITDA dictionaries hold near-duplicate
+atoms, added together from one batch), two paths may pick different ones, and their codes differ from that
+step on while every step stays a greedy MP step up to rounding (tested):
 
 * CPU, float32: a numba kernel (:mod:`itda_core.mp_kernels`) fuses the row update with the next
   argmax in one pass per step and token; tokens are spread over ``torch.get_num_threads()`` threads.
@@ -15,9 +18,9 @@ per step gives the same result (up to float rounding) -- that is the fast path h
   does (:class:`HalfGram`): a screened kernel. The float16 rows only narrow each step's search to the
   atoms that could win given a rigorous bound on the accumulated error; exact float32 dot products with
   the residual pick the winner and give its coefficient, so the results are still those of the textbook
-  loop. Each step reads half the bytes of the float32 recurrence: at m = 16,384 it is as fast on real
-  activations and faster on random data, with half the memory; on smaller dictionaries the float32
-  rows (which then nearly fit the CPU caches) win.
+  loop up to float rounding. Each step reads half the bytes of the float32 recurrence: at m = 16,384 it
+  is as fast on real activations and faster on random data, with half the memory; on smaller
+  dictionaries the float32 rows (which then nearly fit the CPU caches) win.
 * When no Gram matrix fits the memory budget, a chunked textbook loop.
 
 On CPU the Gram matrices and the correlation buffer live in transparent huge pages where Linux offers
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import numbers
 import os
 import threading
@@ -143,7 +147,7 @@ class HalfGram:
     absolute rounding error against the float32 products it was made from.
 
     The CPU kernel uses it only to narrow each step's search; the winner and its coefficient come from
-    exact float32 dot products with the residual, so results still match the textbook loop.
+    exact float32 dot products with the residual, so results match the textbook loop up to float rounding.
     """
 
     rows: Tensor  # [m, m] float16, may be a view into larger storage (row stride >= m)
@@ -222,7 +226,7 @@ def auto_gram(atoms: Tensor, budget: int | None = None) -> Tensor | HalfGram | N
     if half_ok and (_prefers_half(m, atoms.device, atoms.dtype) or not full_fits):
         if not full_fits:
             logger.info("MP: the %d x %d float32 Gram matrix exceeds the memory budget; using it in float16 "
-                        "(screened kernel, same results)", m, m)
+                        "(screened kernel, the same results up to rounding)", m, m)
         return gram_matrix_half(atoms)
     if full_fits:
         return gram_matrix(atoms)
@@ -257,6 +261,9 @@ class GramCache:
     ``dtype`` while m^2 entries fit ``max_bytes`` and stay under :data:`HALF_FROM_BYTES`; past either, on
     CPU in float32, it switches to float16 (a :class:`HalfGram`, half the bytes, for the screened kernel)
     until that no longer fits either. ``half`` forces one storage (True: always float16, False: never).
+
+    ``max_bytes`` bounds the matrices held at any moment, growth and conversion included: where the old and
+    the new storage would not fit side by side, the old one is dropped and every row is computed again.
     """
 
     def __init__(self, device: torch.device | str, dtype: torch.dtype, max_bytes: int | None = None,
@@ -268,6 +275,7 @@ class GramCache:
         self._store: Tensor | None = None
         self._err: Tensor | None = None  # per-row float16 rounding error (float16 storage only)
         self._m = 0
+        self._warned = False
 
     @property
     def size(self) -> int:
@@ -286,6 +294,10 @@ class GramCache:
         full = m * m * torch.empty((), dtype=self.dtype).element_size()
         return ((full > self.max_bytes or _prefers_half(m, self.device, self.dtype))
                 and _half_tier_available(self.device, self.dtype))
+
+    def _held_bytes(self) -> int:
+        """Bytes of the Gram storage held now (0 when none)."""
+        return 0 if self._store is None else self._store.numel() * self._store.element_size()
 
     def _to_half(self) -> None:
         """Convert the cached float32 rows to float16, measuring each row's rounding error."""
@@ -308,28 +320,31 @@ class GramCache:
         m = atoms.shape[0]
         half = self._use_half(m)
         store_dtype = torch.float16 if half else self.dtype
-        elt = torch.empty((), dtype=store_dtype).element_size()
+        elt = store_dtype.itemsize
         if m * m * elt > self.max_bytes:
-            if self._store is not None:
-                logger.info("Gram matrix for %d atoms exceeds %d bytes: MP falls back to the textbook loop",
-                            m, self.max_bytes)
+            if not self._warned:
+                logger.warning("MP: the Gram matrix of %d atoms exceeds its %.3g MiB budget; using the textbook "
+                               "loop from now on (much slower)", m, self.max_bytes / 2**20)
+                self._warned = True
             self.reset()
             return None
         if m < self._m:  # the dictionary shrank: the cached rows no longer describe it
             self.reset()
         if self._store is not None and self._store.dtype != store_dtype:
-            if not half:  # only a forced change of mode goes back to full precision: start again
-                self.reset()
-            else:
+            cap = self._store.shape[0]
+            if half and self._held_bytes() + cap * cap * elt <= self.max_bytes:
                 logger.info("Gram matrix for %d atoms exceeds %d bytes in %s: stored in float16 from now on",
                             m, self.max_bytes, self.dtype)
                 self._to_half()
-        a = atoms.to(device=self.device, dtype=self.dtype)
+            else:  # a forced change of mode, or no room for both copies: start again in the new storage
+                self.reset()
         cap = 0 if self._store is None else self._store.shape[0]
         if m > cap:
-            new_cap = max(2 * cap, m)
-            if new_cap * new_cap * elt > self.max_bytes:
-                new_cap = m
+            limit = math.isqrt(self.max_bytes // elt)  # the largest square matrix the budget holds (>= m)
+            new_cap = min(max(2 * cap, m), limit)
+            if self._held_bytes() + new_cap * new_cap * elt > self.max_bytes:
+                self.reset()  # no room to copy the old rows beside the new storage: compute them again
+                new_cap = limit
             grown = hugepages.empty((new_cap, new_cap), store_dtype, self.device)
             err = torch.zeros(new_cap, dtype=torch.float32, device=self.device)
             if self._store is not None and self._m:
@@ -337,6 +352,7 @@ class GramCache:
                 if self._err is not None:
                     err[: self._m] = self._err[: self._m]
             self._store, self._err = grown, err
+        a = atoms.to(device=self.device, dtype=self.dtype)
         store, row_err = self._store, self._err
         assert store is not None and row_err is not None
         old = self._m
@@ -694,7 +710,7 @@ def _log_fallback(m: int, budget: int) -> None:
     level = logging.INFO if _fallback_warned else logging.WARNING
     _fallback_warned = True
     logger.log(level, "MP: the %d x %d Gram matrix exceeds the memory budget (%.1f GiB; ITDA_GRAM_MAX_BYTES "
-               "changes it); using the chunked textbook loop -- same results, much slower", m, m,
+               "changes it); using the chunked textbook loop -- much slower", m, m,
                budget / 2**30)
 
 
@@ -818,7 +834,8 @@ def matching_pursuit(x: Tensor, atoms: Tensor, k: int, *, gram: Tensor | HalfGra
     :func:`gram_budget_bytes`: in float32, else on CPU in float16 as a :class:`HalfGram`; else the
     chunked textbook loop), "gram" (always the float32 Gram recurrence, building G if needed, ignoring
     the budget), "textbook" (chunked textbook loop) or "omp" (:func:`orthogonal_matching_pursuit`).
-    All MP methods agree with :func:`textbook_matching_pursuit` up to float rounding. ``chunk_size``
+    All MP methods agree with :func:`textbook_matching_pursuit` up to float rounding: where two atoms' |corr|
+    are within rounding of each other, methods may pick different ones (and differ from there on). ``chunk_size``
     bounds the tokens processed at once (memory).
 
     ``stop_residual`` (not in the paper; default None = always k steps): stop a row once its residual

@@ -49,8 +49,8 @@ class TrainConfig:
     skip_special_tokens: bool = False
     seed: int = 0  # recorded; the run itself is deterministic for a given corpus and order
     # Gram matrices of all layers together: a layer's matrix is float32 while its share fits and it has
-    # fewer than ~11,600 atoms (mp.HALF_FROM_BYTES), then float16 (on CPU), then none (MP falls back to the
-    # textbook loop, same results, much slower)
+    # fewer than ~11,600 atoms (mp.HALF_FROM_BYTES), then float16 (on CPU), then none (MP runs the textbook
+    # loop, much slower); the tiers agree up to float rounding (near-ties may resolve differently)
     gram_memory_gib: float = 4.0
     # stop MP for a token once it provably stays under the threshold (same dictionary, faster); the mean error
     # in the report is then measured on every ERROR_SAMPLE-th token of a batch, which always gets all k steps
@@ -190,14 +190,16 @@ class LayerBuilder:
             self.initialise(x, prov)
         if self.size == 0:
             return 0, float("nan")
+        # the layer's Gram matrix within its share of the memory; past it, the textbook loop (which needs none)
         gram = self.gram.update(self.atoms)
+        method = "auto" if gram is not None else "textbook"
         n = x.shape[0]
         energy = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float64).square()
         stop = None
         if self.stop is not None:  # the sampled tokens run all k steps: their errors give the mean
             stop = torch.full((n,), self.stop, dtype=torch.float64, device=x.device)
             stop[::ERROR_SAMPLE] = -1.0
-        indices, coefs = matching_pursuit(x, self.atoms, self.k, gram=gram, stop_residual=stop)
+        indices, coefs = matching_pursuit(x, self.atoms, self.k, gram=gram, method=method, stop_residual=stop)
         if stop is None:
             rows = torch.arange(n, device=x.device)
             err = normalised_error(x, reconstruct(indices, coefs, self.atoms))
