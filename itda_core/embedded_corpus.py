@@ -1,6 +1,6 @@
 """The embedded default corpus: real English text shipped inside the ``gensim`` package.
 
-``gensim`` (installed with ``--no-deps`` and never imported) carries, in ``gensim/test/test_data/``:
+``gensim`` (the ``embedded`` extra, or ``--no-deps``; never imported) carries, in ``gensim/test/test_data/``:
 
 * a shortened Wikipedia dump (MediaWiki XML: 206 pages, 106 articles after skipping redirects), and
 * the Lee news corpus (``lee_background.cor``, 300 stories; ``lee.cor``, 50 stories), one story per line.
