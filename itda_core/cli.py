@@ -75,6 +75,17 @@ def train(
     max_tokens: Annotated[
         int, typer.Option(help="Activations to stream per layer (0 = the whole training split).")
     ] = 100_000,
+    max_documents: Annotated[
+        int | None,
+        typer.Option(help="Stop after this many whole documents (use it, with --max-tokens 0, for models "
+                     "that are to be compared: Jaccard needs the same documents, and token counts differ "
+                     "across tokenizers)."),
+    ] = None,
+    init_rule: Annotated[
+        str,
+        typer.Option(help="How the initial atoms break ties among rows seen equally often: 'value' (sorted "
+                     "by value, as the authors' code) or 'first' (first occurrence)."),
+    ] = "value",
     k: Annotated[int, typer.Option(help="Matching-pursuit steps per activation (the L0).")] = 40,
     threshold: Annotated[
         float | None,
@@ -133,6 +144,8 @@ def train(
         k=k,
         threshold=threshold,
         max_tokens=max_tokens or None,
+        max_documents=max_documents,
+        init_rule=init_rule,
         seq_len=seq_len,
         batch_size=batch_size,
         max_size=max_size,
@@ -261,6 +274,7 @@ def demo(
     port: Annotated[int, typer.Option(help="Dashboard port on localhost.")] = 8501,
     serve: Annotated[bool, typer.Option(help="Start the dashboard (--no-serve: only build the store).")] = True,
     device: DeviceOpt = "auto",
+    rebuild: Annotated[bool, typer.Option(help="Delete the store first and build everything again.")] = False,
 ) -> None:
     """The main job: build the default store (three embedded models, every layer, trained and indexed;
     resumable) and open the dashboard. The dashboard starts first and shows each model as soon as it is
@@ -277,7 +291,7 @@ def demo(
         server = subprocess.Popen(serve_command_line(store, port), env={**os.environ, ENV_STORE: str(store)})
         typer.echo(f"dashboard: http://localhost:{port} (models appear as they are built; Ctrl-C stops both)")
     try:
-        report = build_demo(DemoConfig(store=store, device=device))
+        report = build_demo(DemoConfig(store=store, device=device, rebuild=rebuild))
         typer.echo(report.summary())
         if server is not None:
             typer.echo(f"store complete; dashboard still on http://localhost:{port} (Ctrl-C to stop)")

@@ -62,7 +62,10 @@ class ITDAConfig:
     seq_len: int = 128
     skip_special_tokens: bool = False
     tokens_seen: int = 0
+    documents_seen: int = 0  # whole training documents seen
+    documents_sha256: str = ""  # which documents exactly (ids in order, and a cut one); "" = not recorded
     init_atoms: int = 0
+    init_rule: str = ""  # how ties among initial rows were broken ("value", "first"; "" = before it was recorded)
     max_size: int | None = None
     dedupe: bool = True
     seed: int = 0
@@ -92,12 +95,16 @@ class ITDA:
     """A dictionary of unit-norm atoms with provenance.
 
     ``atoms`` [m, d]; ``provenance`` has m rows; ``add_error`` [m] is the normalised reconstruction error
-    the activation had when it was added (NaN for the initial atoms, which are added without encoding).
+    the activation had when it was added (NaN for the initial atoms, which are added without encoding);
+    ``init_count`` [m] is, for an initial atom, how often its activation occurred in its batch (>= 1), 0 for
+    an atom added by the error rule (or given without add errors), and -1 for an initial atom of a
+    dictionary that did not record it (NaN add error).
     Atoms are kept in insertion order, which is what :meth:`crop` relies on.
     """
 
     def __init__(
-        self, atoms: Tensor, provenance: Provenance, config: ITDAConfig, add_error: Tensor | None = None
+        self, atoms: Tensor, provenance: Provenance, config: ITDAConfig, add_error: Tensor | None = None,
+        init_count: Tensor | None = None,
     ) -> None:
         if atoms.ndim != 2:
             raise ValueError(f"atoms must be [m, d], got shape {tuple(atoms.shape)}")
@@ -108,9 +115,19 @@ class ITDA:
         self.atoms = atoms
         self.provenance = provenance
         self.config = config
+        recorded = add_error is not None
         if add_error is None:
             add_error = torch.full((atoms.shape[0],), float("nan"))
         self.add_error = add_error.to(device="cpu", dtype=torch.float32)
+        if init_count is None:
+            # not recorded: in a trainer's file the initial atoms are those without an add error, of unknown
+            # count; atoms given without add errors (made by hand) are not initial picks
+            init_count = (torch.where(torch.isnan(self.add_error), -1, 0) if recorded
+                          else torch.zeros(atoms.shape[0], dtype=torch.int32))
+        if init_count.shape != (atoms.shape[0],):
+            raise ValueError(f"init_count must have one entry per atom ({atoms.shape[0]}), got "
+                             f"{tuple(init_count.shape)}")
+        self.init_count = init_count.to(device="cpu", dtype=torch.int32)
         self._gram: Tensor | HalfGram | None = None
 
     def __len__(self) -> int:
@@ -124,9 +141,17 @@ class ITDA:
     def d_model(self) -> int:
         return self.atoms.shape[1]
 
+    @property
+    def evidence(self) -> Tensor:
+        """bool [m]: the atoms that say something about the model -- every atom the error rule added, and the
+        initial atoms whose activation really repeated in its batch (BOS, identical first tokens). Initial
+        atoms seen once (or of unknown count) are arbitrary picks among tied rows: two dictionaries sharing
+        them is no evidence that they agree (see docs/similarity.md)."""
+        return (self.init_count == 0) | (self.init_count >= 2)
+
     def to(self, device: str | torch.device) -> ITDA:
         """This dictionary with its atoms on ``device`` (provenance stays on CPU)."""
-        out = ITDA(self.atoms.to(device), self.provenance, self.config, self.add_error)
+        out = ITDA(self.atoms.to(device), self.provenance, self.config, self.add_error, self.init_count)
         return out
 
     def gram(self) -> Tensor | HalfGram | None:
@@ -161,7 +186,8 @@ class ITDA:
             raise ITDAError(f"crop size must be at least 1 (got {n})")
         n = min(n, len(self))
         config = dataclasses.replace(self.config, stats={**self.config.stats, "cropped_from": len(self)})
-        return ITDA(self.atoms[:n].clone(), self.provenance.select(torch.arange(n)), config, self.add_error[:n])
+        return ITDA(self.atoms[:n].clone(), self.provenance.select(torch.arange(n)), config, self.add_error[:n],
+                    self.init_count[:n])
 
     # ---- files -----------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -171,6 +197,7 @@ class ITDA:
         tensors = {
             "atoms": self.atoms.detach().to("cpu", torch.float32).contiguous(),
             "add_error": self.add_error.contiguous(),
+            "init_count": self.init_count.contiguous(),
         }
         tensors.update(self.provenance.to_tensors())
         if not self.config.created:
@@ -212,7 +239,7 @@ class ITDA:
         except (SafetensorError, OSError) as err:
             raise ITDAError(f"{path / TENSOR_FILE} cannot be read ({err}); the dictionary is damaged") from err
         atoms = tensors["atoms"].to(device)
-        itda = cls(atoms, Provenance.from_tensors(tensors), config, tensors.get("add_error"))
+        itda = cls(atoms, Provenance.from_tensors(tensors), config, tensors.get("add_error"), tensors.get("init_count"))
         if model is not None:
             itda.check_model(model)
         return itda

@@ -40,6 +40,8 @@ class ActivationBatch:
     provenance: Provenance
     documents: int = 0  # documents consumed by this batch
     extra: dict[str, Tensor] = field(default_factory=dict)
+    complete: list[int] = field(default_factory=list)  # ids of the documents all of whose tokens are here
+    partial: tuple[int, int] | None = None  # (doc id, tokens kept) of a document a token budget cut short
 
     def __len__(self) -> int:
         return len(self.provenance)
@@ -156,6 +158,22 @@ def residual_stream(
     return captured
 
 
+def _complete_before(doc_ids: Tensor, order: list[int], cut: int) -> tuple[list[int], tuple[int, int] | None]:
+    """The documents (ids, in ``order``) whose tokens all lie in the first ``cut`` rows of a doc-major batch,
+    and (id, tokens kept) of the one the cut falls inside, if any."""
+    ids, n_tokens = torch.unique(doc_ids, return_counts=True)
+    counts = dict(zip(ids.tolist(), n_tokens.tolist(), strict=True))
+    complete, start = [], 0
+    for doc in order:
+        n = counts.get(doc, 0)
+        if start + n <= cut:
+            complete.append(doc)
+            start += n
+            continue
+        return complete, ((doc, cut - start) if cut > start else None)
+    return complete, None
+
+
 def _batches(documents: Iterable[Document], size: int) -> Iterator[list[Document]]:
     batch: list[Document] = []
     for doc in documents:
@@ -177,11 +195,14 @@ def extract(
     skip_special_tokens: bool = False,
     max_tokens: int | None = None,
     progress: bool = True,
+    max_documents: int | None = None,
 ) -> Iterator[ActivationBatch]:
     """Stream :class:`ActivationBatch` es over ``corpus`` for ``layers`` (block indices, 0-based).
 
-    Memory stays bounded by one batch however large the corpus; ``max_tokens`` stops early. Activations
-    are float32 on CPU (the model's dtype on CUDA) and stay on the model's device.
+    Memory stays bounded by one batch however large the corpus; ``max_tokens`` stops early (possibly inside a
+    document), ``max_documents`` after that many whole documents (what comparisons across tokenizers need:
+    the same text for every model). Activations are float32 on CPU (the model's dtype on CUDA) and stay on
+    the model's device.
     """
     if seq_len < 1:
         raise ITDAError(f"seq_len must be at least 1 (got {seq_len})")
@@ -189,10 +210,14 @@ def extract(
         raise ITDAError(f"batch_size must be at least 1 (got {batch_size})")
     if max_tokens is not None and max_tokens < 1:
         raise ITDAError(f"max_tokens must be positive (got {max_tokens})")
+    if max_documents is not None and max_documents < 1:
+        raise ITDAError(f"max_documents must be positive (got {max_documents})")
     wanted = model.check_layers(list(layers))
     documents = list(corpus.documents) if isinstance(corpus, Corpus) else list(corpus)
     if not documents:
         raise ITDAError("the corpus has no documents")
+    if max_documents is not None:
+        documents = documents[:max_documents]
     # An estimate for the ETA: documents times the truncation length, capped by max_tokens.
     estimate = len(documents) * seq_len
     total = min(estimate, max_tokens) if max_tokens else estimate
@@ -207,13 +232,16 @@ def extract(
             keep = tb.keep.to(model.device)
             acts = {layer: h[keep] for layer, h in hidden.items()}
             prov = tb.provenance
+            complete, partial = [doc.doc_id for doc in docs], None
             if max_tokens is not None and done + len(prov) > max_tokens:
                 cut = max_tokens - done
+                complete, partial = _complete_before(prov.doc_id, [doc.doc_id for doc in docs], cut)
                 acts = {layer: a[:cut] for layer, a in acts.items()}
                 prov = prov.select(torch.arange(cut))
             done += len(prov)
             bar.update(len(prov))
-            yield ActivationBatch(acts=acts, provenance=prov, documents=len(docs))
+            yield ActivationBatch(acts=acts, provenance=prov, documents=len(docs), complete=complete,
+                                  partial=partial)
             if max_tokens is not None and done >= max_tokens:
                 break
     finally:

@@ -13,11 +13,13 @@ become an atom, and its partial reconstruction already shows an error below the 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -42,12 +44,19 @@ class TrainConfig:
     k: int = 40  # matching-pursuit steps (the L0)
     threshold: float | None = None  # error above which an activation becomes an atom; None -> 0.3 / d_model
     max_tokens: int | None = 100_000  # activations to stream (per layer); None = the whole corpus
+    # stop after this many whole documents (None = no limit): the budget to use when dictionaries of models
+    # with different tokenizers are to be compared, since Jaccard needs the same documents for both
+    max_documents: int | None = None
     seq_len: int = 128
     batch_size: int = 32  # documents per forward pass
     max_size: int | None = None  # stop adding atoms at this size
     dedupe: bool = True  # drop exact duplicate activations among a batch's new atoms
     skip_special_tokens: bool = False
     seed: int = 0  # recorded; the run itself is deterministic for a given corpus and order
+    # how the initial atoms break ties among rows seen equally often (most are seen once): "value" sorts
+    # tied rows by value, as the authors' code does (a different, arbitrary pick in every layer and model);
+    # "first" takes them in order of first occurrence (the same (document, position) picks everywhere)
+    init_rule: Literal["value", "first"] = "value"
     # Gram matrices of all layers together: a layer's matrix is float32 while its share fits and it has
     # fewer than ~11,600 atoms (mp.HALF_FROM_BYTES), then float16 (on CPU), then none (MP runs the textbook
     # loop, much slower); the tiers agree up to float rounding (near-ties may resolve differently)
@@ -89,14 +98,22 @@ def stop_fraction(threshold: float, d_model: int) -> float | None:
     return frac if frac > 0 else None
 
 
-def _first_unique_rows(x: Tensor) -> tuple[Tensor, Tensor]:
-    """(first-occurrence index, count) of every distinct row of x, most frequent first, ties by position."""
+INIT_RULES = ("value", "first")
+
+
+def _first_unique_rows(x: Tensor, rule: str = "first") -> tuple[Tensor, Tensor]:
+    """(first-occurrence index, count) of every distinct row of x, most frequent first; ties (rows seen
+    equally often) by ``rule``: "first" by first occurrence, "value" in torch.unique's lexicographic order
+    of the rows' values (the authors' code: unique, then a stable sort on counts)."""
+    if rule not in INIT_RULES:
+        raise ITDAError(f"unknown init_rule {rule!r}; use one of {', '.join(INIT_RULES)}")
     _, inverse, counts = torch.unique(x, dim=0, return_inverse=True, return_counts=True)
     n = x.shape[0]
     first = torch.full((counts.shape[0],), n, dtype=torch.long, device=x.device)
     first.scatter_reduce_(0, inverse, torch.arange(n, device=x.device), reduce="amin")
-    # sort by count desc, then first occurrence asc (stable sort on the secondary key first)
-    order = torch.argsort(first, stable=True)
+    # sort by count desc, then the tie key asc (stable sort on the secondary key first); unique's own order is
+    # already by value
+    order = torch.argsort(first, stable=True) if rule == "first" else torch.arange(len(counts), device=x.device)
     order = order[torch.argsort(counts[order], descending=True, stable=True)]
     return first[order], counts[order]
 
@@ -114,6 +131,7 @@ class LayerBuilder:
         device: torch.device,
         gram_bytes: int,
         early_stop: bool = True,
+        init_rule: str = "value",
     ) -> None:
         self.d_model = d_model
         self.k = k
@@ -121,11 +139,13 @@ class LayerBuilder:
         self.max_size = max_size
         self.dedupe = dedupe
         self.stop = stop_fraction(threshold, d_model) if early_stop else None
+        self.init_rule = init_rule
         self.capacity = 0
         self.size = 0
         self.buffer = torch.empty((0, d_model), device=device)
         self.prov: list[Provenance] = []
         self.errors: list[Tensor] = []
+        self.init_counts: list[Tensor] = []  # per atom: how often its activation occurred in its batch (init), else 0
         self.gram = GramCache(device, torch.float32, max_bytes=gram_bytes)
         self.recent_error: deque[float] = deque(maxlen=10)
         self.init_atoms = 0
@@ -138,11 +158,13 @@ class LayerBuilder:
     def _full(self) -> bool:
         return self.max_size is not None and self.size >= self.max_size
 
-    def _append(self, rows: Tensor, prov: Provenance, errors: Tensor) -> None:
+    def _append(self, rows: Tensor, prov: Provenance, errors: Tensor, init_counts: Tensor | None = None) -> None:
+        if init_counts is None:
+            init_counts = torch.zeros(rows.shape[0], dtype=torch.int32)
         if self.max_size is not None:
             room = self.max_size - self.size
             if rows.shape[0] > room:
-                rows, errors = rows[:room], errors[:room]
+                rows, errors, init_counts = rows[:room], errors[:room], init_counts[:room]
                 prov = prov.select(torch.arange(room))
         n = rows.shape[0]
         if n == 0:
@@ -156,6 +178,7 @@ class LayerBuilder:
         self.size += n
         self.prov.append(prov)
         self.errors.append(errors.float().cpu())
+        self.init_counts.append(init_counts.to(device="cpu", dtype=torch.int32))
 
     def _unseen(self, x: Tensor, rows: Tensor) -> Tensor:
         """Positions in ``rows`` (in order) whose activation is not bit-identical to an atom or an earlier
@@ -176,12 +199,14 @@ class LayerBuilder:
         idx = nonzero.nonzero().flatten()
         if idx.numel() == 0:
             return
-        first, _counts = _first_unique_rows(x[idx])
-        take = idx[first[: self.d_model - self.size]]
+        first, counts = _first_unique_rows(x[idx], self.init_rule)
+        room = self.d_model - self.size
+        take, counts = idx[first[:room]], counts[:room]
         if self.dedupe:
-            take = take[self._unseen(x, take)]
+            keep = self._unseen(x, take)
+            take, counts = take[keep], counts[keep.to(counts.device)]
         before = self.size
-        self._append(x[take], prov.select(take.cpu()), torch.full((take.numel(),), float("nan")))
+        self._append(x[take], prov.select(take.cpu()), torch.full((take.numel(),), float("nan")), counts)
         self.init_atoms += self.size - before
 
     def step(self, x: Tensor, prov: Provenance) -> tuple[int, float]:
@@ -227,8 +252,10 @@ class LayerBuilder:
     def build(self, config: ITDAConfig) -> ITDA:
         prov = Provenance.concat(self.prov)
         errors = torch.cat(self.errors) if self.errors else torch.zeros(0)
+        counts = torch.cat(self.init_counts) if self.init_counts else torch.zeros(0, dtype=torch.int32)
         config.init_atoms = self.init_atoms
-        return ITDA(self.atoms.detach().clone().cpu(), prov, config, errors)
+        config.init_rule = self.init_rule
+        return ITDA(self.atoms.detach().clone().cpu(), prov, config, errors, init_count=counts)
 
 
 @dataclass
@@ -244,6 +271,15 @@ class TrainReport:
     recent_error: dict[int, float] = field(default_factory=dict)
     error_sample: int = 1  # the mean errors are over every error_sample-th token of a batch
     interrupted: bool = False
+    complete_documents: list[int] = field(default_factory=list)  # ids of the documents seen whole, in order
+    partial_document: tuple[int, int] | None = None  # (id, tokens seen) of the one a token budget cut short
+
+    def documents_sha256(self) -> str:
+        """Fingerprint of exactly which text the run saw: the whole documents in order, and the cut one."""
+        text = ",".join(map(str, self.complete_documents))
+        if self.partial_document is not None:
+            text += f";partial:{self.partial_document[0]}:{self.partial_document[1]}"
+        return hashlib.sha256(text.encode()).hexdigest()
 
     @property
     def tokens_per_second(self) -> float:
@@ -273,8 +309,12 @@ class Trainer:
             raise ITDAError(f"k must be at least 1 (got {config.k})")
         if config.threshold is not None and config.threshold < 0:
             raise ITDAError(f"threshold must be non-negative (got {config.threshold})")
+        if config.max_documents is not None and config.max_documents < 1:
+            raise ITDAError(f"max_documents must be at least 1 (got {config.max_documents})")
         if config.max_size is not None and config.max_size < 1:
             raise ITDAError(f"max_size must be at least 1 (got {config.max_size})")
+        if config.init_rule not in INIT_RULES:
+            raise ITDAError(f"unknown init_rule {config.init_rule!r}; use one of {', '.join(INIT_RULES)}")
         if not config.gram_memory_gib > 0:
             raise ITDAError(f"gram_memory_gib must be positive (got {config.gram_memory_gib})")
         self.model = model
@@ -291,7 +331,7 @@ class Trainer:
         self.builders = {
             layer: LayerBuilder(
                 model.d_model, config.k, self.threshold, config.max_size, config.dedupe, model.device, gram_bytes,
-                config.early_stop,
+                config.early_stop, config.init_rule,
             )
             for layer in self.layers
         }
@@ -311,8 +351,10 @@ class Trainer:
             skip_special_tokens=cfg.skip_special_tokens,
             max_tokens=cfg.max_tokens,
             progress=False,
+            max_documents=cfg.max_documents,
         )
-        total = cfg.max_tokens or len(self.corpus.documents) * cfg.seq_len
+        n_docs = min(len(self.corpus.documents), cfg.max_documents or len(self.corpus.documents))
+        total = min(cfg.max_tokens or n_docs * cfg.seq_len, n_docs * cfg.seq_len)
         bar = Progress(total=total, unit="tok", desc=f"itda {self.model.name}", enabled=cfg.progress)
         start = time.perf_counter()
         report = self.report
@@ -331,6 +373,8 @@ class Trainer:
                 report.trainer_seconds += time.perf_counter() - t1
                 report.tokens += len(batch)
                 report.documents += batch.documents
+                report.complete_documents.extend(batch.complete)
+                report.partial_document = batch.partial
                 sizes = [b.size for b in self.builders.values()]
                 bar.update(len(batch), atoms=f"{min(sizes)}-{max(sizes)}" if len(sizes) > 1 else sizes[0])
         except KeyboardInterrupt:
@@ -369,6 +413,8 @@ class Trainer:
                 seq_len=cfg.seq_len,
                 skip_special_tokens=cfg.skip_special_tokens,
                 tokens_seen=report.tokens,
+                documents_seen=len(report.complete_documents),
+                documents_sha256=report.documents_sha256(),
                 max_size=cfg.max_size,
                 dedupe=cfg.dedupe,
                 seed=cfg.seed,

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from itda_core.dictionary import ITDA
+    from itda_core.similarity.jaccard import JaccardOptions
 
 HELP = (
     "Jaccard similarity of saved ITDA dictionaries: the share of source tokens (document, position) two "
@@ -144,6 +145,16 @@ OutOpt = Annotated[
     ),
 ]
 DigitsOpt = Annotated[int, typer.Option(help="Decimals when printing.")]
+AtomsOpt = Annotated[
+    str,
+    typer.Option(help="Which atoms count: 'evidence' (all but the initial atoms picked arbitrarily among rows "
+                 "seen once) or 'all' (the paper)."),
+]
+IndexOpt = Annotated[
+    str,
+    typer.Option(help="'corrected' (0 = the overlap expected by chance for these sizes, 1 = the most they can "
+                 "share) or 'raw' (|A n B| / |A u B|, the paper)."),
+]
 
 
 def _store_ids(store: Path, paths: list[Path]) -> list[int]:
@@ -163,11 +174,13 @@ def _store_ids(store: Path, paths: list[Path]) -> list[int]:
     return ids
 
 
-def _to_store(store: Path, paths: list[Path], measures: str, tokens: int, split: str, device: str) -> None:
+def _to_store(store: Path, paths: list[Path], measures: str, tokens: int, split: str, device: str,
+              options: JaccardOptions) -> None:
     from itda_core.commands.bench import parse_measures
     from itda_core.similarity.store import StoreSimilarityConfig, store_similarities
 
-    config = StoreSimilarityConfig(measures=parse_measures(measures), tokens=tokens, split=split, device=device)
+    config = StoreSimilarityConfig(measures=parse_measures(measures), tokens=tokens, split=split, device=device,
+                                   jaccard=options)
     report = store_similarities(store, _store_ids(store, paths) if paths else None, config)
     typer.echo(report.summary())
 
@@ -189,13 +202,17 @@ def register(app: typer.Typer) -> None:
         tokens: TokensOpt = 20_000,
         split: SplitOpt = "held_out",
         device: DeviceOpt = "auto",
+        atoms: AtomsOpt = "evidence",  # JaccardOptions' defaults (kept literal so that --help imports no torch)
+        index: IndexOpt = "corrected",
     ) -> None:
+        from itda_core.similarity.jaccard import JaccardOptions
         from itda_core.similarity.matrices import jaccard_matrix, labelled_matrix, model_jaccard_matrix
 
+        options = JaccardOptions(atoms=atoms, index=index)
         if store is not None:
             if out is not None or model_level:
                 raise ITDAError("--store writes into the store; run without --store for --out or --model-level")
-            _to_store(store, paths or [], measures, tokens, split, device)
+            _to_store(store, paths or [], measures, tokens, split, device, options)
             return
         if not paths:
             raise ITDAError("give dictionary folders (or --store PATH to compute for a store's dictionaries)")
@@ -206,7 +223,7 @@ def register(app: typer.Typer) -> None:
         chosen = _parse_layers(layers, groups)
         if model_level:
             kind = "model"
-            result = model_jaccard_matrix(groups, chosen, method=method, return_shared=True)
+            result = model_jaccard_matrix(groups, chosen, method=method, return_shared=True, options=options)
         else:
             if chosen is not None:
                 kept = {label: {la: d for la, d in g.items() if la in chosen} for label, g in groups.items()}
@@ -216,15 +233,15 @@ def register(app: typer.Typer) -> None:
             labels = list(groups)
             if len(labels) == 1:
                 kind = "layer"
-                result = jaccard_matrix(groups[labels[0]], method=method, return_shared=True)
+                result = jaccard_matrix(groups[labels[0]], method=method, return_shared=True, options=options)
             elif len(labels) == 2:
                 kind = "layer"
                 first, second = groups[labels[0]], groups[labels[1]]
-                result = jaccard_matrix(first, second, method=method, return_shared=True)
+                result = jaccard_matrix(first, second, method=method, return_shared=True, options=options)
             else:
                 kind = "dictionary"
                 items = {f"{label}:L{la}": d for label, g in groups.items() for la, d in g.items()}
-                result = labelled_matrix(items, method=method, return_shared=True)
+                result = labelled_matrix(items, method=method, return_shared=True, options=options)
         df, counts = result
         if kind == "layer":
             names = list(groups)
@@ -241,9 +258,9 @@ def register(app: typer.Typer) -> None:
                 if shared:
                     counts.to_csv(out.with_suffix(".shared.csv"))
             shape = f"{df.shape[0]} x {df.shape[1]}, matched by {df.attrs['method']}"
-            typer.echo(f"saved {kind} Jaccard matrix ({shape}) to {out}")
+            typer.echo(f"saved {kind} {options.label} matrix ({shape}) to {out}")
             return
-        typer.echo(f"Jaccard ({kind} level, matched by {df.attrs['method']}):")
+        typer.echo(f"{options.label}, {kind} level, matched by {df.attrs['method']}:")
         typer.echo(df.to_string(float_format=lambda v: f"{v:.{digits}f}"))
         if shared:
             typer.echo("\nshared atoms:")

@@ -17,27 +17,6 @@ StoreOpt = Annotated[Path, typer.Option(help="The DuckDB store file.")]
 DEFAULT_STORE_PATH = Path("data/itda.duckdb")
 
 
-def parse_budgets(spec: str | None, models: list[str]) -> dict[str, int]:
-    """Token budgets from '20000' (every model) or 'smollm2-135m=24000,minilm-l6=80000'."""
-    if not spec:
-        return {}
-    out: dict[str, int] = {}
-    try:
-        for part in (p.strip() for p in spec.split(",") if p.strip()):
-            if "=" in part:
-                name, value = part.split("=", 1)
-                out[name.strip()] = int(value)
-            else:
-                out.update({m: int(part) for m in models})
-    except ValueError as err:
-        raise ITDAError(
-            f"cannot read token budget {spec!r}; write 20000 or smollm2-135m=24000,minilm-l6=80000"
-        ) from err
-    if any(v < 1 for v in out.values()):
-        raise ITDAError(f"token budgets must be positive (got {spec!r})")
-    return out
-
-
 def print_summary(store: Path) -> None:
     """A short, human-readable description of a store."""
     from itda_core.store.connection import connect_readonly
@@ -114,13 +93,11 @@ def demo_build_command(
     models: Annotated[
         str, typer.Option(help="Models in build order (comma-separated).")
     ] = "smollm2-135m,minilm-l6,gemma3-270m",
-    train_tokens: Annotated[
-        str | None,
-        typer.Option(
-            help="Training tokens: one number for every model, or smollm2-135m=24000,minilm-l6=80000. "
-            "Default: per-model budgets sized for a 2-core CPU."
-        ),
-    ] = None,
+    train_documents: Annotated[
+        int,
+        typer.Option(help="Whole training documents for every model (the same text for each, so that their "
+                     "dictionaries can be compared)."),
+    ] = 200,
     index_tokens: Annotated[
         int, typer.Option(help="Held-out tokens encoded per model for the atom summaries.")
     ] = 4096,
@@ -139,6 +116,7 @@ def demo_build_command(
     config = DemoConfig(
         store=store,
         models=names,
+        train_documents=train_documents,
         index_tokens=index_tokens,
         held_out_fraction=held_out,
         k=k,
@@ -146,7 +124,6 @@ def demo_build_command(
         progress=progress,
         device=device,
     )
-    config.train_tokens.update(parse_budgets(train_tokens, names))
     report = build_demo(config)
     typer.echo(report.summary())
     print_summary(store)
@@ -155,8 +132,16 @@ def demo_build_command(
 def store_info_command(
     store: StoreOpt = DEFAULT_STORE_PATH,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+    upgrade: Annotated[
+        bool, typer.Option(help="First bring a store of an older schema version up to this one, in place.")
+    ] = False,
 ) -> None:
     """Summarise a store: schema version, corpora, models with their dictionaries, row counts."""
+    if upgrade:
+        from itda_core.store.connection import connect_write
+
+        with connect_write(store):  # opening for writing runs the migrations
+            pass
     if not as_json:
         print_summary(store)
         return

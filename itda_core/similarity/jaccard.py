@@ -12,6 +12,13 @@ Two rules identify an atom (see docs/similarity.md for the full rules and why):
 
 Every identity is an int64 (keys packed, span identities hashed), so intersections are ``np.intersect1d``
 over sorted arrays; per-dictionary arrays are cached on the dictionary object.
+
+Which atoms count and which index (:class:`JaccardOptions`): by default only the atoms that carry evidence
+(``ITDA.evidence``: not the initial atoms picked arbitrarily among rows seen once), and the index corrected
+for chance: ``(J - J0) / (Jmax - J0)``, where J0 is the Jaccard of two sets of these sizes at the overlap
+expected when both are drawn at random from the N training tokens (``a * b / N``) and Jmax = min(a, b) /
+max(a, b) the largest Jaccard two sets of these sizes can have. 0 means no more shared than chance, 1 the
+smaller set inside the larger; raw Jaccard shrinks whenever the sizes differ. See docs/similarity.md.
 """
 
 from __future__ import annotations
@@ -32,19 +39,26 @@ from itda_core.errors import ITDAError
 from itda_core.provenance import Provenance
 
 __all__ = [
+    "ATOM_CHOICES",
+    "DEFAULT_OPTIONS",
+    "INDEX_CHOICES",
     "POSITION_BITS",
     "AtomSet",
+    "JaccardOptions",
     "atom_set",
     "check_comparable",
     "choose_method",
+    "expected_shared",
     "is_partial_token",
     "jaccard",
     "jaccard_by_span",
+    "jaccard_index",
     "matched_pairs",
     "model_atom_set",
     "model_jaccard",
     "model_layers",
     "pack_keys",
+    "pair_universe",
     "same_tokenizer",
     "shared_atoms",
     "shared_count",
@@ -57,6 +71,33 @@ METHODS = ("auto", "keys", "spans")
 
 # Span identity kinds (hashed together with their fields).
 _KIND_TOKEN, _KIND_EXACT, _KIND_START = 1, 2, 3
+
+ATOM_CHOICES = ("evidence", "all")
+INDEX_CHOICES = ("corrected", "raw")
+
+
+@dataclass(frozen=True)
+class JaccardOptions:
+    """Which atoms count and which index (see the module docstring): ``atoms`` "evidence" (every atom but the
+    arbitrary initial picks) or "all"; ``index`` "corrected" (for chance and set sizes) or "raw" (the paper's
+    |A n B| / |A u B|)."""
+
+    atoms: str = "evidence"
+    index: str = "corrected"
+
+    def __post_init__(self) -> None:
+        if self.atoms not in ATOM_CHOICES:
+            raise ITDAError(f"unknown atom choice {self.atoms!r}; use one of {', '.join(ATOM_CHOICES)}")
+        if self.index not in INDEX_CHOICES:
+            raise ITDAError(f"unknown Jaccard index {self.index!r}; use one of {', '.join(INDEX_CHOICES)}")
+
+    @property
+    def label(self) -> str:
+        """Short text for plots and tables, e.g. "Jaccard (corrected, evidence atoms)"."""
+        return f"Jaccard ({self.index}, {'all atoms' if self.atoms == 'all' else 'evidence atoms'})"
+
+
+DEFAULT_OPTIONS = JaccardOptions()
 
 
 # ---- tokenizer-independent facts about one token --------------------------------------------------------
@@ -142,16 +183,21 @@ class AtomSet:
     char_end: np.ndarray
     token_str: list[str]
     fingerprint: str
+    universe: int = 0  # the training tokens the atoms were drawn from (0: unknown), for the chance correction
     _span: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.keys)
 
     @classmethod
-    def from_provenance(cls, prov: Provenance, config: ITDAConfig, label: str) -> AtomSet:
-        """Distinct ``(doc_id, position)`` rows of ``prov`` (first occurrence kept), sorted by key."""
+    def from_provenance(cls, prov: Provenance, config: ITDAConfig, label: str,
+                        select: np.ndarray | None = None) -> AtomSet:
+        """Distinct ``(doc_id, position)`` rows of ``prov`` (first occurrence kept), sorted by key; with
+        ``select`` (a bool mask over the rows) only those rows count, and ``rows`` still index ``prov``."""
         raw = pack_keys(prov.doc_id.numpy(), prov.position.numpy())
-        keys, rows = np.unique(raw, return_index=True)
+        kept = np.arange(len(raw)) if select is None else np.flatnonzero(np.asarray(select, dtype=bool))
+        keys, first = np.unique(raw[kept], return_index=True)
+        rows = kept[first]
         cols = {c: getattr(prov, c).numpy()[rows] for c in ("doc_id", "position", "token_id", "char_start",
                                                               "char_end")}
         strs = [prov.token_str[i] for i in rows.tolist()]
@@ -160,7 +206,7 @@ class AtomSet:
             digest.update(np.ascontiguousarray(cols[c]).tobytes())
         digest.update("\x00".join(strs).encode("utf-8", "surrogatepass"))
         return cls(config, label, rows.astype(np.int64), keys, token_str=strs, fingerprint=digest.hexdigest(),
-                   **cols)
+                   universe=int(config.tokens_seen or 0), **cols)
 
     def span_ids(self) -> tuple[np.ndarray, np.ndarray]:
         """(sorted span identities, index into this set's rows for each) -- see the module docstring."""
@@ -203,20 +249,30 @@ class AtomSet:
         return sorted_ids, order
 
 
-_SETS: weakref.WeakKeyDictionary[ITDA, tuple[int, AtomSet]] = weakref.WeakKeyDictionary()
+_SETS: weakref.WeakKeyDictionary[ITDA, dict[str, tuple[int, AtomSet]]] = weakref.WeakKeyDictionary()
 
 
 def _label(config: ITDAConfig) -> str:
     return f"{config.model_name} L{config.layer}"
 
 
-def atom_set(itda: ITDA) -> AtomSet:
-    """The dictionary's distinct source tokens, cached on the object (recomputed if its size changes)."""
-    cached = _SETS.get(itda)
+def _atoms_choice(atoms: str | JaccardOptions) -> str:
+    choice = atoms.atoms if isinstance(atoms, JaccardOptions) else atoms
+    if choice not in ATOM_CHOICES:
+        raise ITDAError(f"unknown atom choice {choice!r}; use one of {', '.join(ATOM_CHOICES)}")
+    return choice
+
+
+def atom_set(itda: ITDA, atoms: str | JaccardOptions = "evidence") -> AtomSet:
+    """The dictionary's distinct source tokens -- with ``atoms="evidence"`` (default) only the atoms that carry
+    evidence (:attr:`ITDA.evidence`) -- cached on the object (recomputed if its size changes)."""
+    choice = _atoms_choice(atoms)
+    cached = _SETS.setdefault(itda, {}).get(choice)
     if cached is not None and cached[0] == len(itda):
         return cached[1]
-    aset = AtomSet.from_provenance(itda.provenance, itda.config, _label(itda.config))
-    _SETS[itda] = (len(itda), aset)
+    select = itda.evidence.numpy() if choice == "evidence" else None
+    aset = AtomSet.from_provenance(itda.provenance, itda.config, _label(itda.config), select)
+    _SETS[itda][choice] = (len(itda), aset)
     return aset
 
 
@@ -243,11 +299,28 @@ def _corpus_text(c: ITDAConfig) -> str:
     return f"{c.corpus_id or '?'}{sha}"
 
 
+def _check_same_documents(a: ITDAConfig, b: ITDAConfig, la: str, lb: str) -> None:
+    """Refuse two dictionaries trained on different documents of one corpus (e.g. token budgets that end in
+    different documents for different tokenizers): their atoms were drawn from different text."""
+    if a.documents_sha256 and b.documents_sha256:
+        if a.documents_sha256 != b.documents_sha256:
+            raise ITDAError(f"{la} and {lb} were trained on different documents of the corpus ({a.documents_seen:,} "
+                            f"and {b.documents_seen:,} whole documents); Jaccard needs the same text for both: train "
+                            "both with the same --max-documents")
+        return
+    if a.tokens_seen == b.tokens_seen and same_tokenizer(a, b):
+        return  # the same budget with the same tokenizer: the same documents
+    raise ITDAError(f"cannot tell whether {la} and {lb} saw the same documents (one was built before itda recorded "
+                    f"them; {a.tokens_seen:,} and {b.tokens_seen:,} tokens); retrain both with the same "
+                    "--max-documents (or rebuild the store)")
+
+
 def check_comparable(a: ITDAConfig, b: ITDAConfig, method: str = "keys") -> None:
     """Raise :class:`ITDAError` (one line) unless provenance of ``a`` and ``b`` can be compared by ``method``.
 
-    Both: the same corpus (sha256 when both record one, else corpus_id). ``keys`` also needs the same
-    tokenizer, ``seq_len`` and ``skip_special_tokens``."""
+    Both: the same corpus (sha256 when both record one, else corpus_id) and the same training documents
+    (``documents_sha256``; for dictionaries that do not record it, the same tokenizer and token count). ``keys``
+    also needs the same tokenizer, ``seq_len`` and ``skip_special_tokens``."""
     la, lb = _label(a), _label(b)
     if a.corpus_sha256 and b.corpus_sha256:
         same_corpus = a.corpus_sha256 == b.corpus_sha256
@@ -259,6 +332,7 @@ def check_comparable(a: ITDAConfig, b: ITDAConfig, method: str = "keys") -> None
     if not same_corpus:
         raise ITDAError(f"{la} was built on corpus {_corpus_text(a)} but {lb} on {_corpus_text(b)}; "
                         "Jaccard needs the same documents (the same corpus and split) for both")
+    _check_same_documents(a, b, la, lb)
     if method == "spans":
         return
     if method != "keys":
@@ -287,8 +361,8 @@ def choose_method(a: ITDAConfig, b: ITDAConfig, method: str = "auto") -> str:
 
 
 # ---- core ---------------------------------------------------------------------------------------------
-def _as_set(x: ITDA | AtomSet) -> AtomSet:
-    return x if isinstance(x, AtomSet) else atom_set(x)
+def _as_set(x: ITDA | AtomSet, atoms: str | JaccardOptions = "evidence") -> AtomSet:
+    return x if isinstance(x, AtomSet) else atom_set(x, atoms)
 
 
 def _pairs_keys(sa: AtomSet, sb: AtomSet) -> tuple[np.ndarray, np.ndarray]:
@@ -312,9 +386,10 @@ def _pairs_spans(sa: AtomSet, sb: AtomSet) -> tuple[np.ndarray, np.ndarray]:
 
 
 def matched_pairs(a: ITDA | AtomSet, b: ITDA | AtomSet, method: str = "auto",
-                  ) -> tuple[np.ndarray, np.ndarray, str]:
-    """(rows of ``a``'s provenance, rows of ``b``'s provenance, method used) of the atoms the two share."""
-    sa, sb = _as_set(a), _as_set(b)
+                  atoms: str | JaccardOptions = "evidence") -> tuple[np.ndarray, np.ndarray, str]:
+    """(rows of ``a``'s provenance, rows of ``b``'s provenance, method used) of the atoms the two share
+    (among the atoms that count, ``atoms``, when given dictionaries)."""
+    sa, sb = _as_set(a, atoms), _as_set(b, atoms)
     method = choose_method(sa.config, sb.config, method)
     check_comparable(sa.config, sb.config, method)
     ia, ib = _pairs_keys(sa, sb) if method == "keys" else _pairs_spans(sa, sb)
@@ -328,13 +403,45 @@ def _index(shared: int, n_a: int, n_b: int) -> float:
     return shared / union if union else float("nan")
 
 
+def expected_shared(n_a: int, n_b: int, universe: int) -> float:
+    """Atoms two sets of sizes n_a and n_b share on average when drawn at random from ``universe`` tokens (the
+    mean of the hypergeometric distribution); nan when the universe is unknown."""
+    return n_a * n_b / universe if universe > 0 else float("nan")
+
+
+def jaccard_index(shared: int, n_a: int, n_b: int, universe: int = 0, index: str = "corrected") -> float:
+    """The Jaccard value of a pair from its counts: "raw" |A n B| / |A u B|, or "corrected" (J - J0) / (Jmax -
+    J0) with J0 the raw index at the chance overlap :func:`expected_shared` and Jmax = min / max of the sizes
+    (see the module docstring); nan where undefined (empty sets, unknown universe, Jmax <= J0)."""
+    if index not in INDEX_CHOICES:
+        raise ITDAError(f"unknown Jaccard index {index!r}; use one of {', '.join(INDEX_CHOICES)}")
+    raw = _index(shared, n_a, n_b)
+    if index == "raw":
+        return raw
+    if not n_a or not n_b:
+        return float("nan")
+    chance = expected_shared(n_a, n_b, universe)
+    j0 = _index(chance, n_a, n_b) if chance == chance else float("nan")
+    jmax = min(n_a, n_b) / max(n_a, n_b)
+    return (raw - j0) / (jmax - j0) if jmax > j0 else float("nan")
+
+
+def pair_universe(sa: AtomSet, sb: AtomSet) -> int:
+    """The token count the chance model draws from: the larger of the two sets' training tokens (the same
+    number for one tokenizer; across tokenizers the finer one, whose token ends include the coarser one's
+    almost everywhere); 0 when either is unknown."""
+    return max(sa.universe, sb.universe) if sa.universe > 0 and sb.universe > 0 else 0
+
+
 _PAIR_CACHE: dict[tuple[str, str, str], int] = {}
 _PAIR_CACHE_MAX = 65_536
 
 
-def shared_count(a: ITDA | AtomSet, b: ITDA | AtomSet, method: str = "auto") -> tuple[int, int, int, str]:
-    """(shared atoms, |A|, |B|, method used); results are cached by content fingerprint and method."""
-    sa, sb = _as_set(a), _as_set(b)
+def shared_count(a: ITDA | AtomSet, b: ITDA | AtomSet, method: str = "auto",
+                 atoms: str | JaccardOptions = "evidence") -> tuple[int, int, int, str]:
+    """(shared atoms, |A|, |B|, method used) among the atoms that count (``atoms``, when given dictionaries);
+    results are cached by content fingerprint and method."""
+    sa, sb = _as_set(a, atoms), _as_set(b, atoms)
     method = choose_method(sa.config, sb.config, method)
     check_comparable(sa.config, sb.config, method)
     key = (*sorted((sa.fingerprint, sb.fingerprint)), method)
@@ -348,30 +455,36 @@ def shared_count(a: ITDA | AtomSet, b: ITDA | AtomSet, method: str = "auto") -> 
     return shared, len(sa), len(sb), method
 
 
-def jaccard(a: ITDA, b: ITDA) -> float:
-    """|A n B| / |A u B| of the ``(doc_id, position)`` sets, as in the paper (same tokenizer, corpus, seq_len
-    and special-token handling, else :class:`ITDAError`; ``nan`` when both are empty)."""
-    shared, n_a, n_b, _ = shared_count(a, b, "keys")
-    return _index(shared, n_a, n_b)
+def _pair_value(a: ITDA | AtomSet, b: ITDA | AtomSet, method: str, options: JaccardOptions) -> float:
+    sa, sb = _as_set(a, options), _as_set(b, options)
+    shared, n_a, n_b, _ = shared_count(sa, sb, method)
+    return jaccard_index(shared, n_a, n_b, pair_universe(sa, sb), options.index)
 
 
-def jaccard_by_span(a: ITDA, b: ITDA) -> float:
-    """Jaccard index with atoms matched by character spans (for different tokenizers): matches / (|A| + |B| -
-    matches); equals :func:`jaccard` when the tokenizers are the same."""
-    shared, n_a, n_b, _ = shared_count(a, b, "spans")
-    return _index(shared, n_a, n_b)
+def jaccard(a: ITDA, b: ITDA, options: JaccardOptions = DEFAULT_OPTIONS) -> float:
+    """Jaccard of the ``(doc_id, position)`` sets (same tokenizer, corpus, seq_len and special-token handling,
+    else :class:`ITDAError`; ``nan`` when undefined). ``options`` say which atoms count and which index; the
+    paper's number is ``JaccardOptions(atoms="all", index="raw")``."""
+    return _pair_value(a, b, "keys", options)
 
 
-def span_matches(a: ITDA, b: ITDA) -> pd.DataFrame:
+def jaccard_by_span(a: ITDA, b: ITDA, options: JaccardOptions = DEFAULT_OPTIONS) -> float:
+    """:func:`jaccard` with atoms matched by character spans (for different tokenizers); equals it when the
+    tokenizers are the same."""
+    return _pair_value(a, b, "spans", options)
+
+
+def span_matches(a: ITDA, b: ITDA, atoms: str | JaccardOptions = "evidence") -> pd.DataFrame:
     """The span-matched pairs: columns ``index_a`` and ``index_b`` (atom indices), one row per match."""
-    ia, ib, _ = matched_pairs(a, b, "spans")
+    ia, ib, _ = matched_pairs(a, b, "spans", atoms)
     return pd.DataFrame({"index_a": ia, "index_b": ib})
 
 
-def shared_atoms(a: ITDA, b: ITDA, method: str = "auto") -> pd.DataFrame:
-    """The atoms ``a`` and ``b`` share, one row each: atom indices in a and b, document, positions, token
-    strings and character spans (``_a`` / ``_b``; positions differ only across tokenizers)."""
-    ia, ib, _ = matched_pairs(a, b, method)
+def shared_atoms(a: ITDA, b: ITDA, method: str = "auto", atoms: str | JaccardOptions = "evidence") -> pd.DataFrame:
+    """The atoms ``a`` and ``b`` share (among those that count, ``atoms``), one row each: atom indices in a and
+    b, document, positions, token strings and character spans (``_a`` / ``_b``; positions differ only across
+    tokenizers)."""
+    ia, ib, _ = matched_pairs(a, b, method, atoms)
     pa, pb = a.provenance, b.provenance
     ta, tb = _torch_rows(ia), _torch_rows(ib)
     return pd.DataFrame({
@@ -416,21 +529,25 @@ def model_layers(dicts: Mapping[int, ITDA], layers: Sequence[int] | None = None)
 _MODEL_SETS: dict[tuple[str, ...], AtomSet] = {}
 
 
-def model_atom_set(dicts: Mapping[int, ITDA], layers: Sequence[int] | None = None) -> AtomSet:
-    """The union of the chosen layers' source tokens, as one atom set (the paper's model-level set)."""
+def model_atom_set(dicts: Mapping[int, ITDA], layers: Sequence[int] | None = None,
+                   atoms: str | JaccardOptions = "evidence") -> AtomSet:
+    """The union of the chosen layers' source tokens (those that count, ``atoms``), as one atom set (the
+    paper's model-level set)."""
+    choice = _atoms_choice(atoms)
     chosen = model_layers(dicts, layers)
     parts = [dicts[layer] for layer in chosen]
     first = parts[0].config
     for other in parts[1:]:
         check_comparable(first, other.config, "keys")
-    cache_key = tuple(atom_set(p).fingerprint for p in parts)
+    cache_key = (choice, *(atom_set(p, choice).fingerprint for p in parts))
     cached = _MODEL_SETS.get(cache_key)
     if cached is not None:
         return cached
     prov = Provenance.concat([p.provenance for p in parts])
     label = f"{first.model_name} L{','.join(map(str, chosen))}" if len(chosen) < 4 else (
         f"{first.model_name} L{chosen[0]}-{chosen[-1]}")
-    aset = AtomSet.from_provenance(prov, first, label)
+    select = np.concatenate([p.evidence.numpy() for p in parts]) if choice == "evidence" else None
+    aset = AtomSet.from_provenance(prov, first, label, select)
     if len(_MODEL_SETS) > 256:
         _MODEL_SETS.clear()
     _MODEL_SETS[cache_key] = aset
@@ -438,9 +555,9 @@ def model_atom_set(dicts: Mapping[int, ITDA], layers: Sequence[int] | None = Non
 
 
 def model_jaccard(dicts_a: Mapping[int, ITDA], dicts_b: Mapping[int, ITDA],
-                  layers: Sequence[int] | None = None, *, method: str = "auto") -> float:
+                  layers: Sequence[int] | None = None, *, method: str = "auto",
+                  options: JaccardOptions = DEFAULT_OPTIONS) -> float:
     """Jaccard of the two models' unions of provenance sets over ``layers`` (default 1..n-1 of each model),
     span-based automatically when the tokenizers differ."""
-    sa, sb = model_atom_set(dicts_a, layers), model_atom_set(dicts_b, layers)
-    shared, n_a, n_b, _ = shared_count(sa, sb, method)
-    return _index(shared, n_a, n_b)
+    sa, sb = model_atom_set(dicts_a, layers, options), model_atom_set(dicts_b, layers, options)
+    return _pair_value(sa, sb, method, options)

@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from itda_core.errors import ITDAError
+from itda_core.similarity.jaccard import DEFAULT_OPTIONS, JaccardOptions
 
 __all__ = ["JACCARD", "StoreSimilarityConfig", "StoreSimilarityReport", "method_name", "store_similarities"]
 
@@ -48,6 +49,7 @@ class StoreSimilarityConfig:
     anchor_seed: int = 0
     device: str = "auto"
     progress: bool = False
+    jaccard: JaccardOptions = DEFAULT_OPTIONS  # which atoms count and which index the stored value uses
 
 
 @dataclass
@@ -117,23 +119,33 @@ def _load(name: str, source: str, model_id: str, device: str):  # -> LoadedModel
     raise ITDAError(f"cannot load model {name or model_id} for the baselines: {errors[0] if errors else 'no name'}")
 
 
-def _jaccard_rows(con: Any, rows: pd.DataFrame, report: StoreSimilarityReport) -> list[tuple]:
-    from itda_core.similarity.jaccard import atom_set, shared_count
+def _jaccard_rows(con: Any, rows: pd.DataFrame, report: StoreSimilarityReport,
+                  options: JaccardOptions = DEFAULT_OPTIONS) -> list[tuple]:
+    """One ``jaccard`` row per pair: the value under ``options``, and in ``details`` the counts of both atom
+    choices and the chance model's universe, from which any other variant follows (jaccard_index)."""
+    from itda_core.similarity.jaccard import ATOM_CHOICES, atom_set, jaccard_index, pair_universe, shared_count
     from itda_core.store.writer import read_dictionary
 
-    sets = {int(d): atom_set(read_dictionary(con, int(d))) for d in rows["dict_id"]}
-    ids = sorted(sets)
+    dicts = {int(d): read_dictionary(con, int(d)) for d in rows["dict_id"]}
+    sets = {choice: {d: atom_set(itda, choice) for d, itda in dicts.items()} for choice in ATOM_CHOICES}
+    ids = sorted(dicts)
     out = []
     for i, a in enumerate(ids):
         for b in ids[i:]:
+            counts: dict[str, dict[str, int]] = {}
             try:
-                shared, n_a, n_b, how = shared_count(sets[a], sets[b])
+                for choice in ATOM_CHOICES:
+                    shared, n_a, n_b, how = shared_count(sets[choice][a], sets[choice][b])
+                    counts[choice] = {"shared": shared, "n_a": n_a, "n_b": n_b}
             except ITDAError as err:
                 report.skipped.append(f"jaccard {a} x {b}: {err}")
                 continue
-            union = n_a + n_b - shared
-            details = {"shared": shared, "n_a": n_a, "n_b": n_b, "matched_by": how}
-            out.append((a, b, JACCARD, shared / union if union else float("nan"), details))
+            universe = pair_universe(sets["all"][a], sets["all"][b])
+            c = counts[options.atoms]
+            value = jaccard_index(c["shared"], c["n_a"], c["n_b"], universe, options.index)
+            details = {**c, "matched_by": how, "atoms": options.atoms, "index": options.index,
+                       "universe": universe, "counts": counts}
+            out.append((a, b, JACCARD, value, details))
     return out
 
 
@@ -213,7 +225,7 @@ def store_similarities(store: str | Path, dict_ids: list[int] | None = None,
     with connect_readonly(store) as con:
         rows = _rows(con, dict_ids)
         report.dict_ids = [int(d) for d in rows["dict_id"]]
-        found = _jaccard_rows(con, rows, report) if JACCARD in config.measures else []
+        found = _jaccard_rows(con, rows, report, config.jaccard) if JACCARD in config.measures else []
         baselines = any(m != JACCARD for m in config.measures)
         corpora = {str(c): _corpus(con, str(c), config.split) for c in set(rows["corpus_id"])} if baselines else {}
     found += _baseline_rows(rows, corpora, config)

@@ -2,12 +2,14 @@
 
 Order: SmolLM2 first (train all layers in one pass, write each layer, index them), so its dictionaries are
 browsable while MiniLM and then Gemma are still being built. Each model's layers are trained from one
-forward pass over the same training documents (the train split of the default corpus, in a fixed
-pseudo-random document order so that the token budget samples every article rather than the first few)
-and indexed on the held-out split. The build is resumable at (model, layer) granularity: whatever is
-already in the store (matching the corpus, split and options) is kept, only the missing layers are
-trained and only unindexed dictionaries are indexed. A complete store is recognised from the store
-alone, without loading any model, so a later launch returns in well under a second.
+forward pass over the same training documents -- the first ``train_documents`` of the train split of the
+default corpus, in a fixed pseudo-random document order so that the budget samples every article rather
+than the first few, the same documents for every model (the budget is in documents, not tokens, because
+the tokenizers differ and Jaccard needs the same text) -- and indexed on the held-out split. The build is
+resumable at (model, layer) granularity: whatever is already in the store (matching the corpus, split and
+options) is kept, only the missing layers are trained and only unindexed dictionaries are indexed. A
+complete store is recognised from the store alone, without loading any model, so a later launch returns in
+well under a second.
 """
 
 from __future__ import annotations
@@ -19,14 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from itda_core.corpus import Corpus
+from itda_core.errors import ITDAError
 from itda_core.models import LoadedModel
 from itda_core.store.connection import DEFAULT_STORE, connect_readonly
 from itda_core.store.index import IndexConfig, index_model, spread
 from itda_core.store.writer import write_dictionary
 
 DEMO_MODELS = ["smollm2-135m", "minilm-l6", "gemma3-270m"]
-# Training tokens per model, chosen for a 2-core CPU (see docs/store.md for measured times).
-DEMO_TRAIN_TOKENS = {"smollm2-135m": 24_000, "minilm-l6": 80_000, "gemma3-270m": 64_000}
+# Training documents, the same for every model (about 24,000 SmolLM2 tokens; see docs/store.md for times).
+DEMO_TRAIN_DOCUMENTS = 200
 
 
 def _stderr(line: str) -> None:
@@ -40,8 +43,7 @@ class DemoConfig:
 
     store: Path = DEFAULT_STORE
     models: list[str] = field(default_factory=lambda: list(DEMO_MODELS))
-    train_tokens: dict[str, int] = field(default_factory=lambda: dict(DEMO_TRAIN_TOKENS))
-    default_train_tokens: int = 16_000  # for models not in train_tokens
+    train_documents: int = DEMO_TRAIN_DOCUMENTS  # whole training documents, the same for every model
     index_tokens: int = 4096  # held-out tokens encoded per model for the atom summaries
     held_out_fraction: float = 0.1
     split_seed: int = 0
@@ -118,6 +120,27 @@ def train_corpus_id(config: DemoConfig) -> str:
     return f"{corpus_id_of(config)}:train:{config.held_out_fraction:g}:{config.split_seed}"
 
 
+# A demo dictionary counts when it was trained on the demo's documents (recorded since budgets are documents).
+_SAME_DOCUMENTS = "TRY_CAST(json_extract(d.config, '$.documents_seen') AS INTEGER) = ?"
+
+
+def _check_no_other_budget(config: DemoConfig) -> None:
+    """Refuse to add dictionaries beside demo dictionaries built on other documents (an older itda's token
+    budgets, or another --train-documents): one store would then mix dictionaries of different text."""
+    if not Path(config.store).is_file():
+        return
+    with connect_readonly(config.store) as con:
+        row = con.execute(
+            "SELECT COUNT(*) FROM dictionaries d WHERE d.train_corpus_id = ? AND d.k = ? AND d.seq_len = ? "
+            f"AND NOT COALESCE({_SAME_DOCUMENTS}, false)",
+            [train_corpus_id(config), config.k, config.seq_len, config.train_documents],
+        ).fetchall()
+    if row and row[0][0]:
+        raise ITDAError(f"{config.store} holds {row[0][0]} demo dictionaries trained on other documents (an older "
+                        f"itda's token budgets, or not {config.train_documents} documents); build it again with "
+                        "`itda demo --rebuild` (or use another --store)")
+
+
 def model_status(config: DemoConfig, name: str, model_id: str | None = None) -> ModelProgress:
     """Layers of model ``name`` (or exactly ``model_id``) present and indexed in the store for this demo."""
     status = ModelProgress(name)
@@ -133,10 +156,11 @@ def model_status(config: DemoConfig, name: str, model_id: str | None = None) -> 
                        AS indexed
             FROM models m LEFT JOIN dictionaries d
                  ON d.model_id = m.model_id AND d.train_corpus_id = ? AND d.k = ? AND d.seq_len = ?
+                 AND {_SAME_DOCUMENTS}
             WHERE {key}
             GROUP BY m.model_id, m.n_layers
             ORDER BY indexed DESC, present DESC""",
-            [train_corpus_id(config), config.k, config.seq_len, *params],
+            [train_corpus_id(config), config.k, config.seq_len, config.train_documents, *params],
         ).fetchall()
     if rows:
         status.n_layers, status.present, status.indexed = int(rows[0][0]), int(rows[0][1]), int(rows[0][2])
@@ -153,8 +177,8 @@ def _demo_dictionaries(
     with connect_readonly(config.store) as con:
         rows = con.execute(
             f"SELECT d.dict_id, d.layer FROM dictionaries d JOIN models m USING (model_id) WHERE {column} = ? "
-            "AND d.train_corpus_id = ? AND d.k = ? AND d.seq_len = ? ORDER BY d.layer",
-            [value, train_corpus_id(config), config.k, config.seq_len],
+            f"AND d.train_corpus_id = ? AND d.k = ? AND d.seq_len = ? AND {_SAME_DOCUMENTS} ORDER BY d.layer",
+            [value, train_corpus_id(config), config.k, config.seq_len, config.train_documents],
         ).fetchall()
     return [(int(d), int(layer)) for d, layer in rows]
 
@@ -194,6 +218,7 @@ def build_demo(config: DemoConfig | None = None) -> DemoReport:
     if config.rebuild:
         delete_store(config.store)
         log(f"removed {config.store}; building from scratch")
+    _check_no_other_budget(config)
     statuses = [model_status(config, name) for name in config.models]
     if all(s.complete for s in statuses):
         for name in config.models:  # a store built before atom maps existed gets them now
@@ -231,9 +256,8 @@ def build_demo(config: DemoConfig | None = None) -> DemoReport:
         missing = [layer for layer in range(model.n_layers) if layer not in present]
         trained = 0
         if missing:
-            tokens = config.train_tokens.get(name, config.default_train_tokens)
             log(
-                f"{tag}: training {len(missing)} layer(s) on {tokens:,} tokens "
+                f"{tag}: training {len(missing)} layer(s) on {config.train_documents:,} documents "
                 f"({len(present)} already stored)"
             )
             trainer = Trainer(
@@ -242,7 +266,8 @@ def build_demo(config: DemoConfig | None = None) -> DemoReport:
                 TrainConfig(
                     layers=missing,
                     k=config.k,
-                    max_tokens=tokens,
+                    max_tokens=None,
+                    max_documents=config.train_documents,
                     seq_len=config.seq_len,
                     batch_size=config.batch_size,
                     gram_memory_gib=config.gram_memory_gib,

@@ -16,7 +16,7 @@ import duckdb
 
 from itda_core.errors import ITDAError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 TABLES: dict[str, str] = {
     "meta": """
@@ -98,7 +98,8 @@ TABLES: dict[str, str] = {
         char_start INTEGER,
         char_end INTEGER,
         add_error FLOAT,
-        vector FLOAT[]""",
+        vector FLOAT[],
+        init_count INTEGER""",
     "index_runs": """
         dict_id INTEGER,
         corpus_id VARCHAR,
@@ -188,8 +189,16 @@ PER_DICTIONARY = (
 # Tables written by `itda index` (replaced together when a dictionary is re-indexed).
 INDEX_TABLES = ("index_runs", "codes", "atom_stats", "atom_top_contexts", "atom_quantiles", "atom_histograms")
 
-# Trivial migrations: MIGRATIONS[v] takes a store from version v to v + 1 (none needed yet).
-MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {}
+def _add_init_count(con: duckdb.DuckDBPyConnection) -> None:
+    """v1 -> v2: ``atoms.init_count`` (how often an initial atom's activation occurred in its batch). v1 did
+    not record it: initial atoms (no add error) get -1, unknown, which similarity treats as an arbitrary pick."""
+    con.execute("ALTER TABLE atoms ADD COLUMN init_count INTEGER")
+    con.execute("UPDATE atoms SET init_count = CASE WHEN add_error IS NULL OR isnan(add_error) THEN -1 ELSE 0 END")
+
+
+# Trivial migrations: MIGRATIONS[v] takes a store from version v to v + 1 (run by any writer, or by
+# `itda store-info --upgrade`).
+MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {1: _add_init_count}
 
 REBUILD_HINT = (
     "rebuild it with `itda demo-build --rebuild` (or delete the file and rerun `itda train --store`)"
@@ -273,7 +282,13 @@ def check_schema(con: duckdb.DuckDBPyConnection, path: str, *, writable: bool) -
             raise
         return
     newer = version > SCHEMA_VERSION
-    what = "a newer itda (upgrade itda to read it)" if newer else REBUILD_HINT
+    migratable = 0 < version < SCHEMA_VERSION and all(v in MIGRATIONS for v in range(version, SCHEMA_VERSION))
+    if newer:
+        what = "a newer itda (upgrade itda to read it)"
+    elif migratable:
+        what = f"upgrade it in place with `itda store-info --store {path} --upgrade`"
+    else:
+        what = REBUILD_HINT
     raise SchemaMismatch(
         f"store {path} has schema version {version} but this itda reads version {SCHEMA_VERSION}: {what}"
     )

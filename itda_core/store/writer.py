@@ -103,6 +103,8 @@ def options_key(config: ITDAConfig) -> str:
         "dedupe": config.dedupe,
         "skip_special_tokens": config.skip_special_tokens,
     }
+    if config.init_rule:  # recorded since the tie rule became an option; older keys stay as they were
+        opts["init_rule"] = config.init_rule
     return json.dumps(opts, sort_keys=True)
 
 
@@ -189,6 +191,7 @@ def atoms_table(itda: ITDA, corpus: Corpus, dict_id: int) -> pa.Table:
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors, pa.float32()), d).cast(
                 pa.list_(pa.float32())
             ),
+            "init_count": pa.array(itda.init_count.numpy().astype(np.int32)),
         }
     )
 
@@ -417,7 +420,7 @@ def read_dictionary(con: duckdb.DuckDBPyConnection, dict_id: int) -> ITDA:
         raise StoreError(f"no dictionary {dict_id} in the store")
     config = ITDAConfig.from_dict(json.loads(row[0]))
     table = con.sql(
-        f"SELECT doc_id, position, token_id, char_start, char_end, token_str, add_error, vector FROM atoms "
+        f"SELECT doc_id, position, token_id, char_start, char_end, token_str, add_error, vector, init_count FROM atoms "
         f"WHERE dict_id = {int(dict_id)} ORDER BY atom"
     ).to_arrow_table()
     m = table.num_rows
@@ -436,7 +439,8 @@ def read_dictionary(con: duckdb.DuckDBPyConnection, dict_id: int) -> ITDA:
         token_str=table.column("token_str").to_pylist(),
     )
     add_error = torch.from_numpy(table.column("add_error").to_numpy(zero_copy_only=False).astype(np.float32))
-    return ITDA(atoms, prov, config, add_error)
+    init_count = torch.from_numpy(table.column("init_count").to_numpy(zero_copy_only=False).astype(np.int32))
+    return ITDA(atoms, prov, config, add_error, init_count)
 
 
 def load_dictionary(store: str | Path, dict_id: int) -> ITDA:
