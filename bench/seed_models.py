@@ -6,25 +6,33 @@ GPT-2 (1000 steps of 16 x 128 tokens, about 3 epochs of the train split of the d
 byte-level BPE tokenizer of 4096 tokens (the GPT-2 tokenizer is not available offline). Seeds differ in
 initialisation and data order, as the stanford-crfm seeds do. One CPU thread per process.
 
-Outputs under ``--out-dir`` (default ``data/seed_models/``, gitignored):
-  tokenizer/                       the shared tokenizer (trained once on the train split)
-  seed{S}/step{N}/                 intermediate checkpoints (save_pretrained, safetensors + tokenizer)
-  seed{S}/final/                   the final model
-  seed{S}/training.json            losses, validation losses per checkpoint, wall time
+Outputs under ``--out-dir`` (default ``data/seed_models/``):
+  tokenizer/                       the shared tokenizer (trained once on the train split)        committed
+  seed{S}/final/                   the final model: float16 safetensors + config + tokenizer      committed
+                                   (~4 MB; itda_core.models.load_model loads it as float32)
+  seed{S}/training.json            losses, validation losses per checkpoint, wall and CPU time    committed
+  seed{S}/step{N}/                 intermediate checkpoints (float32, for ``itda convergence``)   gitignored
+  seed{S}/resume/state.pt          resume state, every 100 steps; deleted when the seed is done   gitignored
   layer_matching.json              the benchmark result per dictionary setting (``--skip-bench`` to leave it out)
 
-Usage: ``.venv/bin/python bench/seed_models.py [--seeds 1 2 3] [--steps 1000] [--bench-tokens 50000]
-[--skip-train] [--skip-bench]``. Models whose ``final/`` already exists are not trained again (delete the folder
-to retrain); seeds can be trained by separate processes (``--seeds 2 --skip-bench``) and benchmarked together
-afterwards (``--skip-train``). Convergence of one seed: ``itda convergence --checkpoints .../seed1/step50 ...
-.../seed1/final`` (see docs/benchmarks.md).
+Usage: ``nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python bench/seed_models.py [--seeds 1 2 3 4 5]
+[--steps 1000] [--bench-tokens 50000] [--skip-train] [--skip-bench]``. Training is resumable: a killed run
+restarted with the same command continues from its last resume state (at most 100 steps lost) and ends
+with the same weights as an uninterrupted run. Seeds whose ``final/`` and ``training.json`` exist are not
+trained again (delete ``seed{S}/`` to retrain); seeds can be trained by separate processes (``--seeds 4 5
+--skip-bench``) and benchmarked together afterwards (``--skip-train``). Convergence of one seed: ``itda
+convergence --checkpoints .../seed1/step50 ... .../seed1/final`` (see docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import hashlib
 import json
 import math
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,6 +63,7 @@ class SeedConfig:
     checkpoints: list[int] = field(default_factory=lambda: [50, 100, 250, 500])  # plus the final step
     eval_batches: int = 20
     threads: int = 1
+    resume_every: int = 100  # steps between resume states (a killed run loses at most this many steps)
 
 
 def train_tokenizer(corpus: Corpus, vocab_size: int, folder: Path) -> PreTrainedTokenizerFast:
@@ -74,7 +83,12 @@ def train_tokenizer(corpus: Corpus, vocab_size: int, folder: Path) -> PreTrained
     tok.train_from_iterator(corpus.texts, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, pad_token=EOS)
     fast.model_max_length = 1_000_000
-    fast.save_pretrained(str(folder))
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")  # two processes may start at once
+    fast.save_pretrained(str(tmp))
+    if (folder / "tokenizer.json").is_file():  # the other process was first: use its copy
+        shutil.rmtree(tmp)
+        return PreTrainedTokenizerFast.from_pretrained(str(folder))
+    os.replace(tmp, folder)
     return fast
 
 
@@ -101,10 +115,57 @@ def validation_loss(model: GPT2LMHeadModel, blocks: torch.Tensor, cfg: SeedConfi
     return sum(losses) / len(losses)
 
 
+def _write_json(path: Path, data: dict) -> None:
+    """Write ``data`` as JSON through a temporary file, so a kill never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def _save_folder(model: GPT2LMHeadModel, tok: PreTrainedTokenizerFast, folder: Path) -> None:
+    """save_pretrained (safetensors) + tokenizer into ``folder``, written beside it first and then renamed."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tok.save_pretrained(str(tmp))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def _save_resume(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _data_fingerprint(train: torch.Tensor, held: torch.Tensor) -> str:
+    digest = hashlib.sha256()
+    for t in (train, held):
+        digest.update(str(tuple(t.shape)).encode())
+        digest.update(t.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def train_seed(
-    seed: int, cfg: SeedConfig, train: torch.Tensor, held: torch.Tensor, tok: PreTrainedTokenizerFast, out: Path
-) -> dict:
-    """Train one model from ``seed`` (init and data order), saving checkpoints; returns its training record."""
+    seed: int,
+    cfg: SeedConfig,
+    train: torch.Tensor,
+    held: torch.Tensor,
+    tok: PreTrainedTokenizerFast,
+    out: Path,
+    *,
+    stop_after: int | None = None,
+) -> tuple[dict, GPT2LMHeadModel]:
+    """Train one model from ``seed`` (init and data order), saving checkpoints; returns its training record
+    (also written to ``seed{S}/training.json`` when the run completes) and the float32 model.
+
+    Resumable: every ``cfg.resume_every`` steps the model, optimizer, step, data order and cursor, both RNG
+    states (the data-order generator and torch's global one, which drives dropout) and the record so far are
+    saved to ``seed{S}/resume/state.pt``; a later call continues from there and ends with bit-identical
+    weights to an uninterrupted run (tests/test_seed_models.py). ``stop_after`` stops after that step without
+    saving anything more, as a kill would (for the test)."""
+    seed_dir = out / f"seed{seed}"
+    resume_path = seed_dir / "resume" / "state.pt"
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     config = GPT2Config(
@@ -132,12 +193,28 @@ def train_seed(
         progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
         return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
-    record: dict = {"seed": seed, "config": asdict(cfg), "train_loss": [], "checkpoints": []}
+    fingerprint = _data_fingerprint(train, held)
+    record: dict = {"seed": seed, "config": asdict(cfg), "data": fingerprint, "train_loss": [], "checkpoints": [],
+                    "resumed_from": []}
     order = torch.randperm(len(train), generator=gen)
-    cursor = 0
-    start = time.time()
+    cursor, done, previous_wall, previous_cpu = 0, 0, 0.0, 0.0
+    if resume_path.is_file():
+        state = torch.load(resume_path, weights_only=False)
+        if state["record"]["config"] != record["config"] or state["record"]["data"] != fingerprint:
+            raise SystemExit(f"{resume_path} was saved with another config or other data; delete {seed_dir} "
+                             "to train this seed again")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        order, cursor, done = state["order"], state["cursor"], state["step"]
+        gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+        record = state["record"]
+        record["resumed_from"].append(done)
+        previous_wall, previous_cpu = state["wall_seconds"], state["cpu_seconds"]
+        print(f"seed {seed}: resuming after step {done} ({resume_path})", flush=True)
+    start, start_cpu = time.time(), time.process_time()
     save_at = set(cfg.checkpoints) | {cfg.steps}
-    for step in range(1, cfg.steps + 1):
+    for step in range(done + 1, cfg.steps + 1):
         if cursor + cfg.batch_size > len(order):
             order, cursor = torch.randperm(len(train), generator=gen), 0
         batch = train[order[cursor : cursor + cfg.batch_size]]
@@ -149,26 +226,54 @@ def train_seed(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        elapsed = previous_wall + time.time() - start
         if step % 50 == 0 or step == 1:
             record["train_loss"].append([step, loss.item()])
-            elapsed = time.time() - start
             print(f"seed {seed} step {step}/{cfg.steps} loss {loss.item():.3f} ({elapsed:.0f} s)", flush=True)
         if step in save_at:
-            name = "final" if step == cfg.steps else f"step{step}"
             val = validation_loss(model, held, cfg)
-            folder = out / f"seed{seed}" / name
-            model.save_pretrained(str(folder), safe_serialization=True)
-            tok.save_pretrained(str(folder))
-            record["checkpoints"].append({"step": step, "folder": str(folder), "val_loss": val})
+            entry = {"step": step, "val_loss": val, "wall_seconds": elapsed}
+            if step == cfg.steps:  # compact: float16 weights (loaded back as float32 by itda_core.models)
+                folder = seed_dir / "final"
+                half = copy.deepcopy(model).half()
+                _save_folder(half, tok, folder)
+                entry["val_loss_float16_weights"] = validation_loss(half.float(), held, cfg)
+                entry["dtype"] = "float16"
+                del half
+            else:
+                folder = seed_dir / f"step{step}"
+                _save_folder(model, tok, folder)
+            entry["folder"] = str(folder)
+            record["checkpoints"] = [c for c in record["checkpoints"] if c["step"] != step] + [entry]
             print(f"seed {seed} step {step}: validation loss {val:.3f} -> {folder}", flush=True)
-    record["wall_seconds"] = time.time() - start
+        if step % cfg.resume_every == 0 or step == cfg.steps:
+            resume_path.parent.mkdir(parents=True, exist_ok=True)
+            _save_resume(resume_path, {
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "order": order,
+                "cursor": cursor, "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "record": record,
+                "wall_seconds": elapsed, "cpu_seconds": previous_cpu + time.process_time() - start_cpu,
+            })
+        if stop_after is not None and step >= stop_after and step < cfg.steps:
+            return record, model
+    record["wall_seconds"] = previous_wall + time.time() - start
+    record["cpu_seconds"] = previous_cpu + time.process_time() - start_cpu
     record["epochs"] = cfg.steps * cfg.batch_size / len(train)
-    return record
+    record["train_tokens"] = int(train.numel())
+    record["held_out_tokens"] = int(held.numel())
+    _write_json(seed_dir / "training.json", record)
+    shutil.rmtree(seed_dir / "resume", ignore_errors=True)  # done: training.json and final/ are what stays
+    return record, model
+
+
+def is_trained(out: Path, seed: int) -> bool:
+    """True once a seed's run has completed (its final model and training.json are written)."""
+    return (out / f"seed{seed}" / "final" / "config.json").is_file() and (
+        out / f"seed{seed}" / "training.json").is_file()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     parser.add_argument("--steps", type=int, default=SeedConfig.steps)
     parser.add_argument("--d-model", type=int, default=SeedConfig.d_model)
     parser.add_argument("--out-dir", type=Path, default=Path("data/seed_models"))
@@ -189,11 +294,10 @@ def main() -> None:
         held_blocks = token_blocks(held_corpus, tok, cfg.ctx)
         print(f"train: {train_blocks.numel():,} tokens, held out: {held_blocks.numel():,} tokens", flush=True)
         for seed in args.seeds:
-            if (out / f"seed{seed}" / "final" / "config.json").is_file():
+            if is_trained(out, seed):
                 print(f"seed {seed}: final model exists, skipping", flush=True)
                 continue
-            record = train_seed(seed, cfg, train_blocks, held_blocks, tok, out)
-            (out / f"seed{seed}" / "training.json").write_text(json.dumps(record, indent=2))
+            train_seed(seed, cfg, train_blocks, held_blocks, tok, out)
     for seed in args.seeds:
         path = out / f"seed{seed}" / "training.json"
         if path.is_file():
@@ -219,13 +323,19 @@ def jaccard_settings(d_model: int) -> dict[str, dict]:
 
 
 def run_benchmarks(out: Path, seeds: list[int], tokens: int, d_model: int) -> None:
-    """All measures once (baselines do not depend on the dictionary settings), then Jaccard per setting."""
-    from itda_core.similarity.layer_matching import LayerMatchingConfig, format_table, run_layer_matching
+    """All measures once (baselines do not depend on the dictionary settings), then Jaccard per setting; the
+    authors' protocol (layers 1..n-1, M x M pairs) with the cross-pairs score beside it."""
+    from itda_core.similarity.layer_matching import (
+        LAYER_MATCHING_MEASURES,
+        LayerMatchingConfig,
+        format_table,
+        run_layer_matching,
+    )
 
     models = [str(out / f"seed{s}" / "final") for s in seeds]
     results = {}
     for i, (name, overrides) in enumerate(jaccard_settings(d_model).items()):
-        measures = ("jaccard", "cka", "cka_normalised", "svcca", "relative", "r2") if i == 0 else ("jaccard",)
+        measures = LAYER_MATCHING_MEASURES if i == 0 else ("jaccard",)
         bench_cfg = LayerMatchingConfig(tokens=tokens, device="cpu", measures=measures, **overrides)
         result = run_layer_matching(models, bench_cfg)
         print(f"\n== {name} ==\n{format_table(result)}\natoms per layer: {result.atoms}\n({result.seconds:.0f} s)",

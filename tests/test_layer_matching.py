@@ -1,65 +1,221 @@
-"""Layer matching: the argmax rule on hand-made matrices, the benchmark on tiny random GPT-2s (a model against
-itself must score 1.0), bad input, and ``itda bench layer-matching`` end to end on saved tiny models."""
+"""Layer matching, scored the authors' way: the argmax and tie rules and the M x M x (L - 1) arithmetic on
+hand-made matrices with known answers, a noisy copy of a tiny GPT-2 whose layers are relabelled by a known
+permutation (every measure must recover it, in both directions), the blockwise linear measures against direct
+formulas (self pairs and the authors' no-intercept regression included), the default layers (0 left out), the
+Jaccard pass-through, bad input, and ``itda bench layer-matching`` end to end on saved tiny models."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
 import pytest
+import torch
 from tiny import TEXTS, tiny_corpus, tiny_model
 from typer.testing import CliRunner
 
 from itda_core.cli import app
 from itda_core.errors import ITDAError
 from itda_core.similarity.layer_matching import (
+    LAYER_MATCHING_MEASURES,
     LayerMatchingConfig,
+    ModelRun,
+    argmax_layers,
+    default_layers,
     format_table,
     matching_accuracy,
     run_layer_matching,
+    run_model,
+    score_matrices,
+    score_runs,
 )
 
-FAST = {"tokens": 2_000, "k": 4, "seq_len": 64, "batch_size": 8}
+FAST = {"tokens": 2_000, "k": 4, "seq_len": 64, "batch_size": 8, "n_directions": 8, "n_anchors": 50}
 
 
-def test_matching_accuracy_hand_made():
+def _predicting(columns: list[int], n: int | None = None) -> np.ndarray:
+    """A matrix whose row i has its unique maximum in column ``columns[i]``."""
+    n = n or len(columns)
+    m = np.full((len(columns), n), 0.1) + 0.01 * np.arange(n)[None, :]  # low, distinct background
+    for i, c in enumerate(columns):
+        m[i, c] = 1.0
+    return m
+
+
+def test_argmax_ties_go_to_the_lowest_layer_and_nan_never_wins():
     m = np.array([[0.9, 0.1, 0.2], [0.5, 0.4, 0.3], [0.1, 0.2, 0.8]])
+    assert argmax_layers(m).tolist() == [0, 0, 2]
     assert matching_accuracy(m) == pytest.approx(2 / 3)  # row 1 picks layer 0
-    assert matching_accuracy(np.eye(4)) == 1.0
     assert matching_accuracy(np.fliplr(np.eye(4))) == 0.0
-
-
-def test_matching_accuracy_ties_and_nan_count_as_wrong():
-    assert matching_accuracy(np.array([[1.0, 1.0], [0.0, 1.0]])) == 0.5  # row 0: tie
-    assert matching_accuracy(np.array([[np.nan, np.nan], [0.2, 0.3]])) == 0.5  # row 0: undefined
-    assert matching_accuracy(np.array([[0.5, np.nan], [np.nan, 0.1]])) == 1.0  # NaN elsewhere never wins
+    tie = np.array([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.5, 0.5]])
+    assert argmax_layers(tie, "lowest").tolist() == [0, 0, 1]  # numpy's argmax, as the authors' code
+    assert matching_accuracy(tie, "lowest") == pytest.approx(1 / 3)
+    assert argmax_layers(tie, "wrong").tolist() == [-1, -1, -1]
+    assert matching_accuracy(tie, "wrong") == 0.0
+    everything_tied = np.ones((5, 5))  # a measure that cannot tell layers apart
+    assert matching_accuracy(everything_tied) == pytest.approx(1 / 5)  # lowest-layer rule: row 0 is right
+    assert matching_accuracy(everything_tied, "wrong") == 0.0
+    assert argmax_layers(np.array([[np.nan, np.nan], [0.2, 0.3]])).tolist() == [-1, 1]  # undecided row
+    assert argmax_layers(np.array([[0.5, np.nan], [np.nan, 0.1]])).tolist() == [0, 1]  # NaN never wins
     with pytest.raises(ITDAError, match="square"):
         matching_accuracy(np.ones((2, 3)))
+    with pytest.raises(ITDAError, match="ties"):
+        matching_accuracy(np.eye(2), "random")
 
 
-def test_model_against_itself_scores_one():
-    model = tiny_model("gpt2", n_layers=3)
-    config = LayerMatchingConfig(**FAST, measures=("jaccard", "cka", "svcca", "relative"), n_directions=8,
-                                 n_anchors=50)
-    result = run_layer_matching([model, model], config, corpus=tiny_corpus(n_copies=4))
-    assert result.models == ["tiny-gpt2#0", "tiny-gpt2#1"]
-    assert result.accuracy["jaccard"] == 1.0
-    assert result.accuracy["cka"] == 1.0
-    pair = result.matrices["jaccard"]["tiny-gpt2#0 -> tiny-gpt2#1"]
-    assert np.allclose(np.diagonal(pair), 1.0)
-    assert set(result.per_pair["cka"]) == {"tiny-gpt2#0 -> tiny-gpt2#1", "tiny-gpt2#1 -> tiny-gpt2#0"}
+def test_authors_score_counts_self_pairs_over_m_m_layers():
+    # 3 models, 4 scored layers. Self pairs perfect (12 of 12 rows); the 6 cross pairs get 4+2+0+1+3+2 = 12 of 24.
+    right = {(0, 1): [0, 1, 2, 3], (1, 0): [0, 1, 3, 2], (0, 2): [1, 0, 3, 2], (2, 0): [0, 0, 0, 0],
+             (1, 2): [0, 1, 2, 0], (2, 1): [3, 1, 2, 1]}
+    mats = {pair: _predicting(cols) for pair, cols in right.items()}
+    mats.update({(a, a): np.eye(4) for a in range(3)})
+    scores = score_matrices(mats, 3)
+    assert [scores["per_pair"][p] for p in right] == [1.0, 0.5, 0.0, 0.25, 0.75, 0.5]
+    assert scores["cross"] == pytest.approx(12 / 24)  # M (M - 1) L
+    assert scores["authors"] == pytest.approx(24 / 36)  # M M L, self pairs included
+    assert scores["authors"] == pytest.approx((3 * 1.0 + 6 * scores["cross"]) / 9)
+    assert scores["predictions"][(1, 0)].tolist() == [0, 1, 3, 2]
+    assert scores["ties"] == 0
+
+    # ties: one in a self pair (row 3 tied with column 1: lowest -> 1, wrong) and one in a cross pair (row 0
+    # tied between columns 0 and 2: lowest -> 0, right)
+    mats[(2, 2)] = np.eye(4)
+    mats[(2, 2)][3, 1] = 1.0
+    mats[(0, 1)] = _predicting([0, 1, 2, 3])
+    mats[(0, 1)][0, 2] = 1.0
+    lowest = score_matrices(mats, 3, "lowest")
+    assert lowest["ties"] == 2
+    assert lowest["authors"] == pytest.approx(23 / 36) and lowest["cross"] == pytest.approx(12 / 24)
+    wrong = score_matrices(mats, 3, "wrong")
+    assert wrong["authors"] == pytest.approx(22 / 36) and wrong["cross"] == pytest.approx(11 / 24)
+
+    del mats[(1, 1)]
+    with pytest.raises(ITDAError, match="M x M"):
+        score_matrices(mats, 3)
+
+
+def test_default_layers_leave_out_layer_0():
+    assert default_layers(12) == list(range(1, 12))
+    assert default_layers(6) == [1, 2, 3, 4, 5]
+
+
+def _noisy_copy(model, scale: float, name: str):
+    """The same weights plus Gaussian noise of ``scale`` x each tensor's std: a "second seed" whose layer i
+    must still match layer i."""
+    other = copy.deepcopy(model)
+    other.name = name
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in other.model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * scale * (p.std() if p.numel() > 1 else 1.0))
+    return other
+
+
+def _relabelled(run: ModelRun, perm: dict[int, int]) -> ModelRun:
+    """``run`` with its layer j holding what layer ``perm[j]`` held (dictionaries and activations)."""
+    return ModelRun(run.name, run.model_id, run.n_layers, {j: run.dictionaries[perm[j]] for j in perm},
+                    {j: run.activations[perm[j]] for j in perm}, run.token_ids)
+
+
+@pytest.fixture(scope="module")
+def two_runs():
+    """A 4-layer tiny GPT-2 and a noisy copy, run once over the same prompts (default layers 1..3)."""
+    a = tiny_model("gpt2", seed=0, n_layers=4)
+    b = _noisy_copy(a, 0.02, "copy")
+    corpus = tiny_corpus(n_copies=4)
+    config = LayerMatchingConfig(**FAST)
+    layers = default_layers(a.n_layers)
+    return [run_model(m, corpus, layers, config) for m in (a, b)], layers
+
+
+def test_permuted_layers_are_recovered_by_every_measure(two_runs):
+    (run_a, run_b), layers = two_runs
+    config = LayerMatchingConfig(**FAST)
+    same = score_runs([run_a, run_b], layers, config)
+    assert same.layers == [1, 2, 3]
+    for measure in LAYER_MATCHING_MEASURES:
+        assert same.accuracy_cross[measure] == 1.0, measure
+        assert same.predictions[measure]["tiny-gpt2 -> copy"] == [1, 2, 3], measure
+
+    perm = {1: 2, 2: 3, 3: 1}  # the copy's layer j holds its layer perm[j]: a 3-cycle, no fixed point
+    inverse = {v: k for k, v in perm.items()}
+    result = score_runs([run_a, _relabelled(run_b, perm)], layers, config)
+    assert set(result.per_pair["cka"]) == {"tiny-gpt2 -> tiny-gpt2", "tiny-gpt2 -> copy", "copy -> tiny-gpt2",
+                                           "copy -> copy"}
+    for measure in LAYER_MATCHING_MEASURES:
+        pred = result.predictions[measure]
+        assert pred["tiny-gpt2 -> copy"] == [inverse[i] for i in layers], measure  # row i -> the column holding i
+        assert pred["copy -> tiny-gpt2"] == [perm[j] for j in layers], measure  # (not the transpose's answer)
+        assert pred["tiny-gpt2 -> tiny-gpt2"] == pred["copy -> copy"] == layers, measure
+        assert result.accuracy_cross[measure] == 0.0, measure
+        assert result.accuracy_authors[measure] == pytest.approx(2 * 3 / (2 * 2 * 3)), measure  # self pairs only
+        assert result.accuracy[measure] == result.accuracy_authors[measure]
+        assert np.asarray(result.matrices[measure]["tiny-gpt2 -> copy"]).shape == (3, 3)
+
+    swap = {1: 1, 2: 3, 3: 2}  # one fixed point: cross 1/3, authors (2 x 3 + 2 x 1) / 12
+    swapped = score_runs([run_a, _relabelled(run_b, swap)], layers, LayerMatchingConfig(**FAST, protocol="cross"))
+    for measure in LAYER_MATCHING_MEASURES:
+        assert swapped.accuracy_cross[measure] == pytest.approx(1 / 3), measure
+        assert swapped.accuracy_authors[measure] == pytest.approx(8 / 12), measure
+        assert swapped.accuracy[measure] == swapped.accuracy_cross[measure]
+
     table = format_table(result)
-    assert "ITDA Jaccard" in table and "0.88" in table  # the paper's number sits beside ours
-    json.dumps(result.to_dict())  # JSON-ready
+    rows = {line.split("  ")[0]: line for line in table.splitlines()}
+    assert "0.69" in rows["linear CKA, feature-normalised (the authors' code; the paper's figures)"]
+    assert "0.69" not in rows["linear CKA (textbook)"]
+    assert "0.16" in rows["linear regression R^2, no intercept (the authors' code; the paper's figures)"]
+    assert "0.16" not in rows["linear regression R^2, with intercept"]
+    assert "0.88" in rows["ITDA Jaccard"] and "authors" in table and "cross" in table
+    data = json.loads(json.dumps(result.to_dict()))  # JSON-ready
+    assert data["accuracy_cross"]["jaccard"] == 0.0 and data["protocol"] == "authors"
+    assert len(data["predictions"]["svcca"]) == 4
 
 
-def test_two_seeds_give_a_valid_score():
-    models = [tiny_model("gpt2", seed=s, n_layers=3) for s in (0, 1)]
-    result = run_layer_matching(models, LayerMatchingConfig(**FAST), corpus=tiny_corpus(n_copies=4))
-    assert set(result.accuracy) == {"jaccard", "cka", "cka_normalised", "svcca", "relative", "r2"}
-    assert all(0.0 <= a <= 1.0 for a in result.accuracy.values())
-    assert len(result.per_pair["r2"]) == 2
-    assert result.baseline_tokens == result.tokens
+def test_blockwise_linear_measures_equal_direct_formulas(two_runs):
+    """The benchmark's blockwise CKA / feature-normalised CKA / R^2 give the baselines module's values, self
+    pairs included, and R^2 without intercept is the authors' pinv(X) Y fit."""
+    from itda_core.similarity.baselines import baseline_matrix
+    from itda_core.similarity.layer_matching import _linear_matrices
+
+    runs, layers = two_runs
+    fast = _linear_matrices(runs, layers, ["cka", "cka_normalised", "r2", "r2_no_intercept"])
+    for measure in ("cka", "cka_normalised", "r2"):
+        for a, b in ((0, 1), (1, 0), (0, 0), (1, 1)):
+            slow = baseline_matrix(runs[a].activations, runs[b].activations, measure).to_numpy()
+            assert np.allclose(fast[measure][(a, b)], slow, atol=1e-6), (measure, a, b)
+    for a, b in ((0, 1), (1, 0), (1, 1)):
+        for i, la in enumerate(layers):
+            for j, lb in enumerate(layers):
+                x = runs[a].activations[la].double()
+                y = runs[b].activations[lb].double()
+                residual = y - x @ (torch.linalg.pinv(x) @ y)  # no intercept, as layer_similarity.py
+                want = 1 - float(residual.pow(2).sum() / (y - y.mean(0)).pow(2).sum())
+                assert fast["r2_no_intercept"][(a, b)][i, j] == pytest.approx(want, abs=1e-6), (a, b, la, lb)
+    assert not np.allclose(fast["r2_no_intercept"][(0, 1)], fast["r2"][(0, 1)], atol=1e-4)  # they differ
+
+
+def test_default_run_scores_layers_1_to_n_minus_1_and_passes_jaccard_options(monkeypatch):
+    import itda_core.similarity.matrices as matrices
+
+    seen = []
+    original = matrices.jaccard_matrix
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(matrices, "jaccard_matrix", spy)
+    model = tiny_model("gpt2", n_layers=3)
+    config = LayerMatchingConfig(**{**FAST, "tokens": 500}, measures=("jaccard",),
+                                 jaccard_options={"method": "keys"})
+    result = run_layer_matching([model, _noisy_copy(model, 0.02, "copy")], config, corpus=tiny_corpus())
+    assert result.layers == [1, 2]  # layer 0 is not scored
+    assert result.atoms["tiny-gpt2"].keys() == {1, 2}
+    assert np.asarray(result.matrices["jaccard"]["copy -> copy"]).shape == (2, 2)
+    assert seen and all(kw == {"method": "keys"} for kw in seen)
+    assert len(seen) == 3  # (0, 0), (0, 1), (1, 1); (1, 0) is the transpose
+    assert result.config["jaccard_options"] == {"method": "keys"}
 
 
 def test_bad_input():
@@ -67,10 +223,17 @@ def test_bad_input():
     with pytest.raises(ITDAError, match="one depth"):
         run_layer_matching([gpt2, tiny_model("gpt2", n_layers=2)], LayerMatchingConfig(**FAST),
                            corpus=tiny_corpus())
+    with pytest.raises(ITDAError, match="at least two layers"):  # 2 layers: only layer 1 is scored
+        two = tiny_model("gpt2", n_layers=2)
+        run_layer_matching([two, two], LayerMatchingConfig(**FAST), corpus=tiny_corpus())
     with pytest.raises(ITDAError, match="at least two models"):
         run_layer_matching([gpt2], LayerMatchingConfig(**FAST))
     with pytest.raises(ITDAError, match="unknown measure"):
         run_layer_matching([gpt2, gpt2], LayerMatchingConfig(**FAST, measures=("cosine",)))
+    with pytest.raises(ITDAError, match="protocol"):
+        run_layer_matching([gpt2, gpt2], LayerMatchingConfig(**FAST, protocol="paper"))
+    with pytest.raises(ITDAError, match="ties"):
+        run_layer_matching([gpt2, gpt2], LayerMatchingConfig(**FAST, ties="first"))
     with pytest.raises(ITDAError, match="same tokens"):  # different tokenizers: baselines undefined
         run_layer_matching([gpt2, tiny_model("llama", n_layers=3)], LayerMatchingConfig(**FAST, measures=("cka",)),
                            corpus=tiny_corpus())
@@ -79,7 +242,7 @@ def test_bad_input():
 def test_cli_layer_matching(tmp_path):
     folders = []
     for seed in (0, 1):
-        made = tiny_model("gpt2", seed=seed, n_layers=2)
+        made = tiny_model("gpt2", seed=seed, n_layers=3)
         folder = tmp_path / f"seed{seed}"
         made.model.save_pretrained(folder)
         made.tokenizer.save_pretrained(folder)
@@ -89,27 +252,21 @@ def test_cli_layer_matching(tmp_path):
     out = tmp_path / "lm.json"
     runner = CliRunner()
     args = ["bench", "layer-matching", "--models", *folders, "--tokens", "500", "--k", "4", "--corpus", str(text),
-            "--split", "all", "--measures", "jaccard,cka", "--device", "cpu", "--no-progress", "--out", str(out)]
+            "--split", "all", "--measures", "jaccard,cka_normalised", "--device", "cpu", "--no-progress",
+            "--protocol", "cross", "--jaccard-options", '{"method": "spans"}', "--out", str(out)]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
-    assert "linear CKA" in res.output and "ITDA Jaccard" in res.output
+    assert "feature-normalised" in res.output and "ITDA Jaccard" in res.output and "cross" in res.output
     data = json.loads(out.read_text())
-    assert set(data["accuracy"]) == {"jaccard", "cka"}
-    assert len(data["per_pair"]["jaccard"]) == 2
+    assert set(data["accuracy"]) == {"jaccard", "cka_normalised"}
+    assert data["accuracy"] == data["accuracy_cross"] and data["protocol"] == "cross"
+    assert len(data["per_pair"]["jaccard"]) == 4  # 2 x 2 ordered pairs, self pairs included
+    assert data["layers"] == [1, 2]
+    assert data["config"]["jaccard_options"] == {"method": "spans"}
+    every = runner.invoke(app, [*args[:-2], "--layers", "all", "--out", str(out)])
+    assert every.exit_code == 0, every.output
+    assert json.loads(out.read_text())["layers"] == [0, 1, 2]
     bad = runner.invoke(app, ["bench", "layer-matching", "--models", folders[0]])
     assert bad.exit_code != 0 and "at least two models" in str(bad.exception)
-
-
-def test_blockwise_linear_measures_equal_the_baselines():
-    """The benchmark's blockwise CKA / feature-normalised CKA / R^2 give the baselines module's values."""
-    from itda_core.similarity.baselines import baseline_matrix
-    from itda_core.similarity.layer_matching import _linear_matrices, run_model
-
-    corpus = tiny_corpus(n_copies=4)
-    config = LayerMatchingConfig(**FAST)
-    runs = [run_model(tiny_model("gpt2", seed=s, n_layers=3), corpus, [0, 1, 2], config) for s in (0, 1)]
-    fast = _linear_matrices(runs, [0, 1, 2], ["cka", "cka_normalised", "r2"])
-    for measure in ("cka", "cka_normalised", "r2"):
-        for a, b in ((0, 1), (1, 0)):
-            slow = baseline_matrix(runs[a].activations, runs[b].activations, measure).to_numpy()
-            assert np.allclose(fast[measure][(a, b)], slow, atol=1e-6), measure
+    bad = runner.invoke(app, [*args[:-4], "--jaccard-options", "[1]"])
+    assert bad.exit_code != 0 and "JSON object" in str(bad.exception)

@@ -1,17 +1,32 @@
 """The layer-matching benchmark (Kornblith et al. 2019), as the ITDA paper runs it.
 
 For architecturally identical models trained from different seeds, layer i of one model should be most
-similar to layer i of the other. For every ordered pair of models (A, B) and every layer i of A, the
-prediction is ``argmax_j S(A_i, B_j)``; accuracy is the fraction of (pair, layer) predictions equal to i.
-Every model is run once over the same prompts: ITDA dictionaries for every layer are built from that pass
-(Jaccard), and the first ``baseline_tokens`` activations of the same pass feed the baselines (CKA, SVCCA,
-relative representations, linear-regression R^2), so all measures see the same text.
+similar to layer i of the other. For an ordered pair of models (A, B) and a layer i of A, the prediction is
+``argmax_j S(A_i, B_j)`` and it is right when it equals i.
+
+Scoring (both scores are always computed and reported; ``LayerMatchingConfig.protocol`` only picks which one
+is the headline ``accuracy``):
+
+* ``authors`` (default; the released code, ``layer_similarity.py``): layers 1..n-1 (layer 0 is not scored),
+  all M x M ordered model pairs **including each model against itself**, right predictions divided by
+  M * M * (L - 1); a tie for the maximum goes to the lowest layer (numpy's argmax). A model against itself
+  almost always scores 1, so this score is about (M - 1) / M * cross + 1 / M.
+* ``cross``: the same layers and tie rule, only the M * (M - 1) pairs of different models.
+
+``ties="wrong"`` makes a tied row (and a NaN row) count as wrong instead, so that a measure that cannot tell
+layers apart scores 0 rather than 1 / (L - 1).
+
+Every model is run once over the same prompts: ITDA dictionaries for every scored layer are built from that
+pass (Jaccard), and the first ``baseline_tokens`` activations of the same pass feed the baselines (linear CKA
+both ways, SVCCA, relative representations, linear-regression R^2 with and without intercept), so all
+measures see the same text. Options for the Jaccard call (``jaccard_matrix``) go in
+``LayerMatchingConfig.jaccard_options``; :func:`_jaccard_matrices` is the one place they are used.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,15 +38,20 @@ from itda_core.errors import ITDAError
 
 __all__ = [
     "ALL_MEASURES",
+    "LAYER_MATCHING_MEASURES",
     "PAPER_ACCURACY",
     "PAPER_MODELS",
+    "PROTOCOLS",
     "LayerMatchingConfig",
     "LayerMatchingResult",
     "ModelRun",
+    "argmax_layers",
+    "default_layers",
     "format_table",
     "matching_accuracy",
     "run_layer_matching",
     "run_model",
+    "score_matrices",
     "score_runs",
 ]
 
@@ -43,22 +63,29 @@ PAPER_MODELS = [
     "stanford-crfm/darkmatter-gpt2-small-x343",
     "stanford-crfm/expanse-gpt2-small-x777",
 ]
+# The measures shared with the baselines module (and ``itda similarity --store``, which validates against this).
 ALL_MEASURES = ("jaccard", "cka", "cka_normalised", "svcca", "relative", "r2")
-# Paper's accuracies, 5 seeds each of GPT-2 small / medium (the paper reports one linear CKA number).
+# What the benchmark scores: those plus the authors' linear regression (no intercept), computed only here.
+LAYER_MATCHING_MEASURES = (*ALL_MEASURES, "r2_no_intercept")
+PROTOCOLS = ("authors", "cross")
+TIE_RULES = ("lowest", "wrong")
+# Paper's accuracies, 5 seeds each of GPT-2 small / medium, beside the variant its code computed: its CKA is
+# the feature-normalised one and its linear regression has no intercept (layer_similarity.py).
 PAPER_ACCURACY: dict[str, tuple[float, float]] = {
-    "r2": (0.16, 0.07),
+    "r2_no_intercept": (0.16, 0.07),
     "svcca": (0.50, 0.44),
-    "cka": (0.69, 0.61),
+    "cka_normalised": (0.69, 0.61),
     "relative": (0.87, 0.78),
     "jaccard": (0.88, 0.89),
 }
 MEASURE_LABELS = {
     "jaccard": "ITDA Jaccard",
-    "cka": "linear CKA",
-    "cka_normalised": "linear CKA (feature-normalised)",
+    "cka": "linear CKA (textbook)",
+    "cka_normalised": "linear CKA, feature-normalised (the authors' code; the paper's figures)",
     "svcca": "SVCCA",
     "relative": "relative representations",
-    "r2": "linear regression R^2",
+    "r2": "linear regression R^2, with intercept",
+    "r2_no_intercept": "linear regression R^2, no intercept (the authors' code; the paper's figures)",
 }
 
 
@@ -74,8 +101,13 @@ class LayerMatchingConfig:
     batch_size: int = 32
     corpus: str = "default"
     split: str = "train"  # train / held_out / all: which part of the corpus supplies the prompts
-    layers: list[int] | None = None  # None = every layer
-    measures: tuple[str, ...] = ALL_MEASURES
+    layers: list[int] | None = None  # None = 1..n-1, the authors' (layer 0 is not scored)
+    measures: tuple[str, ...] = LAYER_MATCHING_MEASURES
+    protocol: str = "authors"  # which score is the headline ``accuracy``: authors (M x M pairs) or cross
+    ties: str = "lowest"  # a tied maximum goes to the lowest layer (authors), or "wrong"
+    # Extra keyword arguments for every Jaccard call (``jaccard_matrix(dicts_a, dicts_b, **jaccard_options)``,
+    # e.g. {"method": "keys"}); the single place they are used is ``_jaccard_matrices``.
+    jaccard_options: dict[str, Any] = field(default_factory=dict)
     n_directions: int = 20  # SVCCA
     n_anchors: int = 300  # relative representations
     anchor_seed: int = 0
@@ -84,11 +116,17 @@ class LayerMatchingConfig:
 
     def check(self) -> None:
         """One-line errors for bad options."""
-        unknown = [m for m in self.measures if m not in ALL_MEASURES]
+        unknown = [m for m in self.measures if m not in LAYER_MATCHING_MEASURES]
         if unknown:
-            raise ITDAError(f"unknown measure(s) {unknown}; use any of {', '.join(ALL_MEASURES)}")
+            raise ITDAError(f"unknown measure(s) {unknown}; use any of {', '.join(LAYER_MATCHING_MEASURES)}")
         if not self.measures:
             raise ITDAError("no measures to score")
+        if self.protocol not in PROTOCOLS:
+            raise ITDAError(f"protocol must be one of {', '.join(PROTOCOLS)} (got {self.protocol!r})")
+        if self.ties not in TIE_RULES:
+            raise ITDAError(f"ties must be one of {', '.join(TIE_RULES)} (got {self.ties!r})")
+        if not isinstance(self.jaccard_options, Mapping):
+            raise ITDAError("jaccard_options must be a mapping of keyword arguments")
         if self.tokens < 2:
             raise ITDAError(f"tokens must be at least 2 (got {self.tokens})")
         if self.baseline_tokens is not None and self.baseline_tokens < 2:
@@ -111,17 +149,24 @@ class ModelRun:
 
 @dataclass
 class LayerMatchingResult:
-    """Accuracy per measure (mean over ordered pairs), per ordered pair, and every similarity matrix."""
+    """Both scores per measure, and per ordered pair (self pairs "A -> A" included) the accuracy, the
+    predicted layer of every row and the similarity matrix. ``accuracy`` is the headline score of
+    ``protocol``; ``accuracy_authors`` / ``accuracy_cross`` are always both there."""
 
     models: list[str]
     layers: list[int]
     accuracy: dict[str, float]
+    accuracy_authors: dict[str, float]  # M x M ordered pairs (self included) x layers
+    accuracy_cross: dict[str, float]  # M x (M - 1) ordered pairs of different models x layers
+    ties: dict[str, int]  # measure -> predictions (over all M x M pairs) whose maximum was tied
     per_pair: dict[str, dict[str, float]]  # measure -> "A -> B" -> accuracy
+    predictions: dict[str, dict[str, list[int | None]]]  # measure -> "A -> B" -> argmax layer per row of A
     matrices: dict[str, dict[str, list[list[float]]]]  # measure -> "A -> B" -> rows (A's layers) x cols (B's)
     atoms: dict[str, dict[int, int]]  # model -> layer -> dictionary size
     tokens: int
     baseline_tokens: int
     seconds: float
+    protocol: str = "authors"
     config: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,20 +184,73 @@ class LayerMatchingResult:
         return clean(asdict(self))
 
 
-def matching_accuracy(matrix: np.ndarray) -> float:
-    """Fraction of rows i whose strict argmax over columns is i (rows = layers of model A, columns = the
-    same layers of model B). A tie for the maximum, or a NaN row, counts as wrong: an undecided measure must
-    not score."""
+def argmax_layers(matrix: np.ndarray, ties: str = "lowest") -> np.ndarray:
+    """Column index of each row's maximum (rows = layers of model A, columns = the same layers of model B), or
+    -1 where undecided. NaN never wins; a row without any finite value is undecided. A tie for the maximum
+    goes to the lowest column with ``ties="lowest"`` (numpy's argmax, as the authors' code) and is undecided
+    with ``ties="wrong"``."""
+    if ties not in TIE_RULES:
+        raise ITDAError(f"ties must be one of {', '.join(TIE_RULES)} (got {ties!r})")
     m = np.asarray(matrix, dtype=np.float64)
     if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] == 0:
         raise ITDAError(f"layer matching needs a square, non-empty matrix (got shape {m.shape})")
     filled = np.where(np.isnan(m), -np.inf, m)
     best = filled.max(axis=1, keepdims=True)
     is_best = filled == best
-    diag = np.diagonal(is_best)
-    unique = is_best.sum(axis=1) == 1
-    finite = np.isfinite(np.diagonal(filled))
-    return float((diag & unique & finite).mean())
+    pred = is_best.argmax(axis=1)  # first (lowest) column holding the maximum
+    undecided = ~np.isfinite(best[:, 0])
+    if ties == "wrong":
+        undecided |= is_best.sum(axis=1) > 1
+    return np.where(undecided, -1, pred)
+
+
+def _tied(matrix: np.ndarray) -> int:
+    """Rows whose (finite) maximum is held by more than one column."""
+    filled = np.where(np.isnan(matrix), -np.inf, np.asarray(matrix, dtype=np.float64))
+    best = filled.max(axis=1, keepdims=True)
+    return int((((filled == best).sum(axis=1) > 1) & np.isfinite(best[:, 0])).sum())
+
+
+def matching_accuracy(matrix: np.ndarray, ties: str = "lowest") -> float:
+    """Fraction of rows i whose argmax over columns is i (see :func:`argmax_layers` for NaN and ties)."""
+    pred = argmax_layers(matrix, ties)
+    return float((pred == np.arange(len(pred))).mean())
+
+
+def score_matrices(matrices: Mapping[tuple[int, int], np.ndarray], n_models: int, ties: str = "lowest",
+                   ) -> dict[str, Any]:
+    """Both scores of one measure from its layer x layer matrices of every ordered pair ``(a, b)`` of
+    ``n_models`` models, self pairs ``(a, a)`` included (all M x M must be there; rows and columns are the
+    scored layers only). Returns ``authors`` (right predictions / (M * M * L)), ``cross`` (right predictions of
+    the pairs a != b / (M * (M - 1) * L)), ``per_pair`` accuracies, ``predictions`` (argmax index per row,
+    -1 undecided) and ``ties`` (rows whose maximum is tied, over all M x M pairs)."""
+    if n_models < 2:
+        raise ITDAError("layer matching needs at least two models")
+    missing = [(a, b) for a in range(n_models) for b in range(n_models) if (a, b) not in matrices]
+    if missing:
+        raise ITDAError(f"missing similarity matrices for pairs {missing[:4]}: the authors' score needs all "
+                        "M x M ordered pairs, each model against itself included")
+    sizes = {np.asarray(m).shape for m in matrices.values()}
+    if len(sizes) != 1:
+        raise ITDAError(f"matrices of different shapes {sorted(sizes)}")
+    n_layers = next(iter(sizes))[0]
+    right_all = right_cross = tied = 0
+    per_pair: dict[tuple[int, int], float] = {}
+    predictions: dict[tuple[int, int], np.ndarray] = {}
+    for (a, b), m in matrices.items():
+        pred = argmax_layers(m, ties)
+        right = int((pred == np.arange(n_layers)).sum())
+        predictions[(a, b)], per_pair[(a, b)] = pred, right / n_layers
+        right_all += right
+        right_cross += right if a != b else 0
+        tied += _tied(m)
+    return {
+        "authors": right_all / (n_models * n_models * n_layers),
+        "cross": right_cross / (n_models * (n_models - 1) * n_layers),
+        "per_pair": per_pair,
+        "predictions": predictions,
+        "ties": tied,
+    }
 
 
 def _corpus(config: LayerMatchingConfig):  # -> Corpus
@@ -204,13 +302,20 @@ def _labels(runs: Sequence[ModelRun]) -> list[str]:
     return [f"{n}#{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
 
 
-LINEAR = ("cka", "cka_normalised", "r2")  # measures built on the cross-covariance, done blockwise below
+LINEAR = ("cka", "cka_normalised", "r2", "r2_no_intercept")  # built on cross-products, done blockwise below
 CHUNK_ROWS = 8192
+# Blockwise variants: how columns are shifted and scaled before the cross-products, and what uses them.
+_VARIANTS = {
+    "centred": ("cka", "r2"),  # centred columns
+    "normalised": ("cka_normalised",),  # centred, each column divided by its norm (the authors' CKA)
+    "raw": ("r2_no_intercept",),  # neither centred nor scaled (the authors' regression, no intercept)
+}
 
 
-def _centred(run: ModelRun, layers: list[int], normalise: bool) -> tuple[Tensor, Tensor]:
-    """(column means, column scales) of all of ``run``'s layers side by side ([L*d]); scales are 1, or
-    1/norm of the centred column for the feature-normalised CKA (as in ``baselines``)."""
+def _column_stats(run: ModelRun, layers: list[int], variant: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(shift, scale, mean) of the columns of all of ``run``'s layers side by side ([L*d] each): rows become
+    ``(x - shift) * scale``. Shift is the column mean (0 for ``raw``), scale 1 or 1/norm of the centred column
+    for ``normalised`` (as in ``baselines``)."""
     dtype = torch.float64 if run.activations[layers[0]].device.type != "mps" else torch.float32
     x0 = run.activations[layers[0]]
     total = torch.zeros(len(layers) * x0.shape[1], dtype=dtype, device=x0.device)
@@ -220,19 +325,21 @@ def _centred(run: ModelRun, layers: list[int], normalise: bool) -> tuple[Tensor,
         block = torch.cat([run.activations[la][i : i + CHUNK_ROWS] for la in layers], dim=1).to(dtype)
         total += block.sum(0)
     mean = total / n
-    if not normalise:
-        return mean, torch.ones_like(mean)
+    if variant == "raw":
+        return torch.zeros_like(mean), torch.ones_like(mean), mean
+    if variant == "centred":
+        return mean, torch.ones_like(mean), mean
     for i in range(0, n, CHUNK_ROWS):
         block = torch.cat([run.activations[la][i : i + CHUNK_ROWS] for la in layers], dim=1).to(dtype) - mean
         sq += block.pow(2).sum(0)
-    return mean, 1.0 / (sq.sqrt() + 1e-12)
+    return mean, 1.0 / (sq.sqrt() + 1e-12), mean
 
 
-def _cross_all(a: ModelRun, b: ModelRun, layers: list[int], stats_a: tuple[Tensor, Tensor],
-               stats_b: tuple[Tensor, Tensor]) -> Tensor:
-    """``A^T B`` of the centred (scaled) activations of all layers side by side: [L*d_a, L*d_b], one big
+def _cross_all(a: ModelRun, b: ModelRun, layers: list[int], stats_a: tuple[Tensor, ...],
+               stats_b: tuple[Tensor, ...]) -> Tensor:
+    """``A^T B`` of the shifted (scaled) activations of all layers side by side: [L*d_a, L*d_b], one big
     product per row chunk (every layer pair at once, no per-cell re-centring)."""
-    (ma, sa), (mb, sb) = stats_a, stats_b
+    (ma, sa, _), (mb, sb, _) = stats_a, stats_b
     n = a.activations[layers[0]].shape[0]
     out = torch.zeros((ma.shape[0], mb.shape[0]), dtype=ma.dtype, device=ma.device)
     for i in range(0, n, CHUNK_ROWS):
@@ -245,42 +352,56 @@ def _cross_all(a: ModelRun, b: ModelRun, layers: list[int], stats_a: tuple[Tenso
 
 def _linear_matrices(runs: Sequence[ModelRun], layers: list[int], measures: Sequence[str],
                      ) -> dict[str, dict[tuple[int, int], np.ndarray]]:
-    """CKA, feature-normalised CKA and R^2 for every ordered pair, from block cross-covariances: the same
-    formulas as :mod:`itda_core.similarity.baselines` (tests check the values agree), computed as one
-    [L*d, L*d] product per model pair instead of L^2 separate cells."""
+    """CKA (textbook and feature-normalised) and R^2 (with and without intercept) for every ordered pair,
+    self pairs included, from block cross-products: the same formulas as
+    :mod:`itda_core.similarity.baselines` (tests check the values agree; R^2 without intercept is
+    ``1 - ||Y - X pinv(X) Y||^2 / ||Y - mean(Y)||^2`` as in the authors' code), computed as one [L*d, L*d]
+    product per model pair instead of L^2 separate cells."""
     n_layers = len(layers)
     out: dict[str, dict[tuple[int, int], np.ndarray]] = {m: {} for m in measures}
-    for normalise in (False, True):
-        wanted = [m for m in measures if (m == "cka_normalised") == normalise]
+    for variant, names in _VARIANTS.items():
+        wanted = [m for m in measures if m in names]
         if not wanted:
             continue
-        stats = [_centred(r, layers, normalise) for r in runs]
+        stats = [_column_stats(r, layers, variant) for r in runs]
         d = [r.activations[layers[0]].shape[1] for r in runs]
+        n_rows = runs[0].activations[layers[0]].shape[0]
         grams = [_cross_all(r, r, layers, stats[k], stats[k]) for k, r in enumerate(runs)]
         blocks = [g.view(n_layers, d[k], n_layers, d[k]).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
                   for k, g in enumerate(grams)]  # [L, d, d]: each layer's own Gram
-        self_norm = [torch.linalg.matrix_norm(bl) for bl in blocks]  # [L]
-        pinv = [torch.linalg.pinv(bl, hermitian=True) for bl in blocks] if "r2" in wanted else []
+        cka_key = next((m for m in wanted if m.startswith("cka")), None)
+        r2_key = next((m for m in wanted if m.startswith("r2")), None)
+        self_norm = [torch.linalg.matrix_norm(bl) for bl in blocks] if cka_key else []  # [L]
+        pinv = [torch.linalg.pinv(bl, hermitian=True) for bl in blocks] if r2_key else []
+        sq_sum = [bl.diagonal(dim1=1, dim2=2).sum(1) for bl in blocks]  # [L]: ||Y - shift||^2 per layer
+        # total sum of squares about the mean (for "centred" that is sq_sum itself)
+        ss_tot = [s - n_rows * stats[k][2].view(n_layers, d[k]).pow(2).sum(1) if variant == "raw" else s
+                  for k, s in enumerate(sq_sum)]
         for a in range(len(runs)):
-            for b in range(a + 1, len(runs)):
-                cross = _cross_all(runs[a], runs[b], layers, stats[a], stats[b])
+            for b in range(a, len(runs)):
+                cross = grams[a] if a == b else _cross_all(runs[a], runs[b], layers, stats[a], stats[b])
                 cb = cross.view(n_layers, d[a], n_layers, d[b]).permute(0, 2, 1, 3)  # [La, Lb, da, db]
-                if "cka" in wanted or "cka_normalised" in wanted:
+                if cka_key:
                     denom = self_norm[a][:, None] * self_norm[b][None, :].to(self_norm[a].device)
                     cka = (cb.pow(2).sum((2, 3)) / denom).cpu().numpy()
-                    key = "cka_normalised" if normalise else "cka"
-                    out[key][(a, b)], out[key][(b, a)] = cka, cka.T
-                if "r2" in wanted:
-                    for x, y, c in ((a, b, cb), (b, a, cb.permute(1, 0, 3, 2))):  # x predicts y
-                        ss_tot = blocks[y].diagonal(dim1=1, dim2=2).sum(1).to(c.device)  # [Ly]
+                    out[cka_key][(a, b)], out[cka_key][(b, a)] = cka, cka.T
+                if r2_key:
+                    directions = ((a, b, cb),) if a == b else ((a, b, cb), (b, a, cb.permute(1, 0, 3, 2)))
+                    for x, y, c in directions:  # x predicts y
                         explained = (torch.einsum("ipq,ijqr->ijpr", pinv[x].to(c.device), c) * c).sum((2, 3))
-                        out["r2"][(x, y)] = (explained / ss_tot[None, :]).cpu().numpy()
+                        tot = ss_tot[y].to(c.device)[None, :]
+                        if variant == "raw":  # residual = ||Y||^2 - explained (no intercept)
+                            r2 = 1.0 - (sq_sum[y].to(c.device)[None, :] - explained) / tot
+                        else:
+                            r2 = explained / tot
+                        out[r2_key][(x, y)] = r2.cpu().numpy()
     return out
 
 
 def _baseline_matrices(runs: Sequence[ModelRun], layers: list[int], measure: str,
                        config: LayerMatchingConfig) -> dict[tuple[int, int], np.ndarray]:
-    """Every ordered pair's layer x layer matrix of one baseline; each (model, layer) is prepared once."""
+    """Every ordered pair's layer x layer matrix (self pairs included) of one baseline; each (model, layer)
+    is prepared once."""
     from itda_core.similarity.baselines import MEASURES
 
     m = MEASURES[measure]
@@ -293,8 +414,6 @@ def _baseline_matrices(runs: Sequence[ModelRun], layers: list[int], measure: str
     out = {}
     for a in range(len(runs)):
         for b in range(len(runs)):
-            if a == b:
-                continue
             if m.symmetric and (b, a) in out:
                 out[(a, b)] = out[(b, a)].T
                 continue
@@ -302,27 +421,34 @@ def _baseline_matrices(runs: Sequence[ModelRun], layers: list[int], measure: str
     return out
 
 
-def _jaccard_matrices(runs: Sequence[ModelRun], layers: list[int]) -> dict[tuple[int, int], np.ndarray]:
+def _jaccard_matrices(runs: Sequence[ModelRun], layers: list[int],
+                      options: Mapping[str, Any] | None = None) -> dict[tuple[int, int], np.ndarray]:
+    """Every ordered pair's layer x layer Jaccard matrix, self pairs included. ``options`` (the config's
+    ``jaccard_options``) are passed to every ``jaccard_matrix`` call: the one place where Jaccard variants
+    (which atoms count, chance correction, ...) plug into the benchmark. A pair (b, a) is taken as the
+    transpose of (a, b), so the options must keep the index symmetric."""
     from itda_core.similarity.matrices import jaccard_matrix
 
+    opts = dict(options or {})
     out = {}
     for a in range(len(runs)):
         for b in range(len(runs)):
-            if a == b:
-                continue
             if (b, a) in out:
                 out[(a, b)] = out[(b, a)].T
                 continue
             da = {layer: runs[a].dictionaries[layer] for layer in layers}
             db = {layer: runs[b].dictionaries[layer] for layer in layers}
-            out[(a, b)] = jaccard_matrix(da, db).to_numpy()
+            out[(a, b)] = np.asarray(jaccard_matrix(da, db, **opts).to_numpy(), dtype=np.float64)
     return out
 
 
 def score_runs(runs: Sequence[ModelRun], layers: list[int], config: LayerMatchingConfig) -> LayerMatchingResult:
-    """Accuracy of every measure over all ordered pairs of ``runs`` (at least two)."""
+    """Both scores of every measure over the M x M ordered pairs of ``runs`` (at least two), on ``layers``."""
+    config.check()
     if len(runs) < 2:
         raise ITDAError("layer matching needs at least two models")
+    if len(layers) < 2:
+        raise ITDAError("layer matching needs at least two layers")
     baselines = [m for m in config.measures if m != "jaccard"]
     if baselines:
         n = {len(r.token_ids) for r in runs}
@@ -332,37 +458,50 @@ def score_runs(runs: Sequence[ModelRun], layers: list[int], config: LayerMatchin
         if next(iter(n)) < 2:
             raise ITDAError("too few tokens for the baselines")
     labels = _labels(runs)
-    accuracy: dict[str, float] = {}
-    per_pair: dict[str, dict[str, float]] = {}
-    matrices: dict[str, dict[str, list[list[float]]]] = {}
+    result = LayerMatchingResult(
+        models=labels, layers=list(layers), accuracy={}, accuracy_authors={}, accuracy_cross={}, ties={},
+        per_pair={}, predictions={}, matrices={}, atoms={}, tokens=0, baseline_tokens=len(runs[0].token_ids),
+        seconds=0.0, protocol=config.protocol,
+    )
     linear = _linear_matrices(runs, layers, [m for m in config.measures if m in LINEAR])
     for measure in config.measures:
         if measure == "jaccard":
-            mats = _jaccard_matrices(runs, layers)
+            mats = _jaccard_matrices(runs, layers, config.jaccard_options)
         elif measure in LINEAR:
             mats = linear[measure]
         else:
             mats = _baseline_matrices(runs, layers, measure, config)
-        pairs = {_pair_label(labels[a], labels[b]): matching_accuracy(m) for (a, b), m in mats.items()}
-        per_pair[measure] = pairs
-        accuracy[measure] = float(np.mean(list(pairs.values())))
-        matrices[measure] = {_pair_label(labels[a], labels[b]): m.tolist() for (a, b), m in mats.items()}
-    atoms = {label: {layer: len(run.dictionaries[layer]) for layer in layers}
-             for label, run in zip(labels, runs, strict=True)}
+        scores = score_matrices(mats, len(runs), config.ties)
+        result.accuracy_authors[measure] = scores["authors"]
+        result.accuracy_cross[measure] = scores["cross"]
+        result.accuracy[measure] = scores[config.protocol]
+        result.ties[measure] = scores["ties"]
+        order = sorted(mats)
+        result.per_pair[measure] = {_pair_label(labels[a], labels[b]): scores["per_pair"][(a, b)] for a, b in order}
+        result.predictions[measure] = {
+            _pair_label(labels[a], labels[b]): [layers[p] if p >= 0 else None for p in scores["predictions"][(a, b)]]
+            for a, b in order}
+        result.matrices[measure] = {_pair_label(labels[a], labels[b]): mats[(a, b)].tolist() for a, b in order}
+    result.atoms = {label: {layer: len(run.dictionaries[layer]) for layer in layers}
+                    for label, run in zip(labels, runs, strict=True)}
+    result.tokens = int(next(iter(runs[0].dictionaries.values())).config.tokens_seen)
     cfg = asdict(config)
     cfg["measures"] = list(config.measures)
-    return LayerMatchingResult(
-        models=labels, layers=layers, accuracy=accuracy, per_pair=per_pair, matrices=matrices, atoms=atoms,
-        tokens=int(next(iter(runs[0].dictionaries.values())).config.tokens_seen),
-        baseline_tokens=len(runs[0].token_ids), seconds=0.0, config=cfg,
-    )
+    result.config = cfg
+    return result
+
+
+def default_layers(n_layers: int) -> list[int]:
+    """The layers the authors score: 1..n-1 (layer 0, the first block's output, is left out)."""
+    return list(range(1, n_layers))
 
 
 def run_layer_matching(models: Sequence[Any], config: LayerMatchingConfig | None = None,
                        corpus: Any = None) -> LayerMatchingResult:
     """The whole benchmark: ``models`` are names for :func:`load_model` (HF ids, local folders, aliases) or
     already loaded models, all of one depth; ``corpus`` defaults to ``config.corpus``/``config.split``.
-    Models are loaded one at a time; their activations (baseline_tokens x d_model x layers, float32) stay."""
+    Layers default to 1..n-1 (the authors'). Models are loaded one at a time; their activations
+    (baseline_tokens x d_model x layers, float32) stay."""
     from itda_core.models import LoadedModel, load_model
 
     config = config or LayerMatchingConfig()
@@ -380,9 +519,10 @@ def run_layer_matching(models: Sequence[Any], config: LayerMatchingConfig | None
                             f"layers, {model.name} has {model.n_layers}")
         if layers is None:
             layers = model.check_layers(list(config.layers) if config.layers is not None
-                                        else list(range(model.n_layers)))
+                                        else default_layers(model.n_layers))
         if len(layers) < 2:
-            raise ITDAError("layer matching needs at least two layers")
+            raise ITDAError(f"layer matching needs at least two layers (scoring {layers} of {model.n_layers}; "
+                            "the default leaves out layer 0)")
         with torch.no_grad():
             runs.append(run_model(model, corpus, layers, config))
         if not isinstance(spec, LoadedModel):
@@ -394,15 +534,25 @@ def run_layer_matching(models: Sequence[Any], config: LayerMatchingConfig | None
 
 
 def format_table(result: LayerMatchingResult) -> str:
-    """Accuracy per measure, best first, beside the paper's GPT-2 small / medium numbers."""
+    """Both scores per measure, best headline first, beside the paper's GPT-2 small / medium numbers (printed
+    next to the variant the authors' code computed)."""
+    m = len(result.models)
+    n_layers = len(result.layers)
+    width = max(len(MEASURE_LABELS.get(k, k)) for k in result.accuracy) + 2
+    head = "authors" if result.protocol == "authors" else "cross"
     lines = [
-        f"layer matching: {len(result.models)} models, {len(result.models) * (len(result.models) - 1)} ordered "
-        f"pairs, layers {result.layers[0]}-{result.layers[-1]}; dictionaries on {result.tokens:,} tokens, "
-        f"baselines on {result.baseline_tokens:,}",
-        f"{'measure':<34}{'accuracy':>9}{'paper small':>13}{'paper medium':>14}",
+        f"layer matching: {m} models, layers {result.layers[0]}-{result.layers[-1]} ({n_layers} scored); "
+        f"dictionaries on {result.tokens:,} tokens, baselines on {result.baseline_tokens:,}",
+        f"authors: {m} x {m} ordered pairs (self pairs included) x {n_layers} layers = {m * m * n_layers} "
+        f"predictions; cross: {m} x {m - 1} pairs of different models = {m * (m - 1) * n_layers}; "
+        f"ties: {'lowest layer' if result.config.get('ties', 'lowest') == 'lowest' else 'wrong'}; "
+        f"sorted by {head}",
+        f"{'measure':<{width}}{'authors':>9}{'cross':>8}{'paper small':>13}{'paper medium':>14}{'ties':>6}",
     ]
-    for measure, acc in sorted(result.accuracy.items(), key=lambda kv: -kv[1]):
+    for measure in sorted(result.accuracy, key=lambda k: -result.accuracy[k]):
         paper = PAPER_ACCURACY.get(measure)
         small, medium = (f"{paper[0]:.2f}", f"{paper[1]:.2f}") if paper else ("-", "-")
-        lines.append(f"{MEASURE_LABELS.get(measure, measure):<34}{acc:>9.3f}{small:>13}{medium:>14}")
+        lines.append(f"{MEASURE_LABELS.get(measure, measure):<{width}}{result.accuracy_authors[measure]:>9.3f}"
+                     f"{result.accuracy_cross[measure]:>8.3f}{small:>13}{medium:>14}{result.ties[measure]:>6}")
+    lines.append("paper: 5 seeds of GPT-2 small / medium, scored the authors' way")
     return "\n".join(lines)
