@@ -127,6 +127,8 @@ class LayerMatchingConfig:
             raise ITDAError(f"ties must be one of {', '.join(TIE_RULES)} (got {self.ties!r})")
         if not isinstance(self.jaccard_options, Mapping):
             raise ITDAError("jaccard_options must be a mapping of keyword arguments")
+        if "options" in self.jaccard_options and {"atoms", "index"} & set(self.jaccard_options):
+            raise ITDAError("jaccard_options: give either 'options' or 'atoms'/'index', not both")
         if self.tokens < 2:
             raise ITDAError(f"tokens must be at least 2 (got {self.tokens})")
         if self.baseline_tokens is not None and self.baseline_tokens < 2:
@@ -168,6 +170,7 @@ class LayerMatchingResult:
     seconds: float
     protocol: str = "authors"
     config: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)  # measure -> label (Jaccard: with its variant)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (NaN -> None)."""
@@ -421,16 +424,32 @@ def _baseline_matrices(runs: Sequence[ModelRun], layers: list[int], measure: str
     return out
 
 
-def _jaccard_matrices(runs: Sequence[ModelRun], layers: list[int],
-                      options: Mapping[str, Any] | None = None) -> dict[tuple[int, int], np.ndarray]:
-    """Every ordered pair's layer x layer Jaccard matrix, self pairs included. ``options`` (the config's
-    ``jaccard_options``) are passed to every ``jaccard_matrix`` call: the one place where Jaccard variants
-    (which atoms count, chance correction, ...) plug into the benchmark. A pair (b, a) is taken as the
-    transpose of (a, b), so the options must keep the index symmetric."""
-    from itda_core.similarity.matrices import jaccard_matrix
+def _jaccard_call_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Keyword arguments for ``jaccard_matrix`` from the config's ``jaccard_options``: ``atoms`` and ``index``
+    (JSON-friendly) become a :class:`JaccardOptions`; anything else (``method``, ``options``) goes as is."""
+    from itda_core.similarity.jaccard import JaccardOptions
 
     opts = dict(options or {})
+    fields = {k: opts.pop(k) for k in ("atoms", "index") if k in opts}
+    if fields:
+        if "options" in opts:
+            raise ITDAError("jaccard_options: give either 'options' or 'atoms'/'index', not both")
+        opts["options"] = JaccardOptions(**fields)
+    return opts
+
+
+def _jaccard_matrices(runs: Sequence[ModelRun], layers: list[int], options: Mapping[str, Any] | None = None,
+                      ) -> tuple[dict[tuple[int, int], np.ndarray], str]:
+    """Every ordered pair's layer x layer Jaccard matrix, self pairs included, and the variant's label.
+    ``options`` (the config's ``jaccard_options``, see :func:`_jaccard_call_options`) go to every
+    ``jaccard_matrix`` call: the one place where Jaccard variants (which atoms count, chance correction, ...)
+    plug into the benchmark. A pair (b, a) is taken as the transpose of (a, b), so the options must keep the
+    index symmetric."""
+    from itda_core.similarity.matrices import jaccard_matrix
+
+    opts = _jaccard_call_options(options)
     out = {}
+    label = ""
     for a in range(len(runs)):
         for b in range(len(runs)):
             if (b, a) in out:
@@ -438,8 +457,10 @@ def _jaccard_matrices(runs: Sequence[ModelRun], layers: list[int],
                 continue
             da = {layer: runs[a].dictionaries[layer] for layer in layers}
             db = {layer: runs[b].dictionaries[layer] for layer in layers}
-            out[(a, b)] = np.asarray(jaccard_matrix(da, db, **opts).to_numpy(), dtype=np.float64)
-    return out
+            frame = jaccard_matrix(da, db, **opts)
+            label = str(frame.attrs.get("label", "")) or label
+            out[(a, b)] = np.asarray(frame.to_numpy(), dtype=np.float64)
+    return out, label
 
 
 def score_runs(runs: Sequence[ModelRun], layers: list[int], config: LayerMatchingConfig) -> LayerMatchingResult:
@@ -466,11 +487,13 @@ def score_runs(runs: Sequence[ModelRun], layers: list[int], config: LayerMatchin
     linear = _linear_matrices(runs, layers, [m for m in config.measures if m in LINEAR])
     for measure in config.measures:
         if measure == "jaccard":
-            mats = _jaccard_matrices(runs, layers, config.jaccard_options)
+            mats, variant = _jaccard_matrices(runs, layers, config.jaccard_options)
+            result.labels[measure] = _jaccard_label(variant)
         elif measure in LINEAR:
             mats = linear[measure]
         else:
             mats = _baseline_matrices(runs, layers, measure, config)
+        result.labels.setdefault(measure, MEASURE_LABELS[measure])
         scores = score_matrices(mats, len(runs), config.ties)
         result.accuracy_authors[measure] = scores["authors"]
         result.accuracy_cross[measure] = scores["cross"]
@@ -489,6 +512,17 @@ def score_runs(runs: Sequence[ModelRun], layers: list[int], config: LayerMatchin
     cfg["measures"] = list(config.measures)
     result.config = cfg
     return result
+
+
+PAPER_JACCARD = "Jaccard (raw, all atoms)"  # the paper's |A n B| / |A u B| over every atom
+
+
+def _jaccard_label(variant: str) -> str:
+    """'ITDA Jaccard (index, atoms; ...)', noting whether it is the variant the paper's figures used."""
+    if not variant.startswith("Jaccard (") or not variant.endswith(")"):
+        return f"ITDA {variant or 'Jaccard'}"
+    note = "the paper's" if variant == PAPER_JACCARD else "the paper's: raw, all atoms"
+    return f"ITDA {variant[:-1]}; {note})"
 
 
 def default_layers(n_layers: int) -> list[int]:
@@ -538,7 +572,8 @@ def format_table(result: LayerMatchingResult) -> str:
     next to the variant the authors' code computed)."""
     m = len(result.models)
     n_layers = len(result.layers)
-    width = max(len(MEASURE_LABELS.get(k, k)) for k in result.accuracy) + 2
+    label = {k: result.labels.get(k) or MEASURE_LABELS.get(k, k) for k in result.accuracy}
+    width = max(len(v) for v in label.values()) + 2
     head = "authors" if result.protocol == "authors" else "cross"
     lines = [
         f"layer matching: {m} models, layers {result.layers[0]}-{result.layers[-1]} ({n_layers} scored); "
@@ -552,7 +587,7 @@ def format_table(result: LayerMatchingResult) -> str:
     for measure in sorted(result.accuracy, key=lambda k: -result.accuracy[k]):
         paper = PAPER_ACCURACY.get(measure)
         small, medium = (f"{paper[0]:.2f}", f"{paper[1]:.2f}") if paper else ("-", "-")
-        lines.append(f"{MEASURE_LABELS.get(measure, measure):<{width}}{result.accuracy_authors[measure]:>9.3f}"
+        lines.append(f"{label[measure]:<{width}}{result.accuracy_authors[measure]:>9.3f}"
                      f"{result.accuracy_cross[measure]:>8.3f}{small:>13}{medium:>14}{result.ties[measure]:>6}")
     lines.append("paper: 5 seeds of GPT-2 small / medium, scored the authors' way")
     return "\n".join(lines)
