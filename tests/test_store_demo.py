@@ -3,18 +3,17 @@ a complete store, --rebuild, and the store commands of the CLI."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import typer
 from tiny import tiny_corpus, tiny_model
 from typer.testing import CliRunner
 
 import itda_core.store.demo as demo
-from itda_core.commands.store import parse_budgets, register
+from itda_core.commands.store import register
 from itda_core.errors import ITDAError
 from itda_core.store.connection import connect_readonly, connect_write, transaction
 from itda_core.store.demo import DemoConfig, build_demo, model_status
+from itda_core.store.schema import SCHEMA_VERSION
 from itda_core.store.writer import delete_dictionary
 
 MODELS = {"tiny-llama": ("llama", 3), "tiny-bert": ("bert", 2)}
@@ -36,20 +35,19 @@ class Loader:
 
 
 def _config(path, loader, **kw) -> DemoConfig:
-    return DemoConfig(
-        store=path,
-        models=list(MODELS),
-        train_tokens={"tiny-llama": 300, "tiny-bert": 200},
-        index_tokens=150,
-        held_out_fraction=0.25,
-        k=4,
-        batch_size=8,
-        progress=False,
-        loader=loader,
-        corpus=tiny_corpus(n_copies=4),
-        log=lambda line: None,
+    options = {
+        "train_documents": 10,
+        "index_tokens": 150,
+        "held_out_fraction": 0.25,
+        "k": 4,
+        "batch_size": 8,
+        "progress": False,
+        "loader": loader,
+        "corpus": tiny_corpus(n_copies=4),
+        "log": lambda line: None,
         **kw,
-    )
+    }
+    return DemoConfig(store=path, models=list(MODELS), **options)
 
 
 def _layers(path) -> dict[str, tuple[int, int]]:
@@ -101,11 +99,10 @@ def test_build_interrupt_resume_and_fast_path(tmp_path, monkeypatch):
 
     assert missing_maps(path) == []
 
-    # 4. a complete store: no model is loaded and it returns at once
+    # 4. a complete store: no model is loaded (how fast that returns is a benchmark's business, not a test's)
     fourth = Loader()
-    start = time.perf_counter()
     report = build_demo(_config(path, fourth))
-    assert fourth.loaded == [] and report.complete and time.perf_counter() - start < 2
+    assert fourth.loaded == [] and report.complete
     assert "already complete" in report.summary()
 
     # 5. a layer that disappeared (or was never indexed) is rebuilt alone
@@ -165,23 +162,28 @@ def test_store_commands(tmp_path):
     for command, option in (
         ("index", "--reindex"),
         ("demo-build", "--rebuild"),
-        ("demo-build", "--train-tokens"),
+        ("demo-build", "--train-documents"),
     ):
         assert option in runner.invoke(app, [command, "--help"]).output
     info = runner.invoke(app, ["store-info", "--store", str(path)])
     assert info.exit_code == 0, info.output
     assert "tiny-bert" in info.output and "2 dictionaries (2 indexed)" in info.output
     as_json = runner.invoke(app, ["store-info", "--store", str(path), "--json"])
-    assert as_json.exit_code == 0 and '"schema_version": 1' in as_json.output
+    assert as_json.exit_code == 0 and f'"schema_version": {SCHEMA_VERSION}' in as_json.output
     missing = runner.invoke(app, ["store-info", "--store", str(tmp_path / "none.duckdb")])
     assert missing.exit_code != 0 and "itda demo-build" in str(missing.exception)
 
 
-def test_parse_budgets():
-    models = ["a", "b"]
-    assert parse_budgets(None, models) == {}
-    assert parse_budgets("100", models) == {"a": 100, "b": 100}
-    assert parse_budgets("a=5, b=7", models) == {"a": 5, "b": 7}
-    for bad in ("x", "a=0", "a=b"):
-        with pytest.raises(ITDAError):
-            parse_budgets(bad, models)
+def test_every_model_gets_the_same_documents_and_other_budgets_are_refused(tmp_path):
+    path = tmp_path / "itda.duckdb"
+    build_demo(_config(path, Loader()))
+    with connect_readonly(path) as con:
+        rows = con.execute(
+            "SELECT DISTINCT json_extract_string(config, '$.documents_sha256'), "
+            "json_extract(config, '$.documents_seen')::INTEGER FROM dictionaries"
+        ).fetchall()
+    assert len(rows) == 1 and rows[0][1] == 10  # one set of documents for both models (different tokenizers)
+    with pytest.raises(ITDAError, match="trained on other documents") as err:
+        build_demo(_config(path, Loader(), train_documents=12))
+    assert "\n" not in str(err.value) and "--rebuild" in str(err.value)
+    build_demo(_config(path, Loader(), train_documents=12, rebuild=True))
