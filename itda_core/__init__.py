@@ -2,7 +2,7 @@
 
 The public API is small and imported lazily, so that `itda --help` stays instant:
 ``load_model``, ``load_corpus``, ``extract``, ``matching_pursuit``, ``reconstruct``, ``ITDA``, ``train``,
-``jaccard`` (and its matrices), ``evaluate``. The store lives in ``itda_core.store``.
+``jaccard`` (its options and matrices), ``evaluate``. The store lives in ``itda_core.store``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ _EXPORTS = {
     "train": "itda_core.trainer",
     "TrainConfig": "itda_core.trainer",
     "jaccard": "itda_core.similarity",
+    "JaccardOptions": "itda_core.similarity.jaccard",
     "jaccard_by_span": "itda_core.similarity",
     "jaccard_matrix": "itda_core.similarity",
     "model_jaccard": "itda_core.similarity",
