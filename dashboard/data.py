@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from itda_core.errors import ITDAError
 from itda_core.store import queries as Q
 from itda_core.store.connection import DEFAULT_STORE, StoreError, connect_readonly
 from itda_core.store.schema import SchemaMismatch
@@ -239,11 +240,14 @@ def _ints(values: Any) -> str:
     return ", ".join(str(int(v)) for v in values) or "NULL"
 
 
-_ATOM_SQL = """
+# An atom's init_count (never NULL in a v2 store; the fallback is the v1 -> v2 migration's rule).
+_INIT_COUNT = "COALESCE(a.init_count, CASE WHEN a.add_error IS NULL OR isnan(a.add_error) THEN -1 ELSE 0 END)"
+
+_ATOM_SQL = f"""
     SELECT a.dict_id, a.atom, a.doc_id, a.position, a.token_id, a.token_str, a.token_text, a.char_start,
-           a.char_end, a.add_error, d.model_id, d.model_name, d.layer, d.corpus_id, doc.source AS doc_source,
-           doc.split AS doc_split, doc.text AS doc_text, s.n_active, s.density, s.mean_coef, s.min_coef,
-           s.max_coef, s.mean_abs, s.n_negative
+           a.char_end, a.add_error, {_INIT_COUNT} AS init_count, d.model_id, d.model_name, d.layer, d.corpus_id,
+           doc.source AS doc_source, doc.split AS doc_split, doc.text AS doc_text, s.n_active, s.density,
+           s.mean_coef, s.min_coef, s.max_coef, s.mean_abs, s.n_negative
     FROM atoms a JOIN dictionaries d USING (dict_id)
     LEFT JOIN documents doc ON doc.corpus_id = d.corpus_id AND doc.doc_id = a.doc_id
     LEFT JOIN atom_stats s ON s.dict_id = a.dict_id AND s.atom = a.atom
@@ -328,6 +332,18 @@ def _atom_page(path: str, v: Version, dict_id: int, atom_id: int, top_n: int, wi
     return AtomPage(row, source, histogram, scale, top_contexts, quantiles, shared)
 
 
+def initial_note(init_count: Any) -> str | None:
+    """What an atom's ``init_count`` says about it (None for an atom the error rule added)."""
+    n = int(init_count)
+    if n == 0:
+        return None
+    if n >= 2:
+        return f"initial atom (its activation occurred {n:,} times in its batch)"
+    if n == 1:
+        return "initial atom, picked arbitrarily among rows seen once (not counted as evidence in Jaccard)"
+    return "initial atom (count not recorded: older store)"
+
+
 def atom_page(dict_id: int, atom_id: int, top_n: int = 20, window: int = 10) -> AtomPage | None:
     """The atom, its source context, histogram, colour scale (98th percentile of |coefficient| over its held-out
     codes, so one extreme token such as an attention sink does not wash out the rest), top contexts, quantile
@@ -339,15 +355,17 @@ def atom_page(dict_id: int, atom_id: int, top_n: int = 20, window: int = 10) -> 
 def _atom_table(path: str, v: Version, dict_id: int) -> pd.DataFrame:
     with connect_readonly(path) as con:
         return con.execute(
-            "SELECT a.atom, a.token_text, a.token_str, a.doc_id, a.position, a.add_error, s.density, "
-            "s.n_active, s.max_coef, s.mean_abs FROM atoms a LEFT JOIN atom_stats s "
-            "ON s.dict_id = a.dict_id AND s.atom = a.atom WHERE a.dict_id = ? ORDER BY a.atom",
+            "SELECT a.atom, a.token_text, a.token_str, a.doc_id, a.position, a.add_error, "
+            f"{_INIT_COUNT} AS init_count, s.density, s.n_active, s.max_coef, s.mean_abs "
+            "FROM atoms a LEFT JOIN atom_stats s ON s.dict_id = a.dict_id AND s.atom = a.atom "
+            "WHERE a.dict_id = ? ORDER BY a.atom",
             [dict_id],
         ).df()
 
 
 def atom_table(dict_id: int) -> pd.DataFrame:
-    """All atoms of a dictionary: source token, document, position, add-error and activity."""
+    """All atoms of a dictionary: source token, document, position, add-error, init count (see
+    :func:`initial_note`) and activity."""
     return _atom_table(*store_key(), int(dict_id))
 
 
@@ -483,23 +501,51 @@ def atom_vector(dict_id: int, atom_id: int) -> np.ndarray:
 # ---- similarity --------------------------------------------------------------------------------------------
 
 
+def jaccard_options(atoms: str = "evidence", index: str = "corrected") -> Any:
+    """``itda_core.similarity.jaccard.JaccardOptions`` (which atoms count, which index); raises ITDAError for an
+    unknown choice."""
+    from itda_core.similarity.jaccard import JaccardOptions
+
+    return JaccardOptions(atoms=atoms, index=index)
+
+
+def evidence_mask(init_count: np.ndarray) -> np.ndarray:
+    """The atoms that carry evidence, as ``ITDA.evidence``: every atom the error rule added (``init_count`` 0)
+    and the initial atoms whose activation repeated in its batch (>= 2); not the initial atoms seen once (1)
+    or of unknown count (-1, an older store)."""
+    init_count = np.asarray(init_count)
+    return (init_count == 0) | (init_count >= 2)
+
+
+@dataclass
+class StoreAtoms:
+    """Every dictionary's provenance, as read from ``atoms`` (row i = atom i), for the Jaccard atom sets."""
+
+    provenance: dict[int, Any]  # dict_id -> Provenance
+    configs: dict[int, Any]  # dict_id -> ITDAConfig
+    token_text: dict[int, np.ndarray]  # dict_id -> token texts
+    init_count: dict[int, np.ndarray]  # dict_id -> init_count (see itda_core.dictionary.ITDA)
+
+
 @dataclass
 class Sets:
-    """Provenance of every dictionary as Jaccard atom sets, with token texts to list shared atoms."""
+    """Provenance of every dictionary as Jaccard atom sets of one atom choice (``atoms``: "evidence" or
+    "all"), with token texts to list shared atoms. An atom set's ``rows`` index the full provenance."""
 
+    atoms: str
     sets: dict[int, Any]  # dict_id -> itda_core.similarity.jaccard.AtomSet
     provenance: dict[int, Any]  # dict_id -> Provenance (row i = atom i)
     configs: dict[int, Any]  # dict_id -> ITDAConfig
     token_text: dict[int, np.ndarray]  # dict_id -> token texts (row i = atom i)
+    init_count: dict[int, np.ndarray]  # dict_id -> init_count (row i = atom i)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def _sets(path: str, v: Version) -> Sets:
+def _store_atoms(path: str, v: Version) -> StoreAtoms:
     import torch
 
     from itda_core.dictionary import ITDAConfig
     from itda_core.provenance import Provenance
-    from itda_core.similarity.jaccard import AtomSet
 
     with connect_readonly(path) as con:
         configs = {
@@ -507,45 +553,69 @@ def _sets(path: str, v: Version) -> Sets:
             for d, c in con.execute("SELECT dict_id, config FROM dictionaries").fetchall()
         }
         table = con.sql(
-            "SELECT dict_id, doc_id, position, token_id, char_start, char_end, token_str, token_text "
-            "FROM atoms ORDER BY dict_id, atom"
+            "SELECT a.dict_id, a.doc_id, a.position, a.token_id, a.char_start, a.char_end, a.token_str, "
+            f"a.token_text, {_INIT_COUNT} AS init_count FROM atoms a ORDER BY a.dict_id, a.atom"
         ).to_arrow_table()
     cols = {
         name: table.column(name).to_numpy()
-        for name in ("dict_id", "doc_id", "position", "token_id", "char_start", "char_end")
+        for name in ("dict_id", "doc_id", "position", "token_id", "char_start", "char_end", "init_count")
     }
     strs = table.column("token_str").to_pylist()
     texts = table.column("token_text").to_pylist()
-    out = Sets({}, {}, configs, {})
+    out = StoreAtoms({}, configs, {}, {})
     bounds = np.flatnonzero(np.diff(cols["dict_id"])) + 1
     for lo, hi in zip([0, *bounds.tolist()], [*bounds.tolist(), len(strs)], strict=True):
         if hi <= lo:
             continue
         dict_id = int(cols["dict_id"][lo])
-        prov = Provenance(
+        out.provenance[dict_id] = Provenance(
             *(
                 torch.from_numpy(np.asarray(cols[c][lo:hi], dtype=np.int64))
                 for c in ("doc_id", "position", "token_id", "char_start", "char_end")
             ),
             token_str=strs[lo:hi],
         )
-        config = configs[dict_id]
-        out.provenance[dict_id] = prov
-        out.sets[dict_id] = AtomSet.from_provenance(prov, config, f"{short_name(config.model_name)} L{config.layer}")
         out.token_text[dict_id] = np.asarray(texts[lo:hi], dtype=object)
+        out.init_count[dict_id] = np.asarray(cols["init_count"][lo:hi], dtype=np.int64)
     return out
 
 
-def atom_sets() -> Sets:
-    """Every dictionary's provenance set, built once per store version."""
-    return _sets(*store_key())
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _sets(path: str, v: Version, atoms: str) -> Sets:
+    from itda_core.similarity.jaccard import AtomSet
+
+    jaccard_options(atoms)  # an unknown choice is an ITDAError, not a silent "all"
+    base = _store_atoms(path, v)
+    out = Sets(atoms, {}, base.provenance, base.configs, base.token_text, base.init_count)
+    for dict_id, prov in base.provenance.items():
+        config = base.configs[dict_id]
+        select = evidence_mask(base.init_count[dict_id]) if atoms == "evidence" else None
+        out.sets[dict_id] = AtomSet.from_provenance(
+            prov, config, f"{short_name(config.model_name)} L{config.layer}", select
+        )
+    return out
+
+
+def atom_sets(atoms: str = "evidence") -> Sets:
+    """Every dictionary's Jaccard atom set (``atoms``: "evidence", the default, or "all"), built once per store
+    version."""
+    return _sets(*store_key(), atoms)
+
+
+def _value(shared: int, n_a: int, n_b: int, sa: Any, sb: Any, index: str) -> float:
+    from itda_core.similarity.jaccard import jaccard_index, pair_universe
+
+    return float(jaccard_index(shared, n_a, n_b, pair_universe(sa, sb), index))
 
 
 @st.cache_data(ttl=TTL, show_spinner=False, max_entries=64)
-def _jaccard(path: str, v: Version, rows: tuple[int, ...], cols: tuple[int, ...]) -> dict[str, Any]:
+def _jaccard(
+    path: str, v: Version, rows: tuple[int, ...], cols: tuple[int, ...], atoms: str, index: str
+) -> dict[str, Any]:
     from itda_core.similarity.jaccard import shared_count
 
-    sets = _sets(path, v).sets
+    options = jaccard_options(atoms, index)
+    sets = _sets(path, v, options.atoms).sets
     values = np.full((len(rows), len(cols)), np.nan)
     shared = np.zeros((len(rows), len(cols)), dtype=np.int64)
     methods: set[str] = set()
@@ -554,64 +624,106 @@ def _jaccard(path: str, v: Version, rows: tuple[int, ...], cols: tuple[int, ...]
         for j, b in enumerate(cols):
             try:
                 n, n_a, n_b, how = shared_count(sets[a], sets[b])
-            except Exception as err:  # not comparable (another corpus): leave the cell empty, say why
-                errors.append(str(err))
+            except Exception as err:  # not comparable (another corpus, other documents): leave empty, say why
+                if str(err) not in errors:
+                    errors.append(str(err))
                 continue
             methods.add(how)
-            union = n_a + n_b - n
-            values[i, j] = n / union if union else np.nan
+            values[i, j] = _value(n, n_a, n_b, sets[a], sets[b], options.index)
             shared[i, j] = n
-    return {"values": values, "shared": shared, "methods": sorted(methods), "errors": errors[:3]}
+    return {
+        "values": values,
+        "shared": shared,
+        "methods": sorted(methods),
+        "errors": errors[:3],
+        "label": options.label,
+        "atoms": options.atoms,
+        "index": options.index,
+    }
 
 
-def jaccard(rows: list[int], cols: list[int]) -> dict[str, Any]:
-    """Jaccard of dictionaries ``rows`` x ``cols`` (by keys, or character spans across tokenizers):
-    ``values``, ``shared`` counts, ``methods`` used and the first few ``errors``."""
-    return _jaccard(*store_key(), tuple(int(r) for r in rows), tuple(int(c) for c in cols))
+def jaccard(rows: list[int], cols: list[int], options: Any = None) -> dict[str, Any]:
+    """Jaccard of dictionaries ``rows`` x ``cols`` (by keys, or character spans across tokenizers) under
+    ``options`` (a JaccardOptions; default ``DEFAULT_OPTIONS``: evidence atoms, chance-corrected): ``values``,
+    ``shared`` counts, ``methods`` used, the first few distinct ``errors`` and the variant's ``label``."""
+    from itda_core.similarity.jaccard import DEFAULT_OPTIONS
+
+    options = options or DEFAULT_OPTIONS
+    return _jaccard(
+        *store_key(), tuple(int(r) for r in rows), tuple(int(c) for c in cols), options.atoms, options.index
+    )
 
 
 @st.cache_data(ttl=TTL, show_spinner=False, max_entries=16)
-def _model_matrix(path: str, v: Version, runs: tuple[tuple[str, tuple[int, ...]], ...]) -> dict[str, Any]:
+def _model_matrix(
+    path: str, v: Version, runs: tuple[tuple[str, tuple[int, ...]], ...], atoms: str, index: str
+) -> dict[str, Any]:
     from itda_core.provenance import Provenance
     from itda_core.similarity.jaccard import AtomSet, shared_count
 
-    data = _sets(path, v)
+    options = jaccard_options(atoms, index)
+    data = _store_atoms(path, v)
     unions = []
-    for label, ids in runs:
+    for label_text, ids in runs:
         chosen = [i for i in ids if data.configs[i].layer != 0] or list(ids)
         prov = Provenance.concat([data.provenance[i] for i in chosen])
-        unions.append(AtomSet.from_provenance(prov, data.configs[chosen[0]], label))
+        select = (
+            np.concatenate([evidence_mask(data.init_count[i]) for i in chosen]) if options.atoms == "evidence" else None
+        )
+        unions.append(AtomSet.from_provenance(prov, data.configs[chosen[0]], label_text, select))
     n = len(unions)
     values = np.full((n, n), np.nan)
     shared = np.zeros((n, n), dtype=np.int64)
     methods: set[str] = set()
+    errors: list[str] = []
     for i in range(n):
         for j in range(i, n):
             try:
                 s, n_a, n_b, how = shared_count(unions[i], unions[j])
-            except Exception:  # not comparable: leave empty
+            except Exception as err:  # not comparable: leave empty, say why
+                if str(err) not in errors:
+                    errors.append(str(err))
                 continue
             methods.add(how)
-            union = n_a + n_b - s
-            values[i, j] = values[j, i] = s / union if union else np.nan
+            values[i, j] = values[j, i] = _value(s, n_a, n_b, unions[i], unions[j], options.index)
             shared[i, j] = shared[j, i] = s
-    return {"labels": [r[0] for r in runs], "values": values, "shared": shared, "methods": sorted(methods)}
+    return {
+        "labels": [r[0] for r in runs],
+        "values": values,
+        "shared": shared,
+        "methods": sorted(methods),
+        "errors": errors[:3],
+        "label": options.label,
+        "atoms": options.atoms,
+        "index": options.index,
+    }
 
 
-def model_matrix(runs: dict[str, list[int]]) -> dict[str, Any]:
-    """Model x model Jaccard of each run's union of layers 1..n-1 (all layers when it has only layer 0)."""
-    key = tuple((label, tuple(int(i) for i in ids)) for label, ids in runs.items())
-    return _model_matrix(*store_key(), key)
+def model_matrix(runs: dict[str, list[int]], options: Any = None) -> dict[str, Any]:
+    """Model x model Jaccard (under ``options``, default ``DEFAULT_OPTIONS``) of each run's union of layers
+    1..n-1 (all layers when it has only layer 0), the union of the atoms that count under the same choice."""
+    from itda_core.similarity.jaccard import DEFAULT_OPTIONS
+
+    options = options or DEFAULT_OPTIONS
+    key = tuple((label_text, tuple(int(i) for i in ids)) for label_text, ids in runs.items())
+    return _model_matrix(*store_key(), key, options.atoms, options.index)
 
 
-def shared_pairs(dict_a: int, dict_b: int) -> pd.DataFrame:
-    """The atoms two dictionaries share (the same rule as their Jaccard cell): atom ids and token texts."""
-    from itda_core.similarity.jaccard import matched_pairs
+def shared_pairs(dict_a: int, dict_b: int, options: Any = None) -> pd.DataFrame:
+    """The atoms two dictionaries share among those that count under ``options`` (the same rule as their
+    Jaccard cell): atom ids, token texts, document and the atoms' init counts."""
+    from itda_core.similarity.jaccard import DEFAULT_OPTIONS, matched_pairs
 
-    data = atom_sets()
+    options = options or DEFAULT_OPTIONS
+    data = atom_sets(options.atoms)
     if dict_a not in data.sets or dict_b not in data.sets:
-        return pd.DataFrame(columns=["atom_a", "token_a", "atom_b", "token_b", "doc_id"])
-    rows_a, rows_b, method = matched_pairs(data.sets[dict_a], data.sets[dict_b])
+        return pd.DataFrame(columns=["atom_a", "token_a", "atom_b", "token_b", "doc_id", "init_a", "init_b"])
+    try:
+        rows_a, rows_b, method = matched_pairs(data.sets[dict_a], data.sets[dict_b])
+    except ITDAError as err:  # not comparable (another corpus, other documents): nothing shared, say why
+        empty = pd.DataFrame(columns=["atom_a", "token_a", "atom_b", "token_b", "doc_id", "init_a", "init_b"])
+        empty.attrs["error"] = str(err)
+        return empty
     prov = data.provenance[dict_a]
     df = pd.DataFrame(
         {
@@ -620,9 +732,12 @@ def shared_pairs(dict_a: int, dict_b: int) -> pd.DataFrame:
             "atom_b": rows_b.astype(int),
             "token_b": data.token_text[dict_b][rows_b] if len(rows_b) else [],
             "doc_id": prov.doc_id.numpy()[rows_a] if len(rows_a) else [],
+            "init_a": data.init_count[dict_a][rows_a] if len(rows_a) else [],
+            "init_b": data.init_count[dict_b][rows_b] if len(rows_b) else [],
         }
     )
     df.attrs["method"] = method
+    df.attrs["atoms"] = options.atoms
     return df
 
 
@@ -686,5 +801,5 @@ def compute_atom_map(dict_ids: list[int]) -> pd.DataFrame:
 def clear_caches() -> None:
     """Drop every cached store read (the refresh button); loaded models stay in memory."""
     st.cache_data.clear()
-    for cached in (_unit_vectors, _sets, _computed_map):
+    for cached in (_unit_vectors, _store_atoms, _sets, _computed_map):
         cached.clear()

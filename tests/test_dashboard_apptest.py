@@ -4,14 +4,19 @@ WordPiece), including an empty store, a missing one and bad inputs in the URL an
 
 from __future__ import annotations
 
+import base64
+import json
 import re
+import shutil
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 from tiny import tiny_corpus, tiny_model
+from tolerance import cosine_tol, unit_roundoff
 
 from dashboard import live
 from dashboard.render import (
@@ -27,6 +32,7 @@ from dashboard.render import (
 )
 from dashboard.render import tokens_html as render_tokens
 from itda_core.atom_map import compute_atom_maps, has_map, read_atom_map, store_atom_map
+from itda_core.similarity.jaccard import DEFAULT_OPTIONS, JaccardOptions
 from itda_core.store.connection import connect_readonly, connect_write, transaction
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
@@ -102,6 +108,65 @@ def _shown(html: str) -> str:
 
 def _texts(elements) -> str:
     return "\n".join(str(e.value) for e in elements)
+
+
+def _heatmaps(at: AppTest) -> list[dict]:
+    """The page's plotly charts as dicts, with each first trace's ``z`` decoded (plotly sends numpy arrays as
+    base64 typed arrays)."""
+    out = []
+    for chart in at.get("plotly_chart"):
+        spec = json.loads(chart.proto.spec)
+        trace = spec["data"][0]
+        z = trace.get("z")
+        if isinstance(z, dict):
+            shape = [int(n) for n in str(z["shape"]).split(",")]
+            z = np.frombuffer(base64.b64decode(z["bdata"]), dtype=z["dtype"]).reshape(shape)
+        trace["z"] = np.asarray(z, dtype=float)
+        out.append(trace)
+    return out
+
+
+def _model_table(at: AppTest):
+    """The model x model table (models as index and columns)."""
+    return next(d.value for d in at.dataframe if d.value.index.name == "model")
+
+
+def _shared_in_line(at: AppTest) -> int:
+    """The shared-atom count in the line above the shared-atom list."""
+    found = re.search(r"Jaccard \S+ \([a-z, ]+\), ([\d,]+) shared atoms", _texts(at.markdown))
+    assert found, _texts(at.markdown)
+    return int(found.group(1).replace(",", ""))
+
+
+def _library_jaccard(store: dict, a: tuple[str, int], b: tuple[str, int], options: JaccardOptions) -> float:
+    """itda_core's Jaccard of two of the store's dictionaries (same tokenizer), read back as ITDA objects."""
+    from itda_core.similarity.jaccard import jaccard
+    from itda_core.store.writer import read_dictionary
+
+    with connect_readonly(store["path"]) as con:
+        return jaccard(read_dictionary(con, store["ids"][a]), read_dictionary(con, store["ids"][b]), options)
+
+
+def _library_model_jaccard(store: dict, options: JaccardOptions) -> float:
+    """itda_core's model-level Jaccard of the tiny Llama and the tiny BERT (their layers 1..n-1)."""
+    from itda_core.similarity.jaccard import model_jaccard
+    from itda_core.store.writer import read_dictionary
+
+    with connect_readonly(store["path"]) as con:
+        models = {
+            kind: {layer: read_dictionary(con, d) for (k, layer), d in store["ids"].items() if k == kind}
+            for kind in ("llama", "bert")
+        }
+    return model_jaccard(models["llama"], models["bert"], options=options)
+
+
+def _atom_where(store: dict, kind: str, layer: int, condition: str) -> int:
+    with connect_readonly(store["path"]) as con:
+        rows = con.execute(
+            f"SELECT atom FROM atoms WHERE dict_id = ? AND {condition} ORDER BY atom", [store["ids"][(kind, layer)]]
+        ).fetchall()
+    assert rows, condition
+    return int(rows[0][0])
 
 
 def _atom_with(store: dict, kind: str, layer: int, pattern: str) -> int:
@@ -191,15 +256,21 @@ def test_decompose_reconstructs_and_aggregates(loaded):
     assert len(dec) == len(dec.pieces) == dec.indices.shape[0]
     assert dec.special[0] and dec.token_strs[0] == "<bos>"
     assert "".join(g + p for g, p, s in zip(dec.gaps, dec.pieces, dec.special, strict=True) if not s) == text
-    assert np.all(dec.cosine[dec.encoded] > 0.5) and np.all(dec.cosine[dec.encoded] <= 1.0 + 1e-5)
+    # a float32 cosine of d_model-wide vectors overshoots 1 by at most its rounding
+    assert np.all(dec.cosine[dec.encoded] > 0.5)
+    assert np.all(dec.cosine[dec.encoded] <= 1.0 + cosine_tol(model.d_model))
     stats = live.summary(dec)
-    assert stats["encoded"] == len(dec) and stats["min_cosine"] == pytest.approx(dec.cosine[stats["worst"][0]])
+    # the minimum is one of the values, picked, not computed
+    assert stats["encoded"] == len(dec) and stats["min_cosine"] == dec.cosine[stats["worst"][0]]
     # an atom picked at two steps counts once, with the summed coefficient
     dec.indices[3] = [5, 7, 5, 9]
     dec.coefs[3] = [1.0, 0.5, 0.25, -0.1]
     atoms = live.token_atoms(dec, 3)
-    assert atoms["atom"].tolist() == [5, 7, 9] and atoms["coef"].tolist() == pytest.approx([1.25, 0.5, -0.1])
-    assert live.atom_coefficients(dec, 5)[3] == pytest.approx(1.25)
+    # the coefficients are float32: each within one rounding of its literal (1.0 + 0.25 itself is exact)
+    one_rounding = unit_roundoff(torch.float32)
+    assert atoms["atom"].tolist() == [5, 7, 9]
+    assert atoms["coef"].tolist() == pytest.approx([1.25, 0.5, -0.1], rel=one_rounding)
+    assert live.atom_coefficients(dec, 5)[3] == pytest.approx(1.25, rel=one_rounding)
 
 
 def test_length_limits(loaded):
@@ -235,14 +306,15 @@ def test_atom_map_is_stored_once_and_goes_stale(tmp_path, tiny_store):
     llama1, llama2 = tiny_store["ids"][("llama", 1)], tiny_store["ids"][("llama", 2)]
     with connect_readonly(path) as con:
         frame = read_atom_map(con, [llama1])
-        n_atoms = con.execute("SELECT n_atoms FROM dictionaries WHERE dict_id = ?", [llama1]).fetchall()[0][0]
+        sizes = dict(con.execute("SELECT dict_id, n_atoms FROM dictionaries").fetchall())
+    n_atoms = sizes[llama1]
     assert frame is not None and len(frame) == n_atoms
     assert {"x", "y", "token_text", "before", "after", "layer", "density"} <= set(frame.columns)
     assert np.isfinite(frame[["x", "y"]].to_numpy()).all()
     # only the missing dictionaries are computed, and a second call has nothing to do
     done = compute_atom_maps(path, [llama1, llama2])
     assert done == [llama2] and compute_atom_maps(path, [llama1, llama2]) == []
-    assert store_atom_map(path, [llama1, llama2]) == 2 * n_atoms and has_map(path, [llama1, llama2])
+    assert store_atom_map(path, [llama1, llama2]) == n_atoms + sizes[llama2] and has_map(path, [llama1, llama2])
     # a replaced dictionary (written again) no longer matches its old map
     with connect_write(path) as con, transaction(con):
         con.execute("UPDATE dictionaries SET written = now() + INTERVAL 1 SECOND WHERE dict_id = ?", [llama1])
@@ -411,6 +483,196 @@ def test_similarity_page(store_env):
     at.selectbox(key="sim_b").select("tiny-bert").run()
     _no_exception(at)
     assert "spans" in _texts(at.caption)
+
+
+def test_similarity_defaults_and_label(store_env):
+    """The page shows DEFAULT_OPTIONS, says so on the heatmaps, and its values are the corrected index of the
+    evidence atoms (as `itda similarity --store` computes it)."""
+    at = _app("views/similarity.py")
+    _no_exception(at)
+    label_text = DEFAULT_OPTIONS.label
+    assert label_text == "Jaccard (corrected, evidence atoms)"
+    assert at.radio(key="sim_atoms").value == "evidence" and at.radio(key="sim_index").value == "corrected"
+    assert "(default)" in at.radio(key="sim_atoms").options[0] and "(default)" in at.radio(key="sim_index").options[0]
+    assert at.query_params["atoms"] == "evidence" and at.query_params["index"] == "corrected"
+    assert f"Showing **{label_text}**: 0 = chance" in _texts(at.caption)
+    maps = _heatmaps(at)
+    assert len(maps) == 2  # layer x layer, model x model
+    for trace in maps:  # a diverging scale centred at 0, the label and "0 = chance" on the colour bar
+        assert trace["zmid"] == 0 and trace["zmin"] == -trace["zmax"]
+        title = trace["colorbar"]["title"]["text"]
+        assert title.replace("<br>", " ").replace(", ", ",") == "Jaccard (corrected,evidence atoms) 0 = chance"
+    # the values are the library's (itda_core's jaccard of the dictionaries read from the store)
+    for i, j in ((0, 1), (1, 2), (0, 2)):
+        assert maps[0]["z"][i, j] == _library_jaccard(store_env, ("llama", i), ("llama", j), DEFAULT_OPTIONS)
+    assert "Jaccard (corrected, evidence atoms)" in _texts(at.markdown)
+    assert re.search(r"Jaccard -?\d\.\d{3} \(corrected, evidence atoms\), [\d,]+ shared atoms", _texts(at.markdown))
+    # the model x model matrix is under the same options: the library's model-level Jaccard (layers 1..n-1,
+    # matched by characters across the two tokenizers)
+    table = _model_table(at)
+    assert table.loc["tiny-llama", "tiny-llama"] == 1.0
+    expected = _library_model_jaccard(store_env, DEFAULT_OPTIONS)
+    # the table shows round(4): k / 1e4 in one correctly rounded division, the double Python's round gives too
+    assert table.loc["tiny-llama", "tiny-bert"] == pytest.approx(round(expected, 4), rel=unit_roundoff(torch.float64))
+
+
+def test_similarity_options_change_the_values(store_env):
+    at = _app("views/similarity.py")
+    at.selectbox(key="sim_a").select("tiny-llama").run()
+    at.selectbox(key="sim_b").select("tiny-llama").run()
+    corrected = _heatmaps(at)[0]["z"]
+    corrected_models = _model_table(at)
+    # raw: |A n B| / |A u B| on a 0..1 Viridis scale; off the diagonal it differs from the corrected index
+    at.radio(key="sim_index").set_value("raw").run()
+    _no_exception(at)
+    assert at.query_params["index"] == "raw" and at.query_params["atoms"] == "evidence"
+    raw_map = _heatmaps(at)[0]
+    raw = raw_map["z"]
+    assert raw_map["zmin"] == 0 and "zmid" not in raw_map
+    assert raw_map["colorbar"]["title"]["text"].replace("<br>", " ") == "Jaccard (raw, evidence atoms)"
+    # a dictionary against itself: shared = union, so raw is n / n and corrected (1 - J0) / (1 - J0), both
+    # exactly 1.0; an option that took effect changes values at all (the same computation twice would not)
+    assert (np.diagonal(raw) == 1.0).all() and (np.diagonal(corrected) == 1.0).all()
+    off = ~np.eye(len(raw), dtype=bool)
+    assert (raw[off] >= 0).all() and (raw[off] <= 1).all() and not np.array_equal(raw[off], corrected[off])
+    raw_models = _model_table(at)
+    assert raw_models.loc["tiny-llama", "tiny-bert"] != corrected_models.loc["tiny-llama", "tiny-bert"]
+    expected = _library_model_jaccard(store_env, JaccardOptions("evidence", "raw"))
+    assert raw_models.loc["tiny-llama", "tiny-bert"] == pytest.approx(round(expected, 4),
+                                                                      rel=unit_roundoff(torch.float64))
+    assert "Jaccard (raw, evidence atoms)" in _texts(at.markdown)
+    # all atoms vs evidence atoms: the tiny BERT's initial atoms were each seen once, so they count only in "all"
+    at.selectbox(key="sim_a").select("tiny-bert").run()
+    at.selectbox(key="sim_b").select("tiny-bert").run()
+    evidence = _heatmaps(at)[0]["z"]
+    n_evidence = _shared_in_line(at)
+    at.radio(key="sim_atoms").set_value("all").run()
+    _no_exception(at)
+    assert at.query_params["atoms"] == "all"
+    every = _heatmaps(at)[0]["z"]
+    assert not np.array_equal(every, evidence)
+    assert _shared_in_line(at) > n_evidence  # the initial atoms, shared by both BERT layers, count again
+    assert "(raw, all atoms)" in _texts(at.markdown)
+    assert not np.array_equal(_model_table(at).to_numpy(), raw_models.to_numpy(), equal_nan=True)
+    # the library's value on the dictionaries themselves (ITDA.evidence, not the dashboard's reading)
+    assert every[0, 1] == _library_jaccard(store_env, ("bert", 0), ("bert", 1), JaccardOptions("all", "raw"))
+    assert evidence[0, 1] == _library_jaccard(store_env, ("bert", 0), ("bert", 1), JaccardOptions("evidence", "raw"))
+
+
+def test_similarity_options_from_the_url(store_env):
+    at = _app("views/similarity.py", {"atoms": "all", "index": "raw"})
+    _no_exception(at)
+    assert not at.warning, [w.value for w in at.warning]
+    assert at.radio(key="sim_atoms").value == "all" and at.radio(key="sim_index").value == "raw"
+    assert "Jaccard (raw, all atoms)" in _texts(at.markdown)
+    # an unknown value falls back to the default with a one-line warning (the other parameter is kept)
+    at = _app("views/similarity.py", {"atoms": "<b>most</b>", "index": "raw"})
+    _no_exception(at)
+    warnings = [w.value for w in at.warning]
+    assert len(warnings) == 1 and "\n" not in warnings[0] and "atoms=" in warnings[0] and "<b>" not in warnings[0]
+    assert at.radio(key="sim_atoms").value == "evidence" and at.radio(key="sim_index").value == "raw"
+    assert at.query_params["atoms"] == "evidence"
+    at = _app("views/similarity.py", {"index": "cosine"})
+    _no_exception(at)
+    assert "index=corrected" in _texts(at.warning) and at.radio(key="sim_index").value == "corrected"
+
+
+def test_similarity_not_comparable_cells_are_empty(store_env, tmp_path, monkeypatch):
+    """Dictionaries trained on other documents of the corpus: their cells are empty and the page says why."""
+    path = tmp_path / "other_docs.duckdb"
+    shutil.copy(store_env["path"], path)
+    bert = [store_env["ids"][("bert", layer)] for layer in range(2)]
+    with connect_write(path) as con, transaction(con):
+        for dict_id in bert:
+            row = con.execute("SELECT config FROM dictionaries WHERE dict_id = ?", [dict_id]).fetchone()
+            config = json.loads(row[0])
+            config["documents_sha256"] = "0" * 64
+            con.execute("UPDATE dictionaries SET config = ? WHERE dict_id = ?", [json.dumps(config), dict_id])
+    monkeypatch.setenv("ITDA_STORE", str(path))
+    at = _app("views/similarity.py")
+    at.selectbox(key="sim_a").select("tiny-llama").run()
+    at.selectbox(key="sim_b").select("tiny-bert").run()
+    _no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    warnings = [w.value for w in at.warning]
+    assert len(warnings) == 2 and all("different documents" in w and "cannot be compared" in w for w in warnings)
+    layer_map, model_map = _heatmaps(at)
+    assert np.isnan(layer_map["z"]).all()
+    assert np.isnan(model_map["z"][0, 1]) and model_map["z"][0, 0] == 1.0
+    assert "Jaccard – (corrected, evidence atoms), 0 shared atoms" in _texts(at.markdown)
+    assert "Not comparable" in _texts(at.caption)
+    assert np.isnan(_model_table(at).loc["tiny-llama", "tiny-bert"])
+
+
+def test_atom_pages_mark_initial_atoms(store_env):
+    # the tiny Llama's initial atoms repeated in their batch (BOS, copies of documents): evidence, with a count
+    atom = _atom_where(store_env, "llama", 1, "init_count >= 2")
+    with connect_readonly(store_env["path"]) as con:
+        count = con.execute("SELECT init_count FROM atoms WHERE dict_id = ? AND atom = ?",
+                            [store_env["ids"][("llama", 1)], atom]).fetchone()[0]  # fmt: skip
+    at = _app("views/atom_browser.py", {"dict": str(store_env["ids"][("llama", 1)]), "atom": str(atom)})
+    _no_exception(at)
+    assert f"Initial atom (its activation occurred {count} times in its batch)." in _texts(at.info)
+    # the tiny BERT's were each seen once: arbitrary picks
+    atom = _atom_where(store_env, "bert", 1, "init_count = 1")
+    at = _app("views/atom_browser.py", {"dict": str(store_env["ids"][("bert", 1)]), "atom": str(atom)})
+    _no_exception(at)
+    assert (
+        "Initial atom, picked arbitrarily among rows seen once (not counted as evidence in Jaccard)."
+        in _texts(at.info)
+    )
+    # an atom added by the error rule is not marked
+    atom = _atom_where(store_env, "bert", 1, "init_count = 0")
+    at = _app("views/atom_browser.py", {"dict": str(store_env["ids"][("bert", 1)]), "atom": str(atom)})
+    _no_exception(at)
+    assert "Initial atom" not in _texts(at.info)
+    # the dictionary's atom list has the init count column and counts the initial atoms
+    at = _app("views/atom_browser.py", {"dict": str(store_env["ids"][("bert", 1)])})
+    _no_exception(at)
+    table = next(d.value for d in at.dataframe if "init_count" in d.value.columns)
+    with connect_readonly(store_env["path"]) as con:
+        stored = dict(con.execute("SELECT atom, init_count FROM atoms WHERE dict_id = ?",
+                                  [store_env["ids"][("bert", 1)]]).fetchall())  # fmt: skip
+    assert dict(zip(table["atom"], table["init_count"], strict=True)) == stored
+    n_once = sum(1 for c in stored.values() if c == 1)
+    assert f"initial atoms (init count ≠ 0), {n_once:,} of them arbitrary picks" in _texts(at.caption)
+
+
+def _as_v1(source: Path, path: Path) -> Path:
+    """A copy of a store as schema version 1 wrote it: no atoms.init_count."""
+    shutil.copy(source, path)
+    con = duckdb.connect(str(path))
+    con.execute("ALTER TABLE atoms DROP COLUMN init_count")
+    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.close()
+    return path
+
+
+def test_v1_store_one_line_error_then_upgrade(store_env, tmp_path, monkeypatch):
+    path = _as_v1(store_env["path"], tmp_path / "v1.duckdb")
+    monkeypatch.setenv("ITDA_STORE", str(path))
+    for page in [None, *PAGES[1:]]:
+        at = _app(page)
+        _no_exception(at)
+        errors = [e.value for e in at.error]
+        assert len(errors) == 1 and "\n" not in errors[0], errors
+        assert "schema version 1" in errors[0] and f"itda store-info --store {path} --upgrade" in errors[0]
+        assert not at.get("plotly_chart") and not at.dataframe
+    # upgraded in place (what `itda store-info --upgrade` does): initial atoms' counts are unknown
+    with connect_write(path):
+        pass
+    llama1 = store_env["ids"][("llama", 1)]
+    with connect_readonly(path) as con:
+        first_initial = con.execute("SELECT min(atom) FROM atoms WHERE dict_id = ? AND init_count = -1",
+                                    [llama1]).fetchone()[0]  # fmt: skip
+    at = _app("views/atom_browser.py", {"dict": str(llama1), "atom": str(first_initial)})
+    _no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    assert "Initial atom (count not recorded: older store)." in _texts(at.info)
+    # ... so by default they do not count: the evidence sets are smaller than the atoms
+    at = _app("views/similarity.py")
+    _no_exception(at)
+    assert _shared_in_line(at) < _shared_in_line(at.radio(key="sim_atoms").set_value("all").run())
 
 
 def test_atom_map_page(store_env):

@@ -217,6 +217,7 @@ def show_dictionary() -> None:
                 "max_coef",
                 "mean_abs",
                 "add_error",
+                "init_count",
                 "doc_id",
                 "position",
             ]
@@ -224,8 +225,23 @@ def show_dictionary() -> None:
         key=f"ab_atoms_{dict_id}",
         dict_col=dict_id,
         height=420,
-        column_config={"density": st.column_config.NumberColumn(format="%.5f")},
+        column_config={
+            "density": st.column_config.NumberColumn(format="%.5f"),
+            "init_count": st.column_config.NumberColumn(
+                "init count",
+                help="0: added by the error rule. An initial atom: how often its activation occurred in its batch "
+                "(1: picked arbitrarily among rows seen once, not counted as evidence in Jaccard; -1: not recorded, "
+                "older store).",
+            ),
+        },
     )
+    n_initial = int((table["init_count"] != 0).sum())
+    if n_initial:
+        n_once = int(table["init_count"].isin([1, -1]).sum())
+        st.caption(
+            f"{n_initial:,} initial atoms (init count ≠ 0), {n_once:,} of them arbitrary picks among rows seen once "
+            "or of unknown count: those do not count as evidence in the similarity page's default Jaccard."
+        )
 
 
 # ---- atom page -------------------------------------------------------------------------------------------
@@ -337,6 +353,9 @@ def show_atom() -> None:
         f"Source token **{md(label(atom['token_text'] or '', markers=False))}**"
         f" (token id {atom['token_id']}, tokenizer string {md(label(atom['token_str'] or ''))})"
     )
+    initial = data.initial_note(atom.get("init_count"))
+    if initial is not None:
+        st.info(initial[0].upper() + initial[1:] + ".", icon=":material/flag:")
     nav_cols = st.columns([1, 1, 4])
     with nav_cols[0]:
         if atom_id > 0:

@@ -1,5 +1,9 @@
 """Similarity: layer x layer Jaccard heatmaps for one model or two (also across tokenizers), stored baseline
-measures beside them, and the model x model matrix. Selecting a cell lists the atoms the two share."""
+measures beside them, and the model x model matrix. Selecting a cell lists the atoms the two share.
+
+Which atoms count and which index (``itda_core.similarity.jaccard.JaccardOptions``) are chosen above the tabs
+and kept in the URL: ``similarity?atoms=evidence|all&index=corrected|raw``; the defaults are
+``DEFAULT_OPTIONS`` (evidence atoms, chance-corrected)."""
 
 from __future__ import annotations
 
@@ -10,12 +14,19 @@ import streamlit as st
 
 from dashboard import data, nav
 from dashboard.render import escape, label, md
+from itda_core.similarity.jaccard import ATOM_CHOICES, DEFAULT_OPTIONS, INDEX_CHOICES
+
+ATOM_LABELS = {"evidence": "evidence atoms", "all": "all atoms"}
+INDEX_LABELS = {"corrected": "chance-corrected", "raw": "raw"}
 
 st.title("Dictionary similarity")
 st.caption(
-    "Jaccard index of two dictionaries' source tokens: |A ∩ B| / |A ∪ B|, where an atom is identified by "
-    "its document and token position (as in the paper), or, between different tokenizers, by the characters "
-    "its token covers (see docs/similarity.md)."
+    "Jaccard index of two dictionaries' source tokens, where an atom is identified by its document and token "
+    "position (as in the paper), or, between different tokenizers, by the characters its token covers. By "
+    "default only the atoms that carry evidence count (not the initial atoms picked arbitrarily among "
+    "activations seen once) and the index is corrected for chance: (J − J0) / (Jmax − J0), where J0 is the raw "
+    "Jaccard two random sets of these sizes would have and Jmax the largest they can have; 0 = chance, 1 = the "
+    "smaller set inside the larger. See docs/similarity.md."
 )
 nav.require_store()
 dicts = data.dictionaries()
@@ -25,6 +36,83 @@ runs = {
 }
 names = list(runs)
 
+# ---- which Jaccard: from the URL (read when it changes), kept in sync with the two radios -----------------
+
+CHOICES = {  # URL parameter -> (widget key, allowed values, default)
+    "atoms": ("sim_atoms", ATOM_CHOICES, DEFAULT_OPTIONS.atoms),
+    "index": ("sim_index", INDEX_CHOICES, DEFAULT_OPTIONS.index),
+}
+params = {k: st.query_params[k] for k in st.query_params}
+url_key = tuple(params.get(name) for name in CHOICES)
+saved = st.session_state.get("_sim_options", {})  # survives a visit to another page (widget state does not)
+if st.session_state.get("_sim_url") != url_key:
+    st.session_state["_sim_url"] = url_key
+    for name, (key, allowed, default) in CHOICES.items():
+        if name not in params:
+            continue
+        value = str(params[name])
+        if value not in allowed:
+            st.warning(
+                f"Unknown {name}={md(value)} in the address; showing the default, {name}={default} "
+                f"(one of {', '.join(allowed)})."
+            )
+            value = default
+        st.session_state[key] = value
+for name, (key, allowed, default) in CHOICES.items():
+    if st.session_state.get(key) not in allowed:
+        st.session_state[key] = saved.get(name, default)
+
+opt_cols = st.columns([3, 3, 4])
+atoms_choice = opt_cols[0].radio(
+    "Atoms",
+    list(ATOM_CHOICES),
+    key="sim_atoms",
+    horizontal=True,
+    format_func=lambda c: ATOM_LABELS[c] + (" (default)" if c == DEFAULT_OPTIONS.atoms else ""),
+    help="Evidence atoms: every atom but the initial atoms picked arbitrarily among activations seen once "
+    "(or of unknown count, in older stores). All atoms: the paper's rule.",
+)
+index_choice = opt_cols[1].radio(
+    "Index",
+    list(INDEX_CHOICES),
+    key="sim_index",
+    horizontal=True,
+    format_func=lambda c: INDEX_LABELS[c] + (" (default)" if c == DEFAULT_OPTIONS.index else ""),
+    help="Chance-corrected: 0 = no more shared than two random sets of these sizes, 1 = the smaller set "
+    "inside the larger, negative = fewer than chance. Raw: |A ∩ B| / |A ∪ B|, as in the paper.",
+)
+options = data.jaccard_options(atoms_choice, index_choice)
+st.session_state["_sim_options"] = {"atoms": options.atoms, "index": options.index}
+view_params = {"atoms": options.atoms, "index": options.index}
+if params != view_params:
+    st.query_params.from_dict(view_params)
+    st.session_state["_sim_url"] = tuple(view_params[name] for name in CHOICES)
+CORRECTED = options.index == "corrected"
+INIT_HELP = (
+    "0: added by the error rule; for an initial atom, how often its activation occurred in its batch (1: an "
+    "arbitrary pick, not evidence; -1: not recorded, older store)"
+)
+JACCARD = options.label  # e.g. "Jaccard (corrected, evidence atoms)"
+opt_cols[2].caption(
+    f"Showing **{JACCARD}**"
+    + (
+        ": 0 = chance, 1 = the smaller set inside the larger, below 0 = fewer shared than chance."
+        if CORRECTED
+        else ": |A ∩ B| / |A ∪ B|, 0 to 1."
+    )
+)
+
+
+def colour_title(text: str) -> str:
+    """A colour bar title: the measure, and for the corrected index where chance is."""
+    chance = "<br>0 = chance" if CORRECTED and text == JACCARD else ""
+    return text.replace(" (", "<br>(").replace(", ", ",<br>") + chance
+
+
+def value_text(x: float) -> str:
+    """A Jaccard value for hover and text ("–" where undefined or not comparable)."""
+    return f"{x:.3f}" if np.isfinite(x) else "–"
+
 
 def heatmap(
     z: np.ndarray,
@@ -33,24 +121,34 @@ def heatmap(
     customdata: np.ndarray,
     hover: str,
     *,
+    hover_text: np.ndarray | None = None,
     title_x: str,
     title_y: str,
     zmax: float | None = None,
     colorbar: str = "Jaccard",
+    diverging: bool = False,
 ) -> go.Figure:
     """A heatmap plus an invisible marker on every cell, so clicking a cell selects it (Streamlit's
-    selection events do not report heatmap cells)."""
+    selection events do not report heatmap cells). ``diverging``: a red-blue scale centred at 0 (the
+    chance-corrected Jaccard, which can be negative), saturating at +-1 or the largest |value| below 1;
+    else Viridis from 0 to ``zmax`` (default: the largest value)."""
     xx, yy = np.meshgrid(np.arange(len(x)), np.arange(len(y)))
+    finite = np.isfinite(z)
+    if diverging:
+        largest = float(np.abs(z[finite]).max()) if finite.any() else 0.0
+        bound = min(1.0, largest) if largest > 0 else 1.0
+        scale = {"colorscale": "RdBu", "reversescale": True, "zmin": -bound, "zmax": bound, "zmid": 0.0}
+    else:
+        top = zmax if zmax is not None else (float(np.nanmax(z)) if finite.any() else 1.0)
+        scale = {"colorscale": "Viridis", "zmin": 0, "zmax": top}
     fig = go.Figure()
     fig.add_trace(
         go.Heatmap(
             z=z,
             x=list(range(len(x))),
             y=list(range(len(y))),
-            colorscale="Viridis",
-            zmin=0,
-            zmax=zmax if zmax is not None else (float(np.nanmax(z)) if np.isfinite(z).any() else 1.0),
-            colorbar={"title": colorbar},
+            **scale,
+            colorbar={"title": {"text": colorbar}},
             hoverinfo="skip",
         )
     )
@@ -62,6 +160,7 @@ def heatmap(
             mode="markers",
             marker={"symbol": "square", "size": max(6, min(40, 520 // max(n, 1))), "color": "rgba(0,0,0,0)"},
             customdata=customdata.reshape(-1, customdata.shape[-1]),
+            text=None if hover_text is None else np.asarray(hover_text).ravel().tolist(),
             hovertemplate=hover,
             showlegend=False,
             selected={"marker": {"color": "rgba(255,255,255,0.55)"}},
@@ -134,11 +233,12 @@ with tab_layers:
     )
     if not methods:
         c[2].caption("No baseline measures stored for these layers.")
-    result = data.jaccard(ids_a, ids_b)
+    result = data.jaccard(ids_a, ids_b, options)
     if result["errors"]:
-        st.warning("Some pairs cannot be compared: " + md(result["errors"][0]))
-    if measure == "Jaccard":
-        z, zmax, bar = result["values"], None, "Jaccard"
+        st.warning("Some pairs cannot be compared (their cells are empty): " + md(result["errors"][0]))
+    is_jaccard = measure == "Jaccard"
+    if is_jaccard:
+        z, zmax, bar = result["values"], None, colour_title(JACCARD)
     else:
         z, zmax, bar = data.baseline(measure, ids_a, ids_b), None, measure
     shared = result["shared"]
@@ -147,15 +247,15 @@ with tab_layers:
             np.broadcast_to(np.asarray(ids_a)[:, None], z.shape),
             np.broadcast_to(np.asarray(ids_b)[None, :], z.shape),
             shared,
-            np.nan_to_num(result["values"], nan=-1),
             np.broadcast_to(np.asarray(layers_a)[:, None], z.shape),
             np.broadcast_to(np.asarray(layers_b)[None, :], z.shape),
         ],
         axis=-1,
     )
+    texts = np.vectorize(value_text, otypes=[object])(result["values"])
     hover = (
-        f"{escape(run_a)} L%{{customdata[4]}} × {escape(run_b)} L%{{customdata[5]}}<br>"
-        "Jaccard %{customdata[3]:.3f}<br>%{customdata[2]} shared atoms<extra></extra>"
+        f"{escape(run_a)} L%{{customdata[3]}} × {escape(run_b)} L%{{customdata[4]}}<br>"
+        f"{escape(JACCARD)} %{{text}}<br>%{{customdata[2]}} shared atoms<extra></extra>"
     )
     fig = heatmap(
         z,
@@ -163,20 +263,27 @@ with tab_layers:
         [str(y) for y in layers_a],
         custom,
         hover,
+        hover_text=texts,
         title_x=f"{run_b} layer",
         title_y=f"{run_a} layer",
         zmax=zmax,
         colorbar=bar,
+        diverging=is_jaccard and CORRECTED,
     )
+    st.markdown(f"**{JACCARD}**" if is_jaccard else f"**{md(measure)}** (hover: {JACCARD})")
     event = st.plotly_chart(
         fig,
         width="stretch",
         on_select="rerun",
         selection_mode="points",
-        key=f"sim_heat_{run_a}_{run_b}_{measure}",
+        key=f"sim_heat_{run_a}_{run_b}_{measure}_{options.atoms}_{options.index}",
     )
     how = "/".join(result["methods"]) or "–"
-    st.caption(f"Atoms matched by {how}. Click a cell (or pick the layers below) to list the atoms both share.")
+    st.caption(
+        f"Atoms matched by {how}"
+        + (" · colour: red above chance, blue below, white = chance (0)" if is_jaccard and CORRECTED else "")
+        + ". Click a cell (or pick the layers below) to list the atoms both share."
+    )
 
     cell = selected_cell(event)
     pick_key = f"sim_pick_{run_a}_{run_b}"
@@ -197,28 +304,35 @@ with tab_layers:
     row_layer = p[0].selectbox(f"{run_a} layer", layers_a, key=pick_key + "_row")
     col_layer = p[1].selectbox(f"{run_b} layer", layers_b, key=pick_key + "_col")
     dict_a, dict_b = runs[run_a][row_layer], runs[run_b][col_layer]
-    pairs = data.shared_pairs(dict_a, dict_b)
+    pairs = data.shared_pairs(dict_a, dict_b, options)
     i, j = layers_a.index(row_layer), layers_b.index(col_layer)
     value = result["values"][i, j]
     st.markdown(
-        f"**{md(run_a)} layer {row_layer} × {md(run_b)} layer {col_layer}**: Jaccard "
-        f"{'–' if not np.isfinite(value) else f'{value:.3f}'}, {len(pairs):,} shared atoms"
+        f"**{md(run_a)} layer {row_layer} × {md(run_b)} layer {col_layer}**: Jaccard {value_text(value)} "
+        f"({options.index}, {ATOM_LABELS[options.atoms]}), {len(pairs):,} shared atoms"
         + (f" (matched by {pairs.attrs.get('method')})" if len(pairs) else "")
     )
+    if pairs.attrs.get("error"):
+        st.caption("Not comparable: " + md(str(pairs.attrs["error"])))
     if len(pairs):
         view = pairs.head(500).copy()
         view.insert(0, "atom A", [data.atom_url(dict_a, int(a)) for a in view["atom_a"]])
         view.insert(1, "atom B", [data.atom_url(dict_b, int(b)) for b in view["atom_b"]])
         view["token_a"] = [label(str(t), markers=False) for t in view["token_a"]]
         view["token_b"] = [label(str(t), markers=False) for t in view["token_b"]]
+        shown = ["atom A", "token_a", "atom B", "token_b", "doc_id"]
+        if (view["init_a"] != 0).any() or (view["init_b"] != 0).any():  # initial atoms among the shared ones
+            shown += ["init_a", "init_b"]
         st.dataframe(
-            view[["atom A", "token_a", "atom B", "token_b", "doc_id"]],
+            view[shown],
             hide_index=True,
             width="stretch",
             height=320,
             column_config={
                 "atom A": st.column_config.LinkColumn(f"{run_a} L{row_layer}", display_text=r"atom=(\d+)$"),
                 "atom B": st.column_config.LinkColumn(f"{run_b} L{col_layer}", display_text=r"atom=(\d+)$"),
+                "init_a": st.column_config.NumberColumn("init count A", help=INIT_HELP),
+                "init_b": st.column_config.NumberColumn("init count B", help=INIT_HELP),
             },
         )
         if len(pairs) > 500:
@@ -232,10 +346,12 @@ with tab_layers:
 
 with tab_models:
     st.caption(
-        "Each model's dictionaries for layers 1..n-1 pooled into one set (as in the paper), then compared "
-        "pairwise; across tokenizers atoms are matched by characters."
+        "Each model's dictionaries for layers 1..n-1 pooled into one set (as in the paper; only the atoms that "
+        "count under the choice above), then compared pairwise; across tokenizers atoms are matched by characters."
     )
-    mm = data.model_matrix({r: [runs[r][la] for la in sorted(runs[r])] for r in names})
+    mm = data.model_matrix({r: [runs[r][la] for la in sorted(runs[r])] for r in names}, options)
+    if mm["errors"]:
+        st.warning("Some pairs cannot be compared (their cells are empty): " + md(mm["errors"][0]))
     n = len(names)
     idx = np.arange(n)
     custom = np.stack(
@@ -243,23 +359,33 @@ with tab_models:
             np.broadcast_to(idx[:, None], (n, n)),
             np.broadcast_to(idx[None, :], (n, n)),
             mm["shared"],
-            np.nan_to_num(mm["values"], nan=-1),
         ],
         axis=-1,
     )
+    st.markdown(f"**{JACCARD}**, model × model")
     fig = heatmap(
         mm["values"],
         names,
         names,
         custom,
-        "%{customdata[3]:.3f} Jaccard<br>%{customdata[2]} shared source tokens<extra></extra>",
+        f"{escape(JACCARD)} %{{text}}<br>%{{customdata[2]}} shared source tokens<extra></extra>",
+        hover_text=np.vectorize(value_text, otypes=[object])(mm["values"]),
         title_x="",
         title_y="",
         zmax=1.0,
+        colorbar=colour_title(JACCARD),
+        diverging=CORRECTED,
     )
-    event = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode="points", key="sim_models")
+    event = st.plotly_chart(
+        fig,
+        width="stretch",
+        on_select="rerun",
+        selection_mode="points",
+        key=f"sim_models_{options.atoms}_{options.index}",
+    )
     table = pd.DataFrame(mm["values"], index=pd.Index(names, name="model"), columns=names).round(4)
     st.dataframe(table, width="stretch")
+    st.caption(f"{JACCARD}; empty: not comparable or undefined.")
     cell = selected_cell(event)
     if cell is not None:
         a, b = names[cell[0]], names[cell[1]]
