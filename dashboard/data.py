@@ -631,15 +631,14 @@ def _jaccard(
             methods.add(how)
             values[i, j] = _value(n, n_a, n_b, sets[a], sets[b], options.index)
             shared[i, j] = n
-    return {
-        "values": values,
-        "shared": shared,
-        "methods": sorted(methods),
-        "errors": errors[:3],
-        "label": options.label,
-        "atoms": options.atoms,
-        "index": options.index,
-    }
+    return {"values": values, "shared": shared, **_outcome(methods, errors, options)}
+
+
+def _outcome(methods: set[str], errors: list[str], options: Any) -> dict[str, Any]:
+    """What every Jaccard result carries besides its values: how pairs were matched, the first few reasons a
+    pair could not be compared, and which variant (label, atoms, index) the values are."""
+    return {"methods": sorted(methods), "errors": errors[:3], "label": options.label, "atoms": options.atoms,
+            "index": options.index}
 
 
 def jaccard(rows: list[int], cols: list[int], options: Any = None) -> dict[str, Any]:
@@ -687,16 +686,7 @@ def _model_matrix(
             methods.add(how)
             values[i, j] = values[j, i] = _value(s, n_a, n_b, unions[i], unions[j], options.index)
             shared[i, j] = shared[j, i] = s
-    return {
-        "labels": [r[0] for r in runs],
-        "values": values,
-        "shared": shared,
-        "methods": sorted(methods),
-        "errors": errors[:3],
-        "label": options.label,
-        "atoms": options.atoms,
-        "index": options.index,
-    }
+    return {"labels": [r[0] for r in runs], "values": values, "shared": shared, **_outcome(methods, errors, options)}
 
 
 def model_matrix(runs: dict[str, list[int]], options: Any = None) -> dict[str, Any]:
