@@ -97,6 +97,7 @@ class LayerMatchingConfig:
     baseline_tokens: int | None = None  # first N of those for the baselines; None = all (paper: 100k)
     k: int = 40
     threshold: float | None = None  # None -> the trainer's default (0.3 / d_model)
+    init_rule: str = "value"  # the trainer's tie rule among initial rows (value: the authors'; first)
     seq_len: int = 128
     batch_size: int = 32
     corpus: str = "default"
@@ -289,7 +290,8 @@ def run_model(model: Any, corpus: Any, layers: list[int], config: LayerMatchingC
         done += n
 
     train_cfg = TrainConfig(layers=layers, k=config.k, threshold=config.threshold, max_tokens=config.tokens,
-                            seq_len=config.seq_len, batch_size=config.batch_size, progress=config.progress)
+                            seq_len=config.seq_len, batch_size=config.batch_size, progress=config.progress,
+                            init_rule=config.init_rule)
     dicts = Trainer(model, corpus, train_cfg).run(on_batch=collect if need_acts else None)
     return ModelRun(model.name, model.model_id, model.n_layers, dicts,
                     {layer: t[:done] for layer, t in acts.items()}, ids[:done])
