@@ -114,6 +114,10 @@ def browser(server):
 def page(browser):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     pg = context.new_page()
+    # a loaded 2-core machine can take far longer than Playwright's 5 s defaults for a Streamlit rerun: every
+    # wait (actions and expect) gets the suite's own bound
+    pg.set_default_timeout(TIMEOUT_MS)
+    sync_api.expect.set_options(timeout=TIMEOUT_MS)
     errors: list[str] = []
     pg.on("pageerror", lambda err: errors.append(str(err)))
     yield pg
