@@ -268,6 +268,9 @@ def test_similarity_heatmap_cell_lists_shared_atoms(server, page):
 def test_atom_map_point_opens_atom(server, page):
     page.goto(server + "/map")
     _idle(page)
+    # the page shows either the stored map or a button to compute one: wait for whichever it is (checking
+    # the plot at once raced its rendering on a loaded machine)
+    page.wait_for_selector(".js-plotly-plot, button:has-text('Compute it now')", timeout=TIMEOUT_MS)
     plot = page.locator(".js-plotly-plot")
     if plot.count() == 0:  # no stored map for the default layer: compute it in memory
         page.get_by_role("button", name="Compute it now").click()
