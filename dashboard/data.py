@@ -501,20 +501,19 @@ def atom_vector(dict_id: int, atom_id: int) -> np.ndarray:
 # ---- similarity --------------------------------------------------------------------------------------------
 
 
-def jaccard_options(atoms: str = "evidence", index: str = "corrected") -> Any:
-    """``itda_core.similarity.jaccard.JaccardOptions`` (which atoms count, which index); raises ITDAError for an
-    unknown choice."""
-    from itda_core.similarity.jaccard import JaccardOptions
+def jaccard_options(atoms: str | None = None, index: str | None = None) -> Any:
+    """``itda_core.similarity.jaccard.JaccardOptions`` (which atoms count, which index; None: the default);
+    raises ITDAError for an unknown choice."""
+    from itda_core.similarity.jaccard import DEFAULT_OPTIONS, JaccardOptions
 
-    return JaccardOptions(atoms=atoms, index=index)
+    return JaccardOptions(atoms=atoms or DEFAULT_OPTIONS.atoms, index=index or DEFAULT_OPTIONS.index)
 
 
 def evidence_mask(init_count: np.ndarray) -> np.ndarray:
-    """The atoms that carry evidence, as ``ITDA.evidence``: every atom the error rule added (``init_count`` 0)
-    and the initial atoms whose activation repeated in its batch (>= 2); not the initial atoms seen once (1)
-    or of unknown count (-1, an older store)."""
-    init_count = np.asarray(init_count)
-    return (init_count == 0) | (init_count >= 2)
+    """The atoms that carry evidence, by the library's rule (``itda_core.dictionary.evidence_mask``)."""
+    from itda_core.dictionary import evidence_mask as rule
+
+    return rule(np.asarray(init_count))
 
 
 @dataclass

@@ -43,6 +43,14 @@ def library_versions() -> dict[str, str]:
     return {"itda": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
 
 
+def evidence_mask(init_count: Any) -> Any:
+    """Which atoms carry evidence, from their ``init_count`` (a tensor or numpy array): every atom the error rule
+    added (0) and the initial atoms whose activation really repeated in its batch (>= 2: BOS, identical first
+    tokens). Initial atoms seen once (1) or of unknown count (-1) are arbitrary picks among tied rows: two
+    dictionaries sharing them is no evidence that they agree (see docs/similarity.md)."""
+    return (init_count == 0) | (init_count >= 2)
+
+
 @dataclass
 class ITDAConfig:
     """What a dictionary was built from and how. Stored as ``config.json`` beside the tensors."""
@@ -143,11 +151,8 @@ class ITDA:
 
     @property
     def evidence(self) -> Tensor:
-        """bool [m]: the atoms that say something about the model -- every atom the error rule added, and the
-        initial atoms whose activation really repeated in its batch (BOS, identical first tokens). Initial
-        atoms seen once (or of unknown count) are arbitrary picks among tied rows: two dictionaries sharing
-        them is no evidence that they agree (see docs/similarity.md)."""
-        return (self.init_count == 0) | (self.init_count >= 2)
+        """bool [m]: the atoms that say something about the model (:func:`evidence_mask` of ``init_count``)."""
+        return evidence_mask(self.init_count)
 
     def to(self, device: str | torch.device) -> ITDA:
         """This dictionary with its atoms on ``device`` (provenance stays on CPU)."""
