@@ -55,6 +55,10 @@ def build_tiny_store(root: Path, *, atom_map: bool = True) -> dict:
     train, _ = corpus.split(HELD_OUT)
     ids: dict[tuple[str, int], int] = {}
     names: dict[str, str] = {}
+    # the BERT's threshold: at the default one it adds 472 of its 474 tokens (every copy of a text differs by
+    # its suffix, which a bidirectional model sees everywhere), so both layers hold the same atoms and every
+    # similarity between them is 1 whatever the options; at 0.03 it keeps about 175, and the layers differ
+    thresholds = {"llama": None, "bert": 0.03}
     for kind, n_layers in (("llama", 3), ("bert", 2)):
         folder = root / f"tiny-{kind}"
         made = tiny_model(kind, n_layers=n_layers)
@@ -62,7 +66,8 @@ def build_tiny_store(root: Path, *, atom_map: bool = True) -> dict:
         made.tokenizer.save_pretrained(folder)
         model = load_model(str(folder), device="cpu")
         names[kind] = model.name
-        config = TrainConfig(layers=list(range(n_layers)), k=4, max_tokens=None, progress=False)
+        config = TrainConfig(layers=list(range(n_layers)), k=4, threshold=thresholds[kind], max_tokens=None,
+                             progress=False)
         for layer, itda in Trainer(model, train, config).run().items():
             ids[(kind, layer)] = write_dictionary(store, itda, model, corpus)
         index_model(store, model, IndexConfig(max_tokens=None, top_n=5, n_quantiles=4, per_quantile=3,
@@ -486,27 +491,27 @@ def test_similarity_page(store_env):
 
 
 def test_similarity_defaults_and_label(store_env):
-    """The page shows DEFAULT_OPTIONS, says so on the heatmaps, and its values are the corrected index of the
+    """The page shows DEFAULT_OPTIONS, says so on the heatmaps, and its values are the raw index of the
     evidence atoms (as `itda similarity --store` computes it)."""
     at = _app("views/similarity.py")
     _no_exception(at)
     label_text = DEFAULT_OPTIONS.label
-    assert label_text == "Jaccard (corrected, evidence atoms)"
-    assert at.radio(key="sim_atoms").value == "evidence" and at.radio(key="sim_index").value == "corrected"
+    assert label_text == "Jaccard (raw, evidence atoms)"
+    assert at.radio(key="sim_atoms").value == "evidence" and at.radio(key="sim_index").value == "raw"
     assert "(default)" in at.radio(key="sim_atoms").options[0] and "(default)" in at.radio(key="sim_index").options[0]
-    assert at.query_params["atoms"] == "evidence" and at.query_params["index"] == "corrected"
-    assert f"Showing **{label_text}**: 0 = chance" in _texts(at.caption)
+    assert at.query_params["atoms"] == "evidence" and at.query_params["index"] == "raw"
+    assert f"Showing **{label_text}**: |A ∩ B| / |A ∪ B|, 0 to 1." in _texts(at.caption)
     maps = _heatmaps(at)
     assert len(maps) == 2  # layer x layer, model x model
-    for trace in maps:  # a diverging scale centred at 0, the label and "0 = chance" on the colour bar
-        assert trace["zmid"] == 0 and trace["zmin"] == -trace["zmax"]
-        title = trace["colorbar"]["title"]["text"]
-        assert title.replace("<br>", " ").replace(", ", ",") == "Jaccard (corrected,evidence atoms) 0 = chance"
+    for trace in maps:  # raw: Viridis from 0, no centre, the label on the colour bar
+        assert trace["zmin"] == 0 and "zmid" not in trace
+        assert trace["colorbar"]["title"]["text"].replace("<br>", " ").replace(", ", ",") == (
+            "Jaccard (raw,evidence atoms)")
     # the values are the library's (itda_core's jaccard of the dictionaries read from the store)
     for i, j in ((0, 1), (1, 2), (0, 2)):
         assert maps[0]["z"][i, j] == _library_jaccard(store_env, ("llama", i), ("llama", j), DEFAULT_OPTIONS)
-    assert "Jaccard (corrected, evidence atoms)" in _texts(at.markdown)
-    assert re.search(r"Jaccard -?\d\.\d{3} \(corrected, evidence atoms\), [\d,]+ shared atoms", _texts(at.markdown))
+    assert "Jaccard (raw, evidence atoms)" in _texts(at.markdown)
+    assert re.search(r"Jaccard \d\.\d{3} \(raw, evidence atoms\), [\d,]+ shared atoms", _texts(at.markdown))
     # the model x model matrix is under the same options: the library's model-level Jaccard (layers 1..n-1,
     # matched by characters across the two tokenizers)
     table = _model_table(at)
@@ -520,35 +525,42 @@ def test_similarity_options_change_the_values(store_env):
     at = _app("views/similarity.py")
     at.selectbox(key="sim_a").select("tiny-llama").run()
     at.selectbox(key="sim_b").select("tiny-llama").run()
-    corrected = _heatmaps(at)[0]["z"]
-    corrected_models = _model_table(at)
-    # raw: |A n B| / |A u B| on a 0..1 Viridis scale; off the diagonal it differs from the corrected index
-    at.radio(key="sim_index").set_value("raw").run()
+    raw = _heatmaps(at)[0]["z"]
+    raw_models = _model_table(at)
+    # corrected: (J - J0) / (Jmax - J0) on a diverging scale centred at chance; off the diagonal it differs
+    at.radio(key="sim_index").set_value("corrected").run()
     _no_exception(at)
-    assert at.query_params["index"] == "raw" and at.query_params["atoms"] == "evidence"
-    raw_map = _heatmaps(at)[0]
-    raw = raw_map["z"]
-    assert raw_map["zmin"] == 0 and "zmid" not in raw_map
-    assert raw_map["colorbar"]["title"]["text"].replace("<br>", " ") == "Jaccard (raw, evidence atoms)"
+    assert at.query_params["index"] == "corrected" and at.query_params["atoms"] == "evidence"
+    assert "Showing **Jaccard (corrected, evidence atoms)**: 0 = chance" in _texts(at.caption)
+    corrected_map = _heatmaps(at)[0]
+    corrected = corrected_map["z"]
+    assert corrected_map["zmid"] == 0 and corrected_map["zmin"] == -corrected_map["zmax"]
+    assert corrected_map["colorbar"]["title"]["text"].replace("<br>", " ").replace(", ", ",") == (
+        "Jaccard (corrected,evidence atoms) 0 = chance")
     # a dictionary against itself: shared = union, so raw is n / n and corrected (1 - J0) / (1 - J0), both
     # exactly 1.0; an option that took effect changes values at all (the same computation twice would not)
     assert (np.diagonal(raw) == 1.0).all() and (np.diagonal(corrected) == 1.0).all()
     off = ~np.eye(len(raw), dtype=bool)
     assert (raw[off] >= 0).all() and (raw[off] <= 1).all() and not np.array_equal(raw[off], corrected[off])
-    raw_models = _model_table(at)
+    corrected_models = _model_table(at)
     assert raw_models.loc["tiny-llama", "tiny-bert"] != corrected_models.loc["tiny-llama", "tiny-bert"]
-    expected = _library_model_jaccard(store_env, JaccardOptions("evidence", "raw"))
-    assert raw_models.loc["tiny-llama", "tiny-bert"] == pytest.approx(round(expected, 4),
-                                                                      rel=unit_roundoff(torch.float64))
-    assert "Jaccard (raw, evidence atoms)" in _texts(at.markdown)
-    # all atoms vs evidence atoms: the tiny BERT's initial atoms were each seen once, so they count only in "all"
+    expected = _library_model_jaccard(store_env, JaccardOptions("evidence", "corrected"))
+    assert corrected_models.loc["tiny-llama", "tiny-bert"] == pytest.approx(round(expected, 4),
+                                                                            rel=unit_roundoff(torch.float64))
+    assert "Jaccard (corrected, evidence atoms)" in _texts(at.markdown)
+    for i, j in ((0, 1), (1, 2), (0, 2)):
+        assert corrected[i, j] == _library_jaccard(store_env, ("llama", i), ("llama", j),
+                                                   JaccardOptions("evidence", "corrected"))
+    # all atoms vs evidence atoms (raw again): the tiny BERT's initial atoms were each seen once, so they count
+    # only in "all"
+    at.radio(key="sim_index").set_value("raw").run()
     at.selectbox(key="sim_a").select("tiny-bert").run()
     at.selectbox(key="sim_b").select("tiny-bert").run()
     evidence = _heatmaps(at)[0]["z"]
     n_evidence = _shared_in_line(at)
     at.radio(key="sim_atoms").set_value("all").run()
     _no_exception(at)
-    assert at.query_params["atoms"] == "all"
+    assert at.query_params["atoms"] == "all" and at.query_params["index"] == "raw"
     every = _heatmaps(at)[0]["z"]
     assert not np.array_equal(every, evidence)
     assert _shared_in_line(at) > n_evidence  # the initial atoms, shared by both BERT layers, count again
@@ -574,7 +586,7 @@ def test_similarity_options_from_the_url(store_env):
     assert at.query_params["atoms"] == "evidence"
     at = _app("views/similarity.py", {"index": "cosine"})
     _no_exception(at)
-    assert "index=corrected" in _texts(at.warning) and at.radio(key="sim_index").value == "corrected"
+    assert "index=raw" in _texts(at.warning) and at.radio(key="sim_index").value == "raw"
 
 
 def test_similarity_not_comparable_cells_are_empty(store_env, tmp_path, monkeypatch):
@@ -599,7 +611,7 @@ def test_similarity_not_comparable_cells_are_empty(store_env, tmp_path, monkeypa
     layer_map, model_map = _heatmaps(at)
     assert np.isnan(layer_map["z"]).all()
     assert np.isnan(model_map["z"][0, 1]) and model_map["z"][0, 0] == 1.0
-    assert "Jaccard – (corrected, evidence atoms), 0 shared atoms" in _texts(at.markdown)
+    assert "Jaccard – (raw, evidence atoms), 0 shared atoms" in _texts(at.markdown)
     assert "Not comparable" in _texts(at.caption)
     assert np.isnan(_model_table(at).loc["tiny-llama", "tiny-bert"])
 

@@ -251,15 +251,15 @@ def test_similarity_heatmap_cell_lists_shared_atoms(server, page):
     x, y = _plot_point(page, 1, 0)  # the cell (first row, first column): the diagonal
     page.mouse.click(x, y)
     _idle(page)
-    # the default variant, named on the page: chance-corrected, evidence atoms (1 on the diagonal)
+    # the default variant, named on the page: raw, evidence atoms (1 on the diagonal)
+    sync_api.expect(page.get_by_text("Jaccard 1.000 (raw, evidence atoms)").first).to_be_visible(timeout=TIMEOUT_MS)
+    _shot(page, "similarity")
+    page.get_by_text("chance-corrected", exact=True).click()  # the index radio: the URL and the values follow
+    _idle(page)
     sync_api.expect(page.get_by_text("Jaccard 1.000 (corrected, evidence atoms)").first).to_be_visible(
         timeout=TIMEOUT_MS
     )
-    _shot(page, "similarity")
-    page.get_by_text("raw", exact=True).click()  # the index radio: the URL and the values follow
-    _idle(page)
-    sync_api.expect(page.get_by_text("Jaccard 1.000 (raw, evidence atoms)").first).to_be_visible(timeout=TIMEOUT_MS)
-    assert "index=raw" in page.url
+    assert "index=corrected" in page.url
     page.get_by_role("tab", name="Model × model").click()
     time.sleep(0.5)
     _shot(page, "similarity_models")

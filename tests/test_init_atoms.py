@@ -42,7 +42,7 @@ def test_counts_recorded_and_kept_on_disk(corpus, tmp_path):
     llama = tiny_model("llama")  # prepends BOS: position 0 is the same activation in every document
     itda = train(llama, corpus, layers=[1], k=8, batch_size=4, max_tokens=None, progress=False)[1]
     init = itda.config.init_atoms
-    assert itda.config.init_rule == "value"
+    assert itda.config.init_rule == "first"  # the default
     assert (itda.init_count[:init] >= 1).all() and (itda.init_count[init:] == 0).all()
     # a repeat count is the number of identical rows of the batch: recount them from the activations
     from itda_core.extraction import extract
@@ -56,7 +56,7 @@ def test_counts_recorded_and_kept_on_disk(corpus, tmp_path):
     assert int(itda.init_count[0]) == 4  # BOS, once per document of the batch, is the most frequent row
     assert itda.evidence.tolist() == [c == 0 or c >= 2 for c in itda.init_count.tolist()]
     again = ITDA.load(itda.save(tmp_path / "d"))
-    assert torch.equal(again.init_count, itda.init_count) and again.config.init_rule == "value"
+    assert torch.equal(again.init_count, itda.init_count) and again.config.init_rule == "first"
     assert torch.equal(itda.crop(5).init_count, itda.init_count[:5])
 
 

@@ -376,6 +376,6 @@ def test_cli_defaults_and_bad_options(saved):
     result = CliRunner().invoke(_app(), ["similarity", str(saved / "alpha")])
     assert result.exit_code == 0, result.output
     assert JaccardOptions().label in result.output
-    assert JaccardOptions().atoms == "evidence" and JaccardOptions().index == "corrected"  # the CLI's literals
+    assert JaccardOptions().atoms == "evidence" and JaccardOptions().index == "raw"  # the CLI's literals
     bad = CliRunner().invoke(_app(), ["similarity", "--atoms", "some", str(saved / "alpha")])
     assert bad.exit_code != 0 and "atom choice" in str(bad.exception) and "\n" not in str(bad.exception)

@@ -61,11 +61,11 @@ def test_corrected_index_is_its_formula(shared: int, a: int, b: int, universe: i
 
 
 def test_corrected_index_anchors() -> None:
-    assert jaccard_index(30, 30, 30, 1000) == 1.0  # identical sets
-    assert jaccard_index(30, 30, 90, 1000) == 1.0  # the smaller set inside the larger: the most they can share
-    assert np.isnan(jaccard_index(5, 30, 30, 0))  # unknown universe
-    assert np.isnan(jaccard_index(0, 0, 30, 1000))
-    assert jaccard_index(0, 30, 30, 1000) < 0  # less than chance
+    assert jaccard_index(30, 30, 30, 1000, "corrected") == 1.0  # identical sets
+    assert jaccard_index(30, 30, 90, 1000, "corrected") == 1.0  # the smaller set inside the larger
+    assert np.isnan(jaccard_index(5, 30, 30, 0, "corrected"))  # unknown universe
+    assert np.isnan(jaccard_index(0, 0, 30, 1000, "corrected"))
+    assert jaccard_index(0, 30, 30, 1000, "corrected") < 0  # less than chance
     with pytest.raises(ITDAError, match="index"):
         jaccard_index(1, 2, 3, 10, "adjusted")
     with pytest.raises(ITDAError, match="atom choice"):
@@ -84,7 +84,7 @@ def test_corrected_index_is_zero_for_random_sets_of_any_sizes() -> None:
             sa = rng.choice(universe, a, replace=False)
             sb = rng.choice(universe, b, replace=False)
             shared = len(np.intersect1d(sa, sb))
-            values.append(jaccard_index(shared, a, b, universe))
+            values.append(jaccard_index(shared, a, b, universe, "corrected"))
             raws.append(shared / (a + b - shared))
         p, q = a / universe, b / universe
         sd_shared = np.sqrt(a * q * (1 - q) * (1 - p) * universe / (universe - 1))

@@ -183,7 +183,10 @@ def test_every_model_gets_the_same_documents_and_other_budgets_are_refused(tmp_p
             "json_extract(config, '$.documents_seen')::INTEGER FROM dictionaries"
         ).fetchall()
     assert len(rows) == 1 and rows[0][1] == 10  # one set of documents for both models (different tokenizers)
-    with pytest.raises(ITDAError, match="trained on other documents") as err:
+    with pytest.raises(ITDAError, match="built another way") as err:
         build_demo(_config(path, Loader(), train_documents=12))
-    assert "\n" not in str(err.value) and "--rebuild" in str(err.value)
+    assert "\n" not in str(err.value) and "--rebuild" in str(err.value) and "not 12 documents" in str(err.value)
+    # a store built with the other tie rule (an older itda's default) is refused the same way
+    with pytest.raises(ITDAError, match="init_rule 'value'"):
+        build_demo(_config(path, Loader(), init_rule="value"))
     build_demo(_config(path, Loader(), train_documents=12, rebuild=True))

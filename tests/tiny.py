@@ -50,14 +50,28 @@ def _byte_level_tokenizer(bos: bool) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
 
 
+def _wordpiece_vocab(tok: Tokenizer, special: list[str]) -> dict[str, int]:
+    """A fixed WordPiece vocabulary for TEXTS: specials, every character (alone and as ``##`` piece), words
+    of up to 6 characters whole, longer ones as a 4-character head and a ``##`` tail. Built by hand because
+    the tokenizers library's WordPiece trainer breaks frequency ties differently in every process, which
+    made the tiny BERT (and every dictionary trained on it) change from run to run."""
+    words = sorted({w for text in TEXTS
+                    for w, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text))})
+    chars = sorted({c for w in words for c in w})
+    pieces = [*chars, *(f"##{c}" for c in chars)]
+    for w in words:
+        pieces += [w] if len(w) <= 6 else [w[:4], f"##{w[4:]}"]
+    vocab = list(dict.fromkeys([*special, *pieces]))
+    return {piece: i for i, piece in enumerate(vocab)}
+
+
 def _wordpiece_tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    trainer = trainers.WordPieceTrainer(vocab_size=300, special_tokens=special, show_progress=False)
-    tok.train_from_iterator(TEXTS * 4, trainer)
+    tok.model = models.WordPiece(_wordpiece_vocab(tok, special), unk_token="[UNK]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],

@@ -2,8 +2,8 @@
 measures beside them, and the model x model matrix. Selecting a cell lists the atoms the two share.
 
 Which atoms count and which index (``itda_core.similarity.jaccard.JaccardOptions``) are chosen above the tabs
-and kept in the URL: ``similarity?atoms=evidence|all&index=corrected|raw``; the defaults are
-``DEFAULT_OPTIONS`` (evidence atoms, chance-corrected)."""
+and kept in the URL: ``similarity?atoms=evidence|all&index=raw|corrected``; the defaults are
+``DEFAULT_OPTIONS`` (evidence atoms, raw index)."""
 
 from __future__ import annotations
 
@@ -24,9 +24,10 @@ st.caption(
     "Jaccard index of two dictionaries' source tokens, where an atom is identified by its document and token "
     "position (as in the paper), or, between different tokenizers, by the characters its token covers. By "
     "default only the atoms that carry evidence count (not the initial atoms picked arbitrarily among "
-    "activations seen once) and the index is corrected for chance: (J − J0) / (Jmax − J0), where J0 is the raw "
-    "Jaccard two random sets of these sizes would have and Jmax the largest they can have; 0 = chance, 1 = the "
-    "smaller set inside the larger. See docs/similarity.md."
+    "activations seen once) and the index is the paper's |A ∩ B| / |A ∪ B|, the pair that matched layers "
+    "best in the 5-seed benchmark. Optionally corrected for chance: (J − J0) / (Jmax − J0), where J0 is the "
+    "raw Jaccard two random sets of these sizes would have and Jmax the largest they can have; 0 = chance, "
+    "1 = the smaller set inside the larger. See docs/similarity.md."
 )
 nav.require_store()
 dicts = data.dictionaries()
@@ -92,7 +93,7 @@ INIT_HELP = (
     "0: added by the error rule; for an initial atom, how often its activation occurred in its batch (1: an "
     "arbitrary pick, not evidence; -1: not recorded, older store)"
 )
-JACCARD = options.label  # e.g. "Jaccard (corrected, evidence atoms)"
+JACCARD = options.label  # e.g. "Jaccard (raw, evidence atoms)"
 opt_cols[2].caption(
     f"Showing **{JACCARD}**"
     + (

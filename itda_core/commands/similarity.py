@@ -203,7 +203,7 @@ def register(app: typer.Typer) -> None:
         split: SplitOpt = "held_out",
         device: DeviceOpt = "auto",
         atoms: AtomsOpt = "evidence",  # JaccardOptions' defaults (kept literal so that --help imports no torch)
-        index: IndexOpt = "corrected",
+        index: IndexOpt = "raw",
     ) -> None:
         from itda_core.similarity.jaccard import JaccardOptions
         from itda_core.similarity.matrices import jaccard_matrix, labelled_matrix, model_jaccard_matrix

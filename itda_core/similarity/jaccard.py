@@ -14,11 +14,12 @@ Every identity is an int64 (keys packed, span identities hashed), so intersectio
 over sorted arrays; per-dictionary arrays are cached on the dictionary object.
 
 Which atoms count and which index (:class:`JaccardOptions`): by default only the atoms that carry evidence
-(``ITDA.evidence``: not the initial atoms picked arbitrarily among rows seen once), and the index corrected
-for chance: ``(J - J0) / (Jmax - J0)``, where J0 is the Jaccard of two sets of these sizes at the overlap
-expected when both are drawn at random from the N training tokens (``a * b / N``) and Jmax = min(a, b) /
-max(a, b) the largest Jaccard two sets of these sizes can have. 0 means no more shared than chance, 1 the
-smaller set inside the larger; raw Jaccard shrinks whenever the sizes differ. See docs/similarity.md.
+(``ITDA.evidence``: not the initial atoms picked arbitrarily among rows seen once) and the paper's raw
+index |A n B| / |A u B|, the pair that matched layers best in the 5-seed benchmark (docs/benchmarks.md).
+Optionally the index corrected for chance: ``(J - J0) / (Jmax - J0)``, where J0 is the Jaccard of two sets
+of these sizes at the overlap expected when both are drawn at random from the N training tokens
+(``a * b / N``) and Jmax = min(a, b) / max(a, b) the largest Jaccard two sets of these sizes can have. 0
+means no more shared than chance, 1 the smaller set inside the larger. See docs/similarity.md.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ METHODS = ("auto", "keys", "spans")
 _KIND_TOKEN, _KIND_EXACT, _KIND_START = 1, 2, 3
 
 ATOM_CHOICES = ("evidence", "all")
-INDEX_CHOICES = ("corrected", "raw")
+INDEX_CHOICES = ("raw", "corrected")
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ class JaccardOptions:
     |A n B| / |A u B|)."""
 
     atoms: str = "evidence"
-    index: str = "corrected"
+    index: str = "raw"
 
     def __post_init__(self) -> None:
         if self.atoms not in ATOM_CHOICES:
@@ -409,7 +410,7 @@ def expected_shared(n_a: int, n_b: int, universe: int) -> float:
     return n_a * n_b / universe if universe > 0 else float("nan")
 
 
-def jaccard_index(shared: int, n_a: int, n_b: int, universe: int = 0, index: str = "corrected") -> float:
+def jaccard_index(shared: int, n_a: int, n_b: int, universe: int, index: str) -> float:
     """The Jaccard value of a pair from its counts: "raw" |A n B| / |A u B|, or "corrected" (J - J0) / (Jmax -
     J0) with J0 the raw index at the chance overlap :func:`expected_shared` and Jmax = min / max of the sizes
     (see the module docstring); nan where undefined (empty sets, unknown universe, Jmax <= J0)."""

@@ -97,7 +97,7 @@ class LayerMatchingConfig:
     baseline_tokens: int | None = None  # first N of those for the baselines; None = all (paper: 100k)
     k: int = 40
     threshold: float | None = None  # None -> the trainer's default (0.3 / d_model)
-    init_rule: str = "value"  # the trainer's tie rule among initial rows (value: the authors'; first)
+    init_rule: str = "first"  # the trainer's tie rule among initial rows (value: the authors'; first)
     seq_len: int = 128
     batch_size: int = 32
     corpus: str = "default"

@@ -48,6 +48,7 @@ class DemoConfig:
     held_out_fraction: float = 0.1
     split_seed: int = 0
     k: int = 40
+    init_rule: str = "first"  # the trainer's tie rule among initial rows (TrainConfig.init_rule's default)
     seq_len: int = 128
     batch_size: int = 32
     gram_memory_gib: float = 4.0
@@ -120,25 +121,28 @@ def train_corpus_id(config: DemoConfig) -> str:
     return f"{corpus_id_of(config)}:train:{config.held_out_fraction:g}:{config.split_seed}"
 
 
-# A demo dictionary counts when it was trained on the demo's documents (recorded since budgets are documents).
-_SAME_DOCUMENTS = "TRY_CAST(json_extract(d.config, '$.documents_seen') AS INTEGER) = ?"
+# A demo dictionary counts when it was trained on the demo's documents (recorded since budgets are documents)
+# with the demo's initial-atom tie rule (recorded since the rule became an option).
+_SAME_RECIPE = ("(TRY_CAST(json_extract(d.config, '$.documents_seen') AS INTEGER) = ? "
+                "AND json_extract_string(d.config, '$.init_rule') = ?)")
 
 
 def _check_no_other_budget(config: DemoConfig) -> None:
     """Refuse to add dictionaries beside demo dictionaries built on other documents (an older itda's token
-    budgets, or another --train-documents): one store would then mix dictionaries of different text."""
+    budgets, or another --train-documents) or with another initial-atom rule: one store would then mix
+    dictionaries that cannot be compared."""
     if not Path(config.store).is_file():
         return
     with connect_readonly(config.store) as con:
         row = con.execute(
             "SELECT COUNT(*) FROM dictionaries d WHERE d.train_corpus_id = ? AND d.k = ? AND d.seq_len = ? "
-            f"AND NOT COALESCE({_SAME_DOCUMENTS}, false)",
-            [train_corpus_id(config), config.k, config.seq_len, config.train_documents],
+            f"AND NOT COALESCE({_SAME_RECIPE}, false)",
+            [train_corpus_id(config), config.k, config.seq_len, config.train_documents, config.init_rule],
         ).fetchall()
     if row and row[0][0]:
-        raise ITDAError(f"{config.store} holds {row[0][0]} demo dictionaries trained on other documents (an older "
-                        f"itda's token budgets, or not {config.train_documents} documents); build it again with "
-                        "`itda demo --rebuild` (or use another --store)")
+        raise ITDAError(f"{config.store} holds {row[0][0]} demo dictionaries built another way (an older itda's "
+                        f"token budgets or tie rule: not {config.train_documents} documents with init_rule "
+                        f"{config.init_rule!r}); build it again with `itda demo --rebuild` (or use another --store)")
 
 
 def model_status(config: DemoConfig, name: str, model_id: str | None = None) -> ModelProgress:
@@ -156,11 +160,11 @@ def model_status(config: DemoConfig, name: str, model_id: str | None = None) -> 
                        AS indexed
             FROM models m LEFT JOIN dictionaries d
                  ON d.model_id = m.model_id AND d.train_corpus_id = ? AND d.k = ? AND d.seq_len = ?
-                 AND {_SAME_DOCUMENTS}
+                 AND {_SAME_RECIPE}
             WHERE {key}
             GROUP BY m.model_id, m.n_layers
             ORDER BY indexed DESC, present DESC""",
-            [train_corpus_id(config), config.k, config.seq_len, config.train_documents, *params],
+            [train_corpus_id(config), config.k, config.seq_len, config.train_documents, config.init_rule, *params],
         ).fetchall()
     if rows:
         status.n_layers, status.present, status.indexed = int(rows[0][0]), int(rows[0][1]), int(rows[0][2])
@@ -177,8 +181,8 @@ def _demo_dictionaries(
     with connect_readonly(config.store) as con:
         rows = con.execute(
             f"SELECT d.dict_id, d.layer FROM dictionaries d JOIN models m USING (model_id) WHERE {column} = ? "
-            f"AND d.train_corpus_id = ? AND d.k = ? AND d.seq_len = ? AND {_SAME_DOCUMENTS} ORDER BY d.layer",
-            [value, train_corpus_id(config), config.k, config.seq_len, config.train_documents],
+            f"AND d.train_corpus_id = ? AND d.k = ? AND d.seq_len = ? AND {_SAME_RECIPE} ORDER BY d.layer",
+            [value, train_corpus_id(config), config.k, config.seq_len, config.train_documents, config.init_rule],
         ).fetchall()
     return [(int(d), int(layer)) for d, layer in rows]
 
@@ -266,6 +270,7 @@ def build_demo(config: DemoConfig | None = None) -> DemoReport:
                 TrainConfig(
                     layers=missing,
                     k=config.k,
+                    init_rule=config.init_rule,
                     max_tokens=None,
                     max_documents=config.train_documents,
                     seq_len=config.seq_len,
