@@ -9,6 +9,7 @@ a half-written dictionary behind.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import shutil
@@ -97,6 +98,95 @@ class ITDAConfig:
         if missing:
             raise ITDAError(f"dictionary config lacks {missing}; the file is not an ITDA config")
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+_REPAIR = "train it again with 'itda train' or restore the folder from a backup"
+_REQUIRED_FIELDS = ("model_id", "model_name", "layer", "d_model")
+
+
+def _type_ok(annotation: str, value: Any) -> bool:
+    """Whether a JSON value fits a config field's annotation (bools are not numbers here)."""
+    if annotation == "bool":
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    checks: dict[str, Any] = {"str": str, "int": int, "float": (int, float), "int | None": (int, type(None))}
+    if annotation in checks:
+        return isinstance(value, checks[annotation])
+    return isinstance(value, dict) if annotation.startswith("dict") else True
+
+
+def config_problems(data: Any) -> list[str]:
+    """What is wrong with a parsed config.json (empty when it is a valid ITDA config): not an object, missing,
+    unknown (mistyped) or wrongly typed fields, a non-positive d_model or a negative layer."""
+    if not isinstance(data, dict):
+        return [f"config.json holds a JSON {type(data).__name__}, not an object"]
+    fields = {f.name: str(f.type) for f in dataclasses.fields(ITDAConfig)}
+    problems = []
+    missing = [name for name in _REQUIRED_FIELDS if name not in data]
+    if missing:
+        problems.append(f"config.json lacks {', '.join(missing)}")
+    for name in sorted(set(data) - set(fields)):
+        close = difflib.get_close_matches(name, list(fields), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        problems.append(f"config.json has an unknown field {name!r}{hint}")
+    for name, value in data.items():
+        if name in fields and not _type_ok(fields[name], value):
+            problems.append(f"config field {name!r} should be {fields[name]}, not {json.dumps(value)[:40]}")
+    for name, low in (("d_model", 1), ("layer", 0)):
+        if isinstance(data.get(name), int) and not isinstance(data[name], bool) and data[name] < low:
+            problems.append(f"config field {name!r} is {data[name]} (must be at least {low})")
+    return problems
+
+
+def _damaged(path: Path, problem: str, todo: str = _REPAIR) -> ITDAError:
+    """The one-line error for a dictionary folder that cannot be read as it is."""
+    return ITDAError(f"{path} is a damaged ITDA dictionary: {' '.join(problem.split())}; {todo}")
+
+
+def _read_config(path: Path) -> ITDAConfig:
+    """The folder's config.json, checked field by field (an unknown or mistyped field is an error, not ignored)."""
+    try:
+        data = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise _damaged(path, f"{CONFIG_FILE} is not valid JSON ({err})") from err
+    except OSError as err:
+        raise _damaged(path, f"{CONFIG_FILE} cannot be read ({err.strerror or err})", "check its permissions") from err
+    problems = config_problems(data)
+    if problems:
+        unknown_only = all("unknown field" in p for p in problems)
+        todo = (f"fix the field name in {path / CONFIG_FILE}, or upgrade itda if a newer version wrote it"
+                if unknown_only else _REPAIR)
+        raise _damaged(path, "; ".join(problems[:4]) + (" ..." if len(problems) > 4 else ""), todo)
+    config = ITDAConfig(**data)
+    if config.format_version > FORMAT_VERSION:
+        raise ITDAError(f"{path} uses format {config.format_version}; upgrade itda to read it")
+    return config
+
+
+def _tensor_problems(tensors: dict[str, Tensor], config: ITDAConfig) -> list[str]:
+    """What is missing or inconsistent among a dictionary file's tensors (empty when they fit together)."""
+    from itda_core.provenance import _INT_COLUMNS
+
+    needed = ["atoms", *(f"prov.{c}" for c in (*_INT_COLUMNS, "token_bytes", "token_offsets"))]
+    missing = [name for name in needed if name not in tensors]
+    if missing:
+        return [f"{TENSOR_FILE} has no {', '.join(repr(m) for m in missing)} tensor"]
+    atoms = tensors["atoms"]
+    if atoms.ndim != 2 or not atoms.is_floating_point():
+        return [f"the 'atoms' tensor is {atoms.dtype} of shape {tuple(atoms.shape)}, not a float [atoms, d_model]"]
+    m, width = atoms.shape
+    problems = []
+    if width != config.d_model:
+        problems.append(f"the atoms have width {width} but config.json says d_model {config.d_model}")
+    per_atom = [f"prov.{c}" for c in _INT_COLUMNS] + [n for n in ("add_error", "init_count") if n in tensors]
+    wrong = [name for name in per_atom if tuple(tensors[name].shape) != (m,)]
+    if wrong:
+        problems.append(f"{', '.join(map(repr, wrong))} do not have one entry per atom ({m})")
+    offsets = tensors["prov.token_offsets"]
+    if tuple(offsets.shape) != (m + 1,) or (m and int(offsets[-1]) != tensors["prov.token_bytes"].numel()):
+        problems.append("the token strings ('prov.token_offsets', 'prov.token_bytes') do not match the atoms")
+    return problems
 
 
 class ITDA:
@@ -227,24 +317,28 @@ class ITDA:
 
     @classmethod
     def load(cls, path: str | Path, *, model: Any = None, device: str | torch.device = "cpu") -> ITDA:
-        """Read a dictionary folder. With ``model`` (a LoadedModel), refuse one built for another model."""
+        """Read a dictionary folder. With ``model`` (a LoadedModel), refuse one built for another model.
+        A damaged folder (bad JSON, unknown or mistyped config fields, missing or mis-shaped tensors, a cut
+        file) is a one-line :class:`ITDAError` naming the folder, never a traceback."""
         path = Path(path)
         if path.is_file() and path.name in (CONFIG_FILE, TENSOR_FILE):
             path = path.parent
         if not (path / CONFIG_FILE).is_file() or not (path / TENSOR_FILE).is_file():
             raise ITDAError(f"{path} is not an ITDA dictionary folder (needs {CONFIG_FILE} and {TENSOR_FILE})")
-        try:
-            config = ITDAConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
-        except json.JSONDecodeError as err:
-            raise ITDAError(f"{path / CONFIG_FILE} is not valid JSON ({err}); the dictionary is damaged") from err
-        if config.format_version > FORMAT_VERSION:
-            raise ITDAError(f"{path} uses format {config.format_version}; upgrade itda to read it")
+        config = _read_config(path)
         try:
             tensors = load_file(str(path / TENSOR_FILE))
         except (SafetensorError, OSError) as err:
-            raise ITDAError(f"{path / TENSOR_FILE} cannot be read ({err}); the dictionary is damaged") from err
-        atoms = tensors["atoms"].to(device)
-        itda = cls(atoms, Provenance.from_tensors(tensors), config, tensors.get("add_error"), tensors.get("init_count"))
+            raise _damaged(path, f"{TENSOR_FILE} cannot be read ({err})") from err
+        problems = _tensor_problems(tensors, config)
+        if problems:
+            raise _damaged(path, "; ".join(problems[:3]))
+        try:
+            provenance = Provenance.from_tensors(tensors)
+            itda = cls(tensors["atoms"].to(device), provenance, config, tensors.get("add_error"),
+                       tensors.get("init_count"))
+        except (ValueError, UnicodeDecodeError, RuntimeError) as err:
+            raise _damaged(path, str(err).splitlines()[0]) from err
         if model is not None:
             itda.check_model(model)
         return itda

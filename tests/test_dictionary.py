@@ -101,3 +101,71 @@ def test_damaged_files(tmp_path, trained):
     (path / "config.json").write_text("{not json")
     with pytest.raises(ITDAError, match="not valid JSON"):
         ITDA.load(path)
+
+
+def _edit_config(path, change):
+    """Apply ``change`` to the parsed config.json of ``path`` and write it back."""
+    data = json.loads((path / "config.json").read_text())
+    change(data)
+    (path / "config.json").write_text(json.dumps(data))
+
+
+def _edit_tensors(path, change):
+    """Apply ``change`` to the tensors of ``path``'s safetensors file and write it back."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path / "dictionary.safetensors"))
+    change(tensors)
+    save_file(tensors, str(path / "dictionary.safetensors"))
+
+
+def _cut_file(path):
+    data = (path / "dictionary.safetensors").read_bytes()
+    (path / "dictionary.safetensors").write_bytes(data[: len(data) // 2])
+
+
+DAMAGE = {
+    "no atoms tensor": (lambda p: _edit_tensors(p, lambda t: t.pop("atoms")), "no 'atoms' tensor"),
+    "no provenance column": (lambda p: _edit_tensors(p, lambda t: t.pop("prov.doc_id")), "no 'prov.doc_id'"),
+    "one atom fewer": (lambda p: _edit_tensors(p, lambda t: t.update(atoms=t["atoms"][:-1].contiguous())),
+                       "one entry per atom"),
+    "wrong d_model": (lambda p: _edit_config(p, lambda c: c.update(d_model=c["d_model"] + 1)), "width"),
+    "mistyped field name": (lambda p: _edit_config(p, lambda c: c.update(thresold=c.pop("threshold"))),
+                            "unknown field 'thresold' \\(did you mean 'threshold'\\?\\); fix the field name"),
+    "wrongly typed field": (lambda p: _edit_config(p, lambda c: c.update(layer="one")), "'layer' should be int"),
+    "missing field": (lambda p: _edit_config(p, lambda c: c.pop("d_model")), "lacks d_model"),
+    "config not an object": (lambda p: (p / "config.json").write_text("[1, 2]"), "not an object"),
+    "invalid JSON": (lambda p: (p / "config.json").write_text('{"model_id": '), "not valid JSON"),
+    "cut safetensors file": (_cut_file, "cannot be read"),
+}
+
+
+@pytest.mark.parametrize("kind", list(DAMAGE))
+def test_each_damage_is_a_one_line_error_naming_the_folder(tmp_path, trained, kind):
+    _, itda = trained
+    path = itda.save(tmp_path / "d")
+    damage, message = DAMAGE[kind]
+    damage(path)
+    with pytest.raises(ITDAError, match=message) as info:
+        ITDA.load(path)
+    text = str(info.value)
+    assert text.startswith(f"{path} is a damaged ITDA dictionary") and "\n" not in text
+    assert "itda train" in text or "fix the field name" in text  # says what to do
+
+
+@pytest.mark.parametrize("command", [["check-provenance", "{path}"], ["eval", "--dictionary", "{path}"]])
+def test_commands_show_a_damaged_dictionary_as_one_line(tmp_path, trained, command):
+    import subprocess
+    import sys
+
+    _, itda = trained
+    path = itda.save(tmp_path / "d")
+    _edit_tensors(path, lambda t: t.pop("atoms"))
+    args = [part.format(path=path) for part in command]
+    proc = subprocess.run([sys.executable, "-m", "itda_core.cli", *args], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {path} is a damaged ITDA dictionary: dictionary.safetensors has no 'atoms' tensor; "
+        "train it again with 'itda train' or restore the folder from a backup"
+    ]
