@@ -10,6 +10,7 @@ import streamlit as st
 
 from dashboard import data
 from dashboard.render import label, md
+from itda_core.layers import clip
 
 # Page files relative to dashboard/app.py, with their URL paths (an atom page is atoms?dict=ID&atom=N).
 PAGES = {
@@ -19,6 +20,10 @@ PAGES = {
     "similarity": ("views/similarity.py", "Similarity", ":material/grid_on:"),
     "map": ("views/atom_map.py", "Atom map", ":material/scatter_plot:"),
 }
+
+# Bounds on the address bar: ids, model names and layer lists are far shorter; anything longer is ignored.
+MAX_PARAM_CHARS = 200
+MAX_PARAMS = 20
 
 BUILD_HELP = """
 Build one with
@@ -36,6 +41,33 @@ then refresh this page (new dictionaries show up as soon as they are written).
 def page(name: str) -> str:
     """The file of a page (for st.page_link / st.switch_page)."""
     return PAGES[name][0]
+
+
+def url_params() -> dict[str, str]:
+    """The page's query parameters, bounded: one whose name or value is over MAX_PARAM_CHARS characters, or past
+    the first MAX_PARAMS, is dropped with a one-line warning, so a crafted link cannot make a page do unbounded
+    work; the address bar loses it too."""
+    params: dict[str, str] = {}
+    dropped: list[str] = []
+    for i, key in enumerate(st.query_params):
+        value = str(st.query_params[key])
+        if i >= MAX_PARAMS or len(key) > MAX_PARAM_CHARS or len(value) > MAX_PARAM_CHARS:
+            dropped.append(key)
+        else:
+            params[key] = value
+    for key in dropped:
+        del st.query_params[key]
+    if dropped:
+        st.warning(
+            f"Ignored {len(dropped)} address parameter(s) ({md(clip(', '.join(dropped), 60))}): at most "
+            f"{MAX_PARAMS} parameters of at most {MAX_PARAM_CHARS} characters each are read."
+        )
+    return params
+
+
+def quoted(value: object) -> str:
+    """Untrusted text (a URL parameter, a name from the store) for a message: clipped, markdown-escaped."""
+    return md(clip(str(value)))
 
 
 def require_store() -> data.StoreState:

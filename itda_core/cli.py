@@ -5,11 +5,18 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from itda_core.errors import ITDAError
+
+from itda_core.layers import parse_layers
+
+if TYPE_CHECKING:
+    from itda_core.corpus import Corpus
+    from itda_core.dictionary import ITDA
+    from itda_core.models import LoadedModel
 
 app = typer.Typer(
     help="ITDA: build dictionaries of real language-model activations, read their atoms, compare layers "
@@ -23,39 +30,6 @@ app = typer.Typer(
 )
 
 DEFAULT_MODEL = "smollm2-135m"
-
-
-def parse_layers(spec: str, n_layers: int) -> list[int]:
-    """Layers from 'all', 'middle', '5', '0-3', '0,4,8-10' or negative indices ('-1' = last)."""
-    text = spec.strip().lower()
-    if text in ("all", "*"):
-        return list(range(n_layers))
-    if text in ("middle", "mid"):
-        return [n_layers // 2]
-    layers: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            if "-" in part[1:]:
-                cut = part.index("-", 1)
-                lo, hi = int(part[:cut]), int(part[cut + 1 :])
-                lo, hi = (lo + n_layers if lo < 0 else lo), (hi + n_layers if hi < 0 else hi)
-                if hi < lo:
-                    raise ITDAError(f"layer range {part!r} runs backwards; write it as {hi}-{lo}")
-                layers.extend(range(lo, hi + 1))
-            else:
-                value = int(part)
-                layers.append(value + n_layers if value < 0 else value)
-        except ValueError as err:
-            raise ITDAError(f"cannot read layers {spec!r}; use e.g. 'all', 'middle', '5', '0-3' or '0,4,8-10'") from err
-    bad = sorted({layer for layer in layers if not 0 <= layer < n_layers})
-    if bad:
-        raise ITDAError(f"layer(s) {bad} out of range: this model has layers 0-{n_layers - 1}")
-    if not layers:
-        raise ITDAError(f"no layers in {spec!r}; use e.g. 'all', 'middle' or '0-3'")
-    return sorted(set(layers))
 
 
 ModelOpt = Annotated[
@@ -112,6 +86,11 @@ def train(
             help="Also write the dictionaries into this DuckDB store (e.g. data/itda.duckdb); then run 'itda index'."
         ),
     ] = None,
+    replace: Annotated[
+        bool,
+        typer.Option(help="Replace dictionaries of the --store trained with the same options on the same data "
+                     "(without it, writing one of those is refused and nothing is written)."),
+    ] = False,
     device: DeviceOpt = "auto",
     hf_split: Annotated[str, typer.Option(help="Split of a Hugging Face dataset corpus.")] = "train",
     text_field: Annotated[str, typer.Option(help="Text field of a .jsonl or Hugging Face dataset corpus.")] = "text",
@@ -167,11 +146,23 @@ def train(
     typer.echo(trainer.report.summary())
     typer.echo(f"saved {len(dictionaries)} dictionaries under {folder}/")
     if store is not None:
-        from itda_core.store.writer import write_dictionary
+        _write_to_store(store, list(dictionaries.values()), lm, full_corpus, replace=replace, folder=folder)
 
-        for itda in dictionaries.values():
-            write_dictionary(store, itda, lm, full_corpus)
-        typer.echo(f"wrote {len(dictionaries)} dictionaries into {store}; run 'itda index --store {store}' next")
+
+def _write_to_store(store: Path, dictionaries: list[ITDA], lm: LoadedModel, corpus: Corpus, *, replace: bool,
+                    folder: Path) -> None:
+    """Write the trained dictionaries into the store, all or none when some are stored already (no --replace)."""
+    from itda_core.store.writer import DictionaryExists, existing_dictionaries, exists_message, store_dictionary
+
+    existing = existing_dictionaries(store, [itda.config for itda in dictionaries])
+    if existing and not replace:
+        raise DictionaryExists(f"{exists_message(store, existing)}; nothing was written (the new dictionaries "
+                               f"are saved under {folder}/)")
+    for itda in dictionaries:
+        result = store_dictionary(store, itda, lm, corpus, replace=replace)
+        if result.replaced is not None:
+            typer.echo(result.summary())
+    typer.echo(f"wrote {len(dictionaries)} dictionaries into {store}; run 'itda index --store {store}' next")
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""CLI: layer parsing, help text, one-line errors, and `itda train` end to end on a local model."""
+"""CLI: help text, one-line errors, and `itda train` end to end on a local model."""
 
 from __future__ import annotations
 
@@ -6,38 +6,12 @@ import json
 import subprocess
 import sys
 
-import pytest
 import torch
 from tiny import TEXTS, tiny_model
 from typer.testing import CliRunner
 
-from itda_core.cli import app, parse_layers
+from itda_core.cli import app
 from itda_core.dictionary import ITDA
-from itda_core.errors import ITDAError
-
-
-@pytest.mark.parametrize(
-    ("spec", "expected"),
-    [
-        ("all", list(range(6))),
-        ("middle", [3]),
-        ("2", [2]),
-        ("0-2", [0, 1, 2]),
-        ("0,4-5", [0, 4, 5]),
-        ("-1", [5]),
-        ("1, 1, 0", [0, 1]),
-    ],
-)
-def test_parse_layers(spec, expected):
-    assert parse_layers(spec, 6) == expected
-
-
-@pytest.mark.parametrize(
-    ("spec", "message"), [("7", "out of range"), ("a-b", "cannot read"), ("3-1", "backwards"), (",", "no layers")]
-)
-def test_parse_layers_errors(spec, message):
-    with pytest.raises(ITDAError, match=message):
-        parse_layers(spec, 6)
 
 
 def test_help_lists_commands_and_options():

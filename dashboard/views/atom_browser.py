@@ -40,7 +40,7 @@ def resolve(params: dict[str, str]) -> tuple[int | None, int | None, list[str]]:
     if "dict" in params:
         dict_id = _int(params["dict"])
         if dict_id is None or dict_id not in set(dicts["dict_id"]):
-            problems.append(f"There is no dictionary {md(str(params['dict']))} in this store.")
+            problems.append(f"There is no dictionary {nav.quoted(params['dict'])} in this store.")
             dict_id = None
     elif "model" in params:
         model, layer = str(params["model"]), _int(params.get("layer"))
@@ -48,7 +48,8 @@ def resolve(params: dict[str, str]) -> tuple[int | None, int | None, list[str]]:
         if layer is not None:
             rows = rows[rows["layer"] == layer]
         if rows.empty:
-            problems.append(f"No dictionary for model {md(model)} layer {md(str(params.get('layer', '?')))}.")
+            shown = f"{nav.quoted(model)} layer {nav.quoted(params.get('layer', '?'))}"
+            problems.append(f"No dictionary for model {shown}.")
         else:
             dict_id = int(rows.iloc[0]["dict_id"])
     atom = None
@@ -56,14 +57,14 @@ def resolve(params: dict[str, str]) -> tuple[int | None, int | None, list[str]]:
         atom = _int(params["atom"])
         n_atoms = int(dicts.loc[dicts["dict_id"] == dict_id, "n_atoms"].iloc[0])
         if atom is None:
-            problems.append(f"Atom id {md(str(params['atom']))} is not a number.")
+            problems.append(f"Atom id {nav.quoted(params['atom'])} is not a number.")
         elif not 0 <= atom < n_atoms:
-            problems.append(f"Dictionary {dict_id} has atoms 0 to {n_atoms - 1}; there is no atom {atom}.")
+            problems.append(f"Dictionary {dict_id} has atoms 0 to {n_atoms - 1}; there is no atom {nav.quoted(atom)}.")
             atom = None
     return dict_id, atom, problems
 
 
-params = {k: st.query_params[k] for k in st.query_params}
+params = nav.url_params()
 dict_id, atom_id, problems = resolve(params)
 for problem in problems:
     st.warning(problem)

@@ -19,7 +19,7 @@ state = nav.require_store()
 dicts = data.dictionaries()
 
 # A map view has a URL too: map?model=NAME&layers=10-12&colour=density (read when the URL changes).
-params = {k: st.query_params[k] for k in st.query_params}
+params = nav.url_params()
 url_key = (params.get("model"), params.get("layers"), params.get("colour"))
 if st.session_state.get("_map_url") != url_key:
     st.session_state["_map_url"] = url_key
@@ -29,14 +29,14 @@ if st.session_state.get("_map_url") != url_key:
     if params.get("colour") in COLOURS:
         st.session_state["map_colour"] = params["colour"]
     if params.get("layers") and st.session_state.get("map_run") in runs:
-        from itda_core.cli import parse_layers
         from itda_core.errors import ITDAError
+        from itda_core.layers import parse_layers
 
         have = sorted(int(x) for x in dicts.loc[dicts["run"] == st.session_state["map_run"], "layer"])
         try:
             wanted = [la for la in parse_layers(str(params["layers"]), max(have) + 1) if la in have]
         except ITDAError as err:
-            st.warning(f"Cannot read layers {md(str(params['layers']))}: {md(str(err))}")
+            st.warning(f"Cannot read layers {nav.quoted(params['layers'])}: {md(str(err))}")
             wanted = []
         if wanted:
             st.session_state[f"map_layers_{st.session_state['map_run']}"] = wanted

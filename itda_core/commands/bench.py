@@ -85,7 +85,7 @@ def layer_matching(
     out: Annotated[Path | None, typer.Option(help="Save the full result (accuracies, matrices) as JSON.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar per model.")] = True,
 ) -> None:
-    from itda_core.cli import parse_layers
+    from itda_core.layers import parse_layers
     from itda_core.similarity.layer_matching import (
         PAPER_MODELS,
         LayerMatchingConfig,

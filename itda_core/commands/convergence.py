@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option(help="Training step of each checkpoint for the plot's x axis, e.g. 50,100,1000.")
         ] = None,
     ) -> None:
-        from itda_core.cli import parse_layers
+        from itda_core.layers import parse_layers
         from itda_core.similarity.convergence import ConvergenceConfig, checkpoint_convergence, convergence_figure
 
         names = [*(checkpoints or []), *(extra or [])]

@@ -28,24 +28,54 @@ HELP = (
 )
 
 
+def _looks_like_itda_config(path: Path) -> bool:
+    """Whether ``path`` (a config.json) is an ITDA dictionary's config rather than, say, a model's."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"model_id", "layer", "d_model"} <= set(data)
+
+
+def _candidates(path: Path) -> list[Path]:
+    """Folders at or below ``path`` holding either file of a dictionary, after repairing killed saves."""
+    from itda_core.dictionary import CONFIG_FILE, TENSOR_FILE, recover_folder
+
+    for parent in sorted({p.parent for pattern in (".*.old-*", ".*.tmp-*") for p in path.rglob(pattern)}):
+        recover_folder(parent)
+    if (path / CONFIG_FILE).is_file() or (path / TENSOR_FILE).is_file():
+        return [path]
+    return sorted({c.parent for name in (CONFIG_FILE, TENSOR_FILE) for c in path.rglob(name)})
+
+
 def find_dictionaries(paths: list[Path]) -> list[Path]:
-    """Every dictionary folder at or below ``paths`` (folders holding config.json and dictionary.safetensors),
-    skipping hidden folders (unfinished saves), sorted and without repeats."""
-    from itda_core.dictionary import CONFIG_FILE, TENSOR_FILE
+    """Every dictionary folder at or below ``paths``, sorted and without repeats. A dictionary that a killed
+    save left only as ``.NAME.old-*`` is put back first; a folder with a dictionary file but not both is an
+    error; a hidden folder holding a dictionary (an unfinished save, a backup) is skipped with a warning, so
+    that no layer goes missing without a word."""
+    from itda_core.dictionary import CONFIG_FILE, TENSOR_FILE, recover
 
     found: set[Path] = set()
     for path in paths:
+        recover(path)
         if not path.exists():
             raise ITDAError(f"{path} does not exist")
         if path.is_file():
             path = path.parent
-        candidates = [path] if (path / CONFIG_FILE).is_file() else [c.parent for c in path.rglob(CONFIG_FILE)]
-        for folder in candidates:
+        for folder in _candidates(path):
+            has_config, has_tensors = (folder / CONFIG_FILE).is_file(), (folder / TENSOR_FILE).is_file()
             relative = folder.relative_to(path).parts if folder != path else ()
             if any(part.startswith(".") for part in relative):
+                if has_config and has_tensors:
+                    typer.echo(f"warning: skipping {folder}: a hidden folder (an unfinished save or a copy); "
+                               "pass it by name to compare it", err=True)
                 continue
-            if (folder / TENSOR_FILE).is_file():
+            if has_config and has_tensors:
                 found.add(folder.resolve())
+            elif has_tensors or _looks_like_itda_config(folder / CONFIG_FILE):
+                missing = CONFIG_FILE if has_tensors else TENSOR_FILE
+                raise ITDAError(f"{folder} is an incomplete ITDA dictionary (no {missing}); train that layer again "
+                                "with 'itda train' or move the folder away")
     if not found:
         raise ITDAError(
             f"no ITDA dictionaries (folders with {CONFIG_FILE} and {TENSOR_FILE}) under "
@@ -81,7 +111,7 @@ def group_dictionaries(folders: list[Path]) -> dict[str, dict[int, ITDA]]:
 def _parse_layers(spec: str | None, groups: dict[str, dict[int, ITDA]]) -> list[int] | None:
     if spec is None:
         return None
-    from itda_core.cli import parse_layers
+    from itda_core.layers import parse_layers
 
     n_layers = max(layer for d in groups.values() for layer in d) + 1
     return parse_layers(spec, n_layers)
