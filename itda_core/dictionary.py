@@ -3,17 +3,22 @@
 On disk a dictionary is a folder with ``dictionary.safetensors`` (atoms, provenance columns, the error
 each atom had when it was added) and ``config.json`` (everything needed to know what the atoms mean).
 Nothing is pickled. Saving writes a temporary folder and renames it, so an interrupted save never leaves
-a half-written dictionary behind.
+a half-written dictionary behind; the leftovers of a killed save name their owner (:mod:`itda_core.leftovers`),
+and the next save or load of that folder removes them, or puts the previous dictionary back when the kill
+came between the two renames.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import glob
 import json
+import logging
 import os
+import re
+import secrets
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from itda_core.errors import ITDAError
+from itda_core.leftovers import OWNER_PATTERN, current_owner, folder_owner, owned_folder, remove_stale, stale
 from itda_core.provenance import Provenance
 
 if TYPE_CHECKING:
@@ -33,6 +39,7 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 TENSOR_FILE = "dictionary.safetensors"
+log = logging.getLogger(__name__)
 
 
 def library_versions() -> dict[str, str]:
@@ -189,6 +196,59 @@ def _tensor_problems(tensors: dict[str, Tensor], config: ITDAConfig) -> list[str
     return problems
 
 
+_LEFTOVER = re.compile(rf"\.(?P<name>.+)\.(?:tmp|old)-(?:{OWNER_PATTERN}-[0-9a-z_]+|\d+)")
+_SAVE_WAIT = 2.0  # seconds to wait for a live save to finish its second rename
+
+
+def _restore(path: Path, olds: list[Path]) -> None:
+    """Rename the newest of ``olds`` (complete dictionaries a save moved aside) back to ``path``."""
+    newest = max(olds, key=lambda p: p.stat().st_mtime)
+    try:
+        os.replace(newest, path)
+    except OSError as err:
+        if not path.exists():
+            raise ITDAError(f"{path} is missing and {newest} holds its last complete version, but it cannot be "
+                            f"renamed back ({err.strerror or err}); rename it by hand") from err
+    log.warning("restored %s from %s (a save was killed between its two renames)", path, newest.name)
+
+
+def recover(path: str | Path) -> None:
+    """Repair what killed saves of dictionary ``path`` left: put the previous dictionary back from
+    ``.NAME.old-*`` when ``path`` is missing, and remove the ``.NAME.tmp-*``/``.NAME.old-*`` folders whose
+    owner is gone. A live save is given a moment to finish; folders of live owners are never touched."""
+    path = Path(path)
+    parent = path.parent
+    pattern = f".{glob.escape(path.name)}.old-*"
+    deadline = time.monotonic() + _SAVE_WAIT
+    while not path.exists():
+        olds = [p for p in parent.glob(pattern) if p.is_dir() and folder_owner(p) is not None]
+        if not olds:
+            break
+        dead = [p for p in olds if stale(p)]
+        if dead:
+            _restore(path, dead)
+            break
+        if time.monotonic() > deadline:
+            owners = ", ".join(str(folder_owner(p).pid) for p in olds)  # type: ignore[union-attr]
+            raise ITDAError(f"{path} is being replaced by a save in process {owners}, which has not finished; "
+                            f"wait for it, or if it hangs, stop it and run again")
+        time.sleep(0.05)
+    if path.exists():
+        remove_stale(parent, f".{glob.escape(path.name)}.old-*")
+    remove_stale(parent, f".{glob.escape(path.name)}.tmp-*")
+
+
+def recover_folder(folder: str | Path) -> None:
+    """:func:`recover` every dictionary in ``folder`` that a killed save left leftovers of."""
+    folder = Path(folder)
+    try:
+        names = {m["name"] for p in folder.glob(".*") if (m := _LEFTOVER.fullmatch(p.name))}
+    except OSError:
+        return
+    for name in sorted(names):
+        recover(folder / name)
+
+
 class ITDA:
     """A dictionary of unit-norm atoms with provenance.
 
@@ -299,12 +359,13 @@ class ITDA:
             self.config.created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         if not self.config.versions:
             self.config.versions = library_versions()
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        recover_folder(path.parent)
+        tmp = owned_folder(path.parent, f".{path.name}.tmp-")
         try:
             save_file(tensors, str(tmp / TENSOR_FILE), metadata={"format": "itda", "version": str(FORMAT_VERSION)})
             (tmp / CONFIG_FILE).write_text(self.config.to_json())
             if path.exists():
-                old = path.parent / f".{path.name}.old-{os.getpid()}"
+                old = path.parent / f".{path.name}.old-{current_owner().tag}-{secrets.token_hex(3)}"
                 os.replace(path, old)
                 os.replace(tmp, path)
                 shutil.rmtree(old, ignore_errors=True)
@@ -323,6 +384,7 @@ class ITDA:
         path = Path(path)
         if path.is_file() and path.name in (CONFIG_FILE, TENSOR_FILE):
             path = path.parent
+        recover(path)
         if not (path / CONFIG_FILE).is_file() or not (path / TENSOR_FILE).is_file():
             raise ITDAError(f"{path} is not an ITDA dictionary folder (needs {CONFIG_FILE} and {TENSOR_FILE})")
         config = _read_config(path)

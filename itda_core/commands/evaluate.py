@@ -33,7 +33,11 @@ def parse_ints(spec: str, what: str) -> list[int]:
 
 
 def _dictionary_folder(path: Path) -> Path:
-    """The folder itself, or a clear error listing the dictionaries below it."""
+    """The folder itself (put back first if a killed save left it only as ``.NAME.old-*``), or a clear error
+    listing the dictionaries below it."""
+    from itda_core.dictionary import recover
+
+    recover(path)
     if (path / "config.json").is_file():
         return path
     if path.is_dir():

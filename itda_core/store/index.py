@@ -5,7 +5,8 @@ Design (bounded memory, short locks, exact summaries):
 1. One forward pass per model over the held-out documents (read from the store, so indexing needs no
    corpus file; in a fixed pseudo-random order, so that a token budget samples the whole corpus)
    captures every layer that has a dictionary to index; each layer's activations are appended batch by
-   batch to a float32 file in a temporary folder (memory: one batch).
+   batch to a float32 file in a temporary folder beside the store (memory: one batch), named after this
+   process so that the next run removes it if this one is killed (:mod:`itda_core.leftovers`).
 2. Then, one dictionary at a time: load it from the store, encode its layer's activations in chunks with
    MP (the dictionary's own k, through :meth:`ITDA.encode`; one Gram matrix in memory at a time), sum the
    coefficients of an atom chosen at several MP steps for the same token, drop zeros, and append the
@@ -23,8 +24,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import tempfile
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +38,7 @@ import torch
 
 from itda_core.corpus import Document
 from itda_core.dictionary import ITDA
+from itda_core.leftovers import INDEX_PREFIX, owned_folder, remove_stale_spills
 from itda_core.models import LoadedModel
 from itda_core.progress import Progress
 from itda_core.store.connection import StoreError, connect_readonly, connect_write, transaction
@@ -150,6 +154,7 @@ def index_model(
     """Index the store's dictionaries of ``model`` (those without an index, or ``dict_ids``)."""
     config = config or IndexConfig()
     store = Path(store)
+    remove_stale_spills(store)
     report = IndexReport()
     rows = pending(store, model.model_id, reindex=config.reindex or dict_ids is not None)
     if dict_ids is not None:
@@ -171,6 +176,17 @@ def index_model(
     return report
 
 
+@contextmanager
+def _spill_folder(store: Path) -> Iterator[Path]:
+    """A folder beside ``store`` for activation spills, named after this process (so that a later run can
+    tell that a killed run's folder is stale) and removed on every exit that Python sees."""
+    tmp = owned_folder(store.parent, INDEX_PREFIX)
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _index_group(
     store: Path,
     model: LoadedModel,
@@ -186,8 +202,7 @@ def _index_group(
     from itda_core.extraction import extract
 
     layers = sorted({t.layer for t in targets})
-    with tempfile.TemporaryDirectory(prefix=".itda-index-", dir=store.parent) as tmp_name:
-        tmp = Path(tmp_name)
+    with _spill_folder(store) as tmp:
         files = {layer: open(tmp / f"layer{layer}.f32", "wb") for layer in layers}  # noqa: SIM115
         doc_col: list[np.ndarray] = []
         pos_col: list[np.ndarray] = []
@@ -374,6 +389,7 @@ def index_store(
 
     loader = loader or load_model
     config = config or IndexConfig()
+    remove_stale_spills(Path(store))
     total = IndexReport()
     todo = pending(store, reindex=config.reindex)
     names = {}
