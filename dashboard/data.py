@@ -164,7 +164,7 @@ def _dictionaries(path: str, v: Version) -> pd.DataFrame:
     with connect_readonly(path) as con:
         df = Q.list_dictionaries(con)
         extra = con.execute(
-            "SELECT d.dict_id, d.options_key, d.tokenizer_id, m.family, m.n_layers, m.architecture, "
+            "SELECT d.dict_id, d.options_key, d.data_key, d.tokenizer_id, m.family, m.n_layers, m.architecture, "
             "m.added AS model_added "
             "FROM dictionaries d LEFT JOIN models m USING (model_id)"
         ).df()
@@ -183,8 +183,9 @@ def _dictionaries(path: str, v: Version) -> pd.DataFrame:
     df = df.merge(extra, on="dict_id", how="left")
     df["model"] = [short_name(n) for n in df["model_name"]]
     df["options"] = [_options_without_site(o) for o in df["options_key"]]
-    # One "run" per model, training corpus and options: the dictionaries a layer x layer matrix compares.
-    run_cols = ["model_id", "train_corpus_id", "options"]
+    # One "run" per model, training corpus, options and data (tokens and documents seen): the dictionaries a
+    # layer x layer matrix compares.
+    run_cols = ["model_id", "train_corpus_id", "options", "data_key"]
     runs = df[run_cols].drop_duplicates().reset_index(drop=True)
     per_model = runs.groupby("model_id").cumcount()
     counts = runs.groupby("model_id")["model_id"].transform("count")

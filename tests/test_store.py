@@ -18,7 +18,15 @@ from itda_core.store import queries as Q
 from itda_core.store.connection import StoreError, connect_readonly, connect_write, is_lock_error, transaction
 from itda_core.store.index import IndexConfig, index_model, pending, sparse_codes
 from itda_core.store.schema import SCHEMA_VERSION, TABLES, SchemaMismatch
-from itda_core.store.writer import load_dictionary, options_key, write_dictionary
+from itda_core.store.writer import (
+    DictionaryExists,
+    dictionary_data_key,
+    find_dictionary,
+    load_dictionary,
+    options_key,
+    store_dictionary,
+    write_dictionary,
+)
 from itda_core.trainer import TrainConfig, Trainer
 
 HELD_OUT = 0.25
@@ -119,7 +127,7 @@ def test_atoms_carry_source_token_text(built, corpus):
         assert text == expected
 
 
-def test_rewriting_replaces_and_keeps_id(tmp_path, corpus, llama):
+def test_rewriting_is_refused_unless_replace_then_keeps_id(tmp_path, corpus, llama):
     path = tmp_path / "s.duckdb"
     first = _train(llama, corpus, [1])[1]
     dict_id = write_dictionary(path, first, llama, corpus)
@@ -127,7 +135,18 @@ def test_rewriting_replaces_and_keeps_id(tmp_path, corpus, llama):
     smaller = first.crop(10)
     smaller.config.stats = {}
     assert options_key(smaller.config) == options_key(first.config)
-    assert write_dictionary(path, smaller, llama, corpus) == dict_id
+    with pytest.raises(DictionaryExists) as err:  # the same options and data: never replaced silently
+        write_dictionary(path, smaller, llama, corpus)
+    message = str(err.value)
+    assert "\n" not in message and f"dictionary {dict_id} (" in message and "indexed" in message
+    assert "--replace" in message
+    with connect_readonly(path) as con:  # refused: the indexed dictionary is untouched
+        assert con.execute("SELECT COUNT(*) FROM atoms WHERE dict_id = ?", [dict_id]).fetchall()[0][0] == len(first)
+        assert con.execute("SELECT COUNT(*) FROM index_runs").fetchall()[0][0] == 1
+    result = store_dictionary(path, smaller, llama, corpus, replace=True)
+    assert result.dict_id == dict_id
+    assert result.replaced is not None and result.replaced.n_atoms == len(first) and result.replaced.indexed
+    assert f"replaced dictionary {dict_id} (" in result.summary() and "itda index" in result.summary()
     other = _train(llama, corpus, [1], k=3)[1]  # other options: a second dictionary
     other_id = write_dictionary(path, other, llama, corpus)
     assert other_id != dict_id
@@ -141,6 +160,43 @@ def test_rewriting_replaces_and_keeps_id(tmp_path, corpus, llama):
         assert con.execute("SELECT COUNT(*) FROM index_runs").fetchall()[0][0] == 0
         assert con.execute("SELECT COUNT(*) FROM atom_stats").fetchall()[0][0] == 0
     assert {r["dict_id"] for r in pending(path)} == {dict_id, other_id}
+
+
+def test_another_token_budget_is_kept_beside(tmp_path, corpus, llama):
+    path = tmp_path / "s.duckdb"
+    full = _train(llama, corpus, [1])[1]
+    dict_id = write_dictionary(path, full, llama, corpus)
+    index_model(path, llama, IndexConfig(progress=False))
+    budget = _train(llama, corpus, [1], max_tokens=40)[1]  # the same options, fewer tokens
+    assert options_key(budget.config) == options_key(full.config)
+    assert budget.config.tokens_seen < full.config.tokens_seen
+    result = store_dictionary(path, budget, llama, corpus)
+    assert result.dict_id != dict_id and result.replaced is None
+    with connect_readonly(path) as con:
+        rows = con.execute("SELECT dict_id, n_atoms, tokens_seen FROM dictionaries ORDER BY dict_id").fetchall()
+        assert con.execute("SELECT dict_id FROM index_runs").fetchall() == [(dict_id,)]  # the index stays
+        assert find_dictionary(con, full.config) == dict_id and find_dictionary(con, budget.config) == result.dict_id
+    assert rows == [(dict_id, len(full), full.config.tokens_seen),
+                    (result.dict_id, len(budget), budget.config.tokens_seen)]  # fmt: skip
+
+
+def test_v2_store_migrates_to_data_keys(tmp_path, corpus, llama):
+    path = tmp_path / "s.duckdb"
+    itda = _train(llama, corpus, [1])[1]
+    dict_id = write_dictionary(path, itda, llama, corpus)
+    con = duckdb.connect(str(path))  # as an itda of schema version 2 wrote it: no data_key
+    con.execute("ALTER TABLE dictionaries DROP COLUMN data_key")
+    con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    con.close()
+    with pytest.raises(SchemaMismatch, match="--upgrade"), connect_readonly(path):
+        pass
+    with pytest.raises(DictionaryExists):  # a writer migrates, then finds the same dictionary
+        write_dictionary(path, itda, llama, corpus)
+    with connect_readonly(path) as con:
+        version = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()[0][0]
+        assert find_dictionary(con, itda.config) == dict_id
+        assert con.execute("SELECT data_key FROM dictionaries").fetchall() == [(dictionary_data_key(itda.config),)]
+    assert int(version) == SCHEMA_VERSION
 
 
 def test_wrong_corpus_is_refused(tmp_path, corpus, llama):

@@ -9,14 +9,15 @@ See docs/store.md for what each column means.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import duckdb
 
 from itda_core.errors import ITDAError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 TABLES: dict[str, str] = {
     "meta": """
@@ -86,7 +87,8 @@ TABLES: dict[str, str] = {
         config JSON,
         stats JSON,
         created VARCHAR,
-        written TIMESTAMP""",
+        written TIMESTAMP,
+        data_key VARCHAR""",
     "atoms": """
         dict_id INTEGER,
         atom INTEGER,
@@ -196,9 +198,27 @@ def _add_init_count(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("UPDATE atoms SET init_count = CASE WHEN add_error IS NULL OR isnan(add_error) THEN -1 ELSE 0 END")
 
 
+DATA_FIELDS = ("tokens_seen", "documents_seen", "documents_sha256")
+
+
+def data_key(config: Mapping[str, Any]) -> str:
+    """What a dictionary was trained on (token count, whole documents, which documents), from its config: two
+    dictionaries with equal options but another key saw other data and are kept side by side."""
+    defaults: dict[str, Any] = {"tokens_seen": 0, "documents_seen": 0, "documents_sha256": ""}
+    return json.dumps({f: config.get(f, defaults[f]) for f in DATA_FIELDS}, sort_keys=True)
+
+
+def _add_data_key(con: duckdb.DuckDBPyConnection) -> None:
+    """v2 -> v3: ``dictionaries.data_key`` (what the dictionary was trained on), computed from each stored
+    config, so that a dictionary of another token budget no longer replaces one of the same options."""
+    con.execute("ALTER TABLE dictionaries ADD COLUMN IF NOT EXISTS data_key VARCHAR")
+    for dict_id, config in con.execute("SELECT dict_id, config FROM dictionaries").fetchall():
+        con.execute("UPDATE dictionaries SET data_key = ? WHERE dict_id = ?", [data_key(json.loads(config)), dict_id])
+
+
 # Trivial migrations: MIGRATIONS[v] takes a store from version v to v + 1 (run by any writer, or by
 # `itda store-info --upgrade`).
-MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {1: _add_init_count}
+MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {1: _add_init_count, 2: _add_data_key}
 
 REBUILD_HINT = (
     "rebuild it with `itda demo-build --rebuild` (or delete the file and rerun `itda train --store`)"

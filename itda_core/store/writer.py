@@ -9,6 +9,7 @@ Arrow tables) happens before the store is opened, so the file lock is held only 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import re
@@ -27,7 +28,7 @@ from itda_core.dictionary import ITDA, ITDAConfig
 from itda_core.models import LoadedModel
 from itda_core.provenance import Provenance
 from itda_core.store.connection import DEFAULT_STORE, StoreError, connect_readonly, connect_write, transaction
-from itda_core.store.schema import PER_DICTIONARY, first_row
+from itda_core.store.schema import PER_DICTIONARY, SchemaMismatch, data_key, first_row
 
 _SPLIT_ID = re.compile(r"^(?P<base>.+):(?P<part>train|held_out):(?P<frac>[^:]+):(?P<seed>-?\d+)$")
 TOKENIZE_CHUNK = 256  # documents per tokenizer call when storing a corpus's tokens
@@ -92,8 +93,8 @@ def tokenizer_id(tokenizer: Any) -> str:
 
 
 def options_key(config: ITDAConfig) -> str:
-    """The training options that make two dictionaries of one (model, layer, corpus) different ones;
-    writing a dictionary with the same key replaces the stored one."""
+    """The training options that make two dictionaries of one (model, layer, corpus) different ones (with
+    :func:`dictionary_data_key`, what they were trained on, they identify a dictionary in the store)."""
     opts = {
         "site": config.site,
         "k": config.k,
@@ -106,6 +107,48 @@ def options_key(config: ITDAConfig) -> str:
     if config.init_rule:  # recorded since the tie rule became an option; older keys stay as they were
         opts["init_rule"] = config.init_rule
     return json.dumps(opts, sort_keys=True)
+
+
+def dictionary_data_key(config: ITDAConfig) -> str:
+    """What the dictionary was trained on (tokens, whole documents, which documents): the store's data_key."""
+    return data_key(dataclasses.asdict(config))
+
+
+class DictionaryExists(StoreError):
+    """The store already holds this dictionary (same model, layer, corpus, options and data)."""
+
+
+@dataclass(frozen=True)
+class StoredDictionary:
+    """A dictionary already in the store: what a write would replace (or did replace)."""
+
+    dict_id: int
+    model_name: str
+    layer: int
+    n_atoms: int
+    indexed: bool
+    written: str
+
+    def describe(self) -> str:
+        """E.g. 'dictionary 3 (gpt2 layer 5: 1,234 atoms, indexed, written 2025-01-01 12:00:00)'."""
+        index = "indexed" if self.indexed else "not indexed"
+        return (f"dictionary {self.dict_id} ({self.model_name} layer {self.layer}: {self.n_atoms:,} atoms, "
+                f"{index}, written {self.written})")
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What :func:`store_dictionary` did: the dict_id written, and the stored dictionary it replaced (if any)."""
+
+    dict_id: int
+    replaced: StoredDictionary | None = None
+
+    def summary(self) -> str:
+        """One line for the CLI: what was replaced (and that its index was dropped), or what was added."""
+        if self.replaced is None:
+            return f"added dictionary {self.dict_id}"
+        dropped = "; its index was dropped: run `itda index`" if self.replaced.indexed else ""
+        return f"replaced {self.replaced.describe()}{dropped}"
 
 
 # ---- Arrow tables ----------------------------------------------------------------------------------------
@@ -208,12 +251,15 @@ def _tokens_missing(store: Path, corpus_id: str, tok_id: str, seq_len: int, time
     """Whether the store lacks this tokenizer's tokens of the corpus (a short read-only look)."""
     if not store.is_file():
         return True
-    with connect_readonly(store, timeout=timeout) as con:
-        return not _has(
-            con,
-            "SELECT 1 FROM tokenizations WHERE tokenizer_id = ? AND seq_len = ? AND corpus_id = ?",
-            [tok_id, seq_len, corpus_id],
-        )
+    try:
+        with connect_readonly(store, timeout=timeout) as con:
+            return not _has(
+                con,
+                "SELECT 1 FROM tokenizations WHERE tokenizer_id = ? AND seq_len = ? AND corpus_id = ?",
+                [tok_id, seq_len, corpus_id],
+            )
+    except SchemaMismatch:  # an older store: the write migrates it, then looks again under the lock
+        return True
 
 
 def _insert_corpus(con: duckdb.DuckDBPyConnection, corpus: Corpus, info: SplitInfo, docs: pa.Table) -> None:
@@ -313,14 +359,46 @@ def _insert_model(con: duckdb.DuckDBPyConnection, model: LoadedModel, tok_id: st
 
 
 def find_dictionary(con: duckdb.DuckDBPyConnection, config: ITDAConfig) -> int | None:
-    """dict_id of the stored dictionary with the same model, layer, training corpus and options, if any."""
+    """dict_id of the stored dictionary with the same model, layer, training corpus, options and data, if any."""
     row = first_row(
         con,
         "SELECT dict_id FROM dictionaries WHERE model_id = ? AND layer = ? AND train_corpus_id = ? "
-        "AND options_key = ?",
-        [config.model_id, config.layer, config.corpus_id, options_key(config)],
+        "AND options_key = ? AND data_key = ?",
+        [config.model_id, config.layer, config.corpus_id, options_key(config), dictionary_data_key(config)],
     )
     return None if row is None else int(row[0])
+
+
+def stored_dictionary(con: duckdb.DuckDBPyConnection, dict_id: int) -> StoredDictionary:
+    """Name, layer, size, index state and write time of a stored dictionary."""
+    row = first_row(
+        con,
+        "SELECT model_name, layer, n_atoms, dict_id IN (SELECT dict_id FROM index_runs), CAST(written AS VARCHAR) "
+        "FROM dictionaries WHERE dict_id = ?",
+        [dict_id],
+    )
+    if row is None:
+        raise StoreError(f"no dictionary {dict_id} in the store")
+    return StoredDictionary(dict_id, str(row[0]), int(row[1]), int(row[2]), bool(row[3]), str(row[4])[:19])
+
+
+def existing_dictionaries(
+    store: str | Path, configs: list[ITDAConfig], timeout: float = 600.0
+) -> list[StoredDictionary]:
+    """The stored dictionaries that writing dictionaries with these configs would replace (a read-only look)."""
+    store = Path(store)
+    if not store.is_file():
+        return []
+    with connect_readonly(store, timeout=timeout) as con:
+        ids = [find_dictionary(con, config) for config in configs]
+        return [stored_dictionary(con, dict_id) for dict_id in ids if dict_id is not None]
+
+
+def exists_message(store: str | Path, existing: list[StoredDictionary]) -> str:
+    """The one-line refusal to overwrite ``existing`` without being asked to."""
+    what = existing[0].describe() + (f" and {len(existing) - 1} more" if len(existing) > 1 else "")
+    return (f"{store} already holds {what} trained with the same options on the same data; pass --replace "
+            f"(replace=True) to replace it, or use another store")
 
 
 def delete_dictionary(con: duckdb.DuckDBPyConnection, dict_id: int) -> None:
@@ -331,22 +409,26 @@ def delete_dictionary(con: duckdb.DuckDBPyConnection, dict_id: int) -> None:
     con.execute("DELETE FROM dictionaries WHERE dict_id = ?", [dict_id])
 
 
-def write_dictionary(
+def store_dictionary(
     store: str | Path,
     itda: ITDA,
     model: LoadedModel,
     corpus: Corpus,
     *,
+    replace: bool = False,
     timeout: float = 600.0,
-) -> int:
-    """Write ``itda`` into the store at ``store`` in one transaction and return its ``dict_id``.
+) -> WriteResult:
+    """Write ``itda`` into the store at ``store`` in one transaction; returns its ``dict_id`` and what it replaced.
 
     ``model`` is the LoadedModel it was trained on (its row and tokenizer are stored once); ``corpus`` is the
     FULL corpus the training split came from (``load_corpus(...)``, not the ``.split()`` part): its documents
     are stored once, labelled train / held_out by the split recorded in ``itda.config.corpus_id``, together
-    with the tokens of this model's tokenizer. A stored dictionary with the same model, layer, training
-    corpus and options (:func:`options_key`) is replaced and keeps its ``dict_id``; its index is dropped
-    (run ``itda index`` again). ``timeout`` bounds the wait while other processes hold the store.
+    with the tokens of this model's tokenizer. A dictionary is identified by its model, layer, training
+    corpus, options (:func:`options_key`) and data (:func:`dictionary_data_key`: tokens and documents seen),
+    so another budget is another dictionary, kept beside the first. Writing one that is already stored
+    raises :class:`DictionaryExists` unless ``replace``; then it keeps its ``dict_id``, its index is dropped
+    (run ``itda index`` again) and :attr:`WriteResult.replaced` says what was replaced. ``timeout`` bounds the
+    wait while other processes hold the store.
     """
     store = Path(store)
     itda.check_model(model)
@@ -358,7 +440,13 @@ def write_dictionary(
     tokens = tokens_table(model, corpus, config.seq_len, tok_id) if tokens_missing else None
     atoms = atoms_table(itda, corpus, -1)
     key = options_key(config)
+    replaced = None
     with connect_write(store, timeout=timeout) as con, transaction(con):
+        dict_id = find_dictionary(con, config)
+        if dict_id is not None:
+            replaced = stored_dictionary(con, dict_id)
+            if not replace:
+                raise DictionaryExists(exists_message(store, [replaced]))
         _insert_corpus(con, corpus, info, docs)
         if tokens is None:
             tokens_present = _has(
@@ -371,7 +459,6 @@ def write_dictionary(
         if tokens is not None:
             _insert_tokens(con, model, tok_id, config.seq_len, corpus.corpus_id, tokens)
         _insert_model(con, model, tok_id)
-        dict_id = find_dictionary(con, config)
         if dict_id is not None:
             delete_dictionary(con, dict_id)
         else:
@@ -379,7 +466,7 @@ def write_dictionary(
                 con.execute("SELECT COALESCE(MAX(dict_id) + 1, 1) FROM dictionaries").fetchall()[0][0]
             )
         con.execute(
-            f"INSERT INTO dictionaries VALUES ({', '.join(['?'] * 20)}, now())",
+            f"INSERT INTO dictionaries VALUES ({', '.join(['?'] * 20)}, now(), ?)",
             [
                 dict_id,
                 config.model_id,
@@ -401,13 +488,27 @@ def write_dictionary(
                 config.to_json(),
                 json.dumps(config.stats, default=str),
                 config.created,
+                dictionary_data_key(config),
             ],
         )
         atoms = atoms.set_column(0, "dict_id", pa.array(np.full(len(itda), dict_id, dtype=np.int32)))
         con.register("_atoms_in", atoms)
         con.execute("INSERT INTO atoms SELECT * FROM _atoms_in")
         con.unregister("_atoms_in")
-    return dict_id
+    return WriteResult(dict_id, replaced)
+
+
+def write_dictionary(
+    store: str | Path,
+    itda: ITDA,
+    model: LoadedModel,
+    corpus: Corpus,
+    *,
+    replace: bool = False,
+    timeout: float = 600.0,
+) -> int:
+    """:func:`store_dictionary`, returning only the ``dict_id`` (refuses to replace unless ``replace``)."""
+    return store_dictionary(store, itda, model, corpus, replace=replace, timeout=timeout).dict_id
 
 
 # ---- reading back ----------------------------------------------------------------------------------------
