@@ -159,3 +159,9 @@ def md(text: str, *, markers: bool = False) -> str:
     backslash-escaped, so a token like ``**x**`` or ``<b>`` shows literally."""
     shown = visible(text, markers=markers)
     return "".join(f"\\{ch}" if ch in _MD_SPECIAL else ch for ch in shown)
+
+
+def code(text: str) -> str:
+    """Text as a Markdown code span (shown literally, HTML and Markdown included); as :func:`md` text instead when
+    it holds a backtick or a line break, which could end the span."""
+    return md(text) if "`" in text or "\n" in text or "\r" in text else f"`{text}`"

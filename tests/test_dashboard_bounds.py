@@ -4,11 +4,18 @@ literally, never as Markdown or HTML."""
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+
 import pytest
-from test_dashboard_apptest import _app, _no_exception, _texts, store_env, tiny_store  # noqa: F401
+import test_dashboard_apptest as base
+from test_dashboard_apptest import _app, _no_exception, _texts
 
 from dashboard.nav import MAX_PARAM_CHARS, MAX_PARAMS
 
+tiny_store = base.tiny_store  # the session store of tiny models, and the environment that points at it
+store_env = base.store_env
 MESSAGE_CHARS = 400  # a warning may quote a clipped parameter, never the whole of a long one
 
 
@@ -70,3 +77,93 @@ def test_too_many_parameters(store_env, page):
     at = _app(page, query)
     _no_exception(at)
     assert "Ignored 30 address parameter(s)" in _warnings(at)
+
+
+HOSTILE = "![x](http://example.invalid/a.png) <img src=x> **bold** [link](http://example.invalid/b)"
+# Patterns of what would render: Markdown (an image, a tag not backslash-escaped, a link) and HTML (st.html,
+# plotly legends and hovers); md-escaped and html-escaped text never matches them.
+MARKDOWN_MARKS = (r"!\[", r"(?<!\\)<img", r"\]\(http")
+HTML_MARKS = (r"<img", r"<a ")
+
+
+@pytest.fixture
+def hostile_store(tiny_store, tmp_path, monkeypatch):
+    """A copy of the session store whose Llama is named with Markdown and HTML (a hostile or careless store)."""
+    import duckdb
+
+    path = tmp_path / "hostile.duckdb"
+    shutil.copy(tiny_store["path"], path)
+    con = duckdb.connect(str(path))
+    try:
+        old = tiny_store["names"]["llama"]
+        con.execute("UPDATE models SET name = ? WHERE name = ?", [HOSTILE, old])
+        con.execute("UPDATE dictionaries SET model_name = ? WHERE model_name = ?", [HOSTILE, old])
+    finally:
+        con.close()
+    monkeypatch.setenv("ITDA_STORE", str(path))
+    return {**tiny_store, "path": path}
+
+
+def _strings(value) -> list[str]:
+    """Every string inside a decoded JSON value."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _strings(v)]
+    if isinstance(value, list):
+        return [t for v in value for t in _strings(v)]
+    return []
+
+
+def _outside_code(markdown: str) -> str:
+    """Markdown without its code spans (whose text is shown literally)."""
+    return re.sub(r"`[^`\n]*`", "", markdown)
+
+
+def _rendered(at) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(where, text, marks it must not hold) of everything the page renders as Markdown or HTML: text elements,
+    alerts, widget labels, radio and slider options (Markdown in Streamlit), HTML blocks and the strings of plotly
+    specs (HTML in legends and hovers)."""
+    out: list[tuple[str, str]] = []
+    for kind in ("title", "header", "subheader", "markdown", "caption", "warning", "info", "error", "success"):
+        out += [(kind, str(e.value), MARKDOWN_MARKS) for e in at.get(kind)]
+    for kind in ("selectbox", "multiselect", "radio", "select_slider", "text_input", "checkbox", "toggle", "button"):
+        out += [(f"{kind} label", str(e.label), MARKDOWN_MARKS) for e in at.get(kind)]
+    for kind in ("radio", "select_slider"):
+        out += [(f"{kind} option", str(o), MARKDOWN_MARKS) for e in at.get(kind) for o in e.options]
+    out += [("metric label", str(m.label), MARKDOWN_MARKS) for m in at.metric]
+    out += [("html", h.proto.body, HTML_MARKS) for h in at.html]
+    out += [("plotly", t, HTML_MARKS) for c in at.get("plotly_chart") for t in _strings(json.loads(c.proto.spec))]
+    return out
+
+
+def _assert_literal(at) -> None:
+    _no_exception(at)
+    bad = [(where, text[:200]) for where, text, marks in _rendered(at)
+           if any(re.search(m, _outside_code(text) if marks is MARKDOWN_MARKS else text) for m in marks)]
+    assert not bad, bad
+
+
+def test_hostile_model_name_is_shown_literally(hostile_store):
+    at = _app()  # overview
+    _assert_literal(at)
+    assert any(HOSTILE in set(d.value.get("model", [])) for d in at.dataframe)  # tables show it as plain text
+    dict_id = hostile_store["ids"][("llama", 1)]
+    at = _app("views/atom_browser.py", {"dict": str(dict_id)})  # a dictionary: heading, table
+    _assert_literal(at)
+    assert at.selectbox(key="ab_run").value == HOSTILE  # select boxes show options as plain text
+    at.text_input(key="ab_search").set_value("99999").run()  # "<label> has atoms 0 to ..."
+    _assert_literal(at)
+    at = _app("views/atom_browser.py", {"dict": str(dict_id), "atom": "0"})  # an atom page, its logit effect
+    _assert_literal(at)
+    assert "example\\.invalid" in at.header[0].value
+    at = _app("views/live_decomposition.py")
+    at.selectbox(key="live_run").set_value(HOSTILE).run()
+    _assert_literal(at)
+    at.button(key="live_go").click().run()  # the model cannot load under that name: the error quotes it
+    _assert_literal(at)
+    at = _app("views/similarity.py")
+    _assert_literal(at)
+    at = _app("views/atom_map.py", {"model": HOSTILE, "layers": "0"})  # no stored map: the command to compute it
+    _assert_literal(at)
+    assert "itda atom-map" in _texts(at.info)

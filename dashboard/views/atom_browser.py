@@ -160,7 +160,7 @@ def show_search(text: str) -> None:
         return
     number = _int(text) if text.lstrip("#").isdigit() else None
     if number is not None and not everywhere:
-        st.warning(f"{info['label']} has atoms 0 to {int(info['n_atoms']) - 1}; there is no atom {number}.")
+        st.warning(f"{md(info['label'])} has atoms 0 to {int(info['n_atoms']) - 1}; there is no atom {number}.")
         return
     if len(text) > 200:
         st.warning("Search text is limited to 200 characters.")
@@ -196,7 +196,7 @@ show_search(query)
 
 def show_dictionary() -> None:
     """The chosen dictionary's figures and its atoms, densest first."""
-    st.subheader(f"{info['label']}: {int(info['n_atoms']):,} atoms")
+    st.subheader(f"{md(info['label'])}: {int(info['n_atoms']):,} atoms")
     c = st.columns(5)
     c[0].metric("Tokens seen", f"{int(info['tokens_seen']):,}")
     c[1].metric("k (MP steps)", int(info["k"]))
@@ -313,7 +313,7 @@ def show_logit_effect(model_name: str) -> None:
         help="The model is loaded once per server process and kept in memory.",
     ):
         return
-    with st.spinner(f"Loading {model_name} (once per server)..."):
+    with st.spinner(f"Loading {md(model_name)} (once per server)..."):
         effect = live.safe_logit_effect(str(info["model_name"]), dict_id, atom_id)
     if effect is None:
         failed = live.load_error(str(info["model_name"]))

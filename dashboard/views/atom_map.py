@@ -4,13 +4,15 @@ computed once (``itda atom-map``) and read from the store."""
 
 from __future__ import annotations
 
+import shlex
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import data, nav
-from dashboard.render import escape, md, visible
+from dashboard.render import code, escape, md, visible
 
 COLOURS = ["layer", "density", "source token"]
 
@@ -66,11 +68,11 @@ frame = data.atom_map(ids)
 if frame is None:
     layers_arg = ",".join(map(str, sorted(chosen)))
     joint = " --joint" if len(ids) > 1 else ""
-    st.info(
-        "This map has not been computed yet. Compute and store it once with\n\n"
-        f"`itda atom-map --store {state.path} --model {rows.iloc[0]['model_name']} "
-        f"--layers {layers_arg}{joint}`"
+    command = (
+        f"itda atom-map --store {shlex.quote(str(state.path))} --model {shlex.quote(str(rows.iloc[0]['model_name']))} "
+        f"--layers {layers_arg}{joint}"
     )
+    st.info("This map has not been computed yet. Compute and store it once with\n\n" + code(command))
     computed_key = f"map_compute_{tuple(ids)}"
     if st.button("Compute it now (kept in memory until the server stops, not saved)", key="map_compute_btn"):
         st.session_state[computed_key] = True

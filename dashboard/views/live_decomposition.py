@@ -89,7 +89,7 @@ try:
     with st.spinner("Loading the model (first time only) and decomposing..."):
         dec = run_decomposition(model_name, dict_id, data.version(data.store_path()), text, k)
 except Exception as err:  # the model cannot be loaded, too many tokens, another dictionary width...
-    st.error(str(err).splitlines()[0] if str(err) else type(err).__name__)
+    st.error(md(str(err).splitlines()[0]) if str(err) else type(err).__name__)
     st.stop()
 
 stats = live.summary(dec)

@@ -6,6 +6,7 @@ import plotly.express as px
 import streamlit as st
 
 from dashboard import data, nav
+from dashboard.render import code, escape
 
 st.title("ITDA dictionaries")
 st.caption(
@@ -31,7 +32,7 @@ for corpus in info["corpora"]:
         if corpus.get("held_out_fraction") is not None
         else ""
     )
-    st.caption(f"Corpus `{corpus['corpus_id']}`: {corpus['n_documents']:,} documents{split}.")
+    st.caption(f"Corpus {code(str(corpus['corpus_id']))}: {corpus['n_documents']:,} documents{split}.")
 
 st.subheader("Models")
 model_view = models.rename(columns={"label": "model"})[
@@ -51,7 +52,8 @@ st.dataframe(model_view, hide_index=True, width="stretch")
 
 st.subheader("Atoms per layer")
 if len(dicts):
-    chart = dicts.assign(depth=dicts["layer"] / (dicts["n_layers"].clip(lower=2) - 1))
+    chart = dicts.assign(depth=dicts["layer"] / (dicts["n_layers"].clip(lower=2) - 1),
+                         run=[escape(str(r)) for r in dicts["run"]])  # plotly reads HTML in legends
     relative = st.toggle("Relative depth (compare models of different depth)", key="ov_relative")
     x = "depth" if relative else "layer"
     fig = px.line(
@@ -72,7 +74,7 @@ if len(dicts):
 
 density = data.density_by_layer()
 if not density.empty:
-    density = density.assign(model=[data.short_name(n) for n in density["model_name"]])
+    density = density.assign(model=[escape(data.short_name(n)) for n in density["model_name"]])
     fig = px.line(
         density,
         x="layer",

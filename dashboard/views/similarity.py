@@ -265,8 +265,8 @@ with tab_layers:
         custom,
         hover,
         hover_text=texts,
-        title_x=f"{run_b} layer",
-        title_y=f"{run_a} layer",
+        title_x=f"{escape(run_b)} layer",
+        title_y=f"{escape(run_a)} layer",
         zmax=zmax,
         colorbar=bar,
         diverging=is_jaccard and CORRECTED,
@@ -302,8 +302,8 @@ with tab_layers:
         )
         st.session_state[pick_key + "_col"] = default_col
     p = st.columns(2)
-    row_layer = p[0].selectbox(f"{run_a} layer", layers_a, key=pick_key + "_row")
-    col_layer = p[1].selectbox(f"{run_b} layer", layers_b, key=pick_key + "_col")
+    row_layer = p[0].selectbox(f"{md(run_a)} layer", layers_a, key=pick_key + "_row")
+    col_layer = p[1].selectbox(f"{md(run_b)} layer", layers_b, key=pick_key + "_col")
     dict_a, dict_b = runs[run_a][row_layer], runs[run_b][col_layer]
     pairs = data.shared_pairs(dict_a, dict_b, options)
     i, j = layers_a.index(row_layer), layers_b.index(col_layer)
@@ -366,8 +366,8 @@ with tab_models:
     st.markdown(f"**{JACCARD}**, model × model")
     fig = heatmap(
         mm["values"],
-        names,
-        names,
+        [escape(n) for n in names],  # tick labels: plotly reads HTML in them
+        [escape(n) for n in names],
         custom,
         f"{escape(JACCARD)} %{{text}}<br>%{{customdata[2]}} shared source tokens<extra></extra>",
         hover_text=np.vectorize(value_text, otypes=[object])(mm["values"]),
@@ -391,4 +391,4 @@ with tab_models:
     if cell is not None:
         a, b = names[cell[0]], names[cell[1]]
         st.markdown(f"**{md(a)} × {md(b)}**: {int(mm['shared'][cell[0], cell[1]]):,} shared source tokens.")
-        st.button(f"Compare {a} and {b} layer by layer", key="sim_models_go", on_click=_compare, args=(a, b))
+        st.button(f"Compare {md(a)} and {md(b)} layer by layer", key="sim_models_go", on_click=_compare, args=(a, b))
