@@ -5,6 +5,7 @@ WordPiece), including an empty store, a missing one and bad inputs in the URL an
 from __future__ import annotations
 
 import base64
+import importlib
 import json
 import re
 import shutil
@@ -55,10 +56,10 @@ def build_tiny_store(root: Path, *, atom_map: bool = True) -> dict:
     train, _ = corpus.split(HELD_OUT)
     ids: dict[tuple[str, int], int] = {}
     names: dict[str, str] = {}
-    # the BERT's threshold: at the default one it adds 472 of its 474 tokens (every copy of a text differs by
-    # its suffix, which a bidirectional model sees everywhere), so both layers hold the same atoms and every
-    # similarity between them is 1 whatever the options; at 0.03 it keeps about 175, and the layers differ
-    thresholds = {"llama": None, "bert": 0.03}
+    # the Llama's threshold: at the default one it adds every distinct token of the training split in every
+    # layer (242 atoms each), so every similarity between its layers would be 1 whatever the options; at 0.02
+    # its layers keep 168-187 atoms and differ (raw Jaccard 0.72-0.82)
+    thresholds = {"llama": 0.02, "bert": None}
     for kind, n_layers in (("llama", 3), ("bert", 2)):
         folder = root / f"tiny-{kind}"
         made = tiny_model(kind, n_layers=n_layers)
@@ -423,12 +424,16 @@ def test_atom_page_bad_urls(store_env, query, message):
 
 
 def test_search_by_token_and_by_id(store_env):
-    at = _app("views/atom_browser.py", {"dict": str(store_env["ids"][("llama", 0)])})
-    at.text_input(key="ab_search").input("Paris").run()
+    dict_id = store_env["ids"][("llama", 0)]
+    with connect_readonly(store_env["path"]) as con:  # a word some atom comes from (which ones depends on MP)
+        tokens = [t for (t,) in con.execute("SELECT token_text FROM atoms WHERE dict_id = ?", [dict_id]).fetchall()]
+    word = max((t.strip() for t in tokens if t.strip().isalpha()), key=lambda t: (len(t), t))
+    at = _app("views/atom_browser.py", {"dict": str(dict_id)})
+    at.text_input(key="ab_search").input(word).run()
     _no_exception(at)
     assert "atoms whose source token contains" in _texts(at.caption)
     found = at.dataframe[0].value
-    assert len(found) and found["token_text"].str.contains("Paris").all()
+    assert 0 < len(found) < len(tokens) and found["token_text"].str.contains(word).all()
     at.text_input(key="ab_search").input("999999").run()
     assert "there is no atom 999999" in _texts(at.warning)
     at.text_input(key="ab_search").input("#4").run()
@@ -569,6 +574,30 @@ def test_similarity_options_change_the_values(store_env):
     # the library's value on the dictionaries themselves (ITDA.evidence, not the dashboard's reading)
     assert every[0, 1] == _library_jaccard(store_env, ("bert", 0), ("bert", 1), JaccardOptions("all", "raw"))
     assert evidence[0, 1] == _library_jaccard(store_env, ("bert", 0), ("bert", 1), JaccardOptions("evidence", "raw"))
+
+
+def test_similarity_too_few_atoms_are_empty_and_said(store_env, monkeypatch):
+    """A pair where a dictionary counts fewer than min_atoms atoms has an empty cell and a warning says why."""
+    jaccard_module = importlib.import_module("itda_core.similarity.jaccard")  # the package exports jaccard()
+
+    with connect_readonly(store_env["path"]) as con:
+        sizes = dict(con.execute(
+            "SELECT dict_id, COUNT(*) FILTER (WHERE init_count = 0 OR init_count >= 2) FROM atoms GROUP BY dict_id"
+        ).fetchall())
+    bert = [store_env["ids"][("bert", layer)] for layer in range(2)]
+    bound = min(sizes[d] for d in bert) + 1  # the smaller BERT layer falls under it
+    monkeypatch.setattr(jaccard_module, "DEFAULT_OPTIONS", JaccardOptions(min_atoms=bound))
+    at = _app("views/similarity.py")
+    at.selectbox(key="sim_a").select("tiny-bert").run()
+    at.selectbox(key="sim_b").select("tiny-bert").run()
+    _no_exception(at)
+    z = _heatmaps(at)[0]["z"]
+    small = np.array([[min(sizes[a], sizes[b]) < bound for b in bert] for a in bert])
+    assert small.any() and (np.isnan(z) == small).all()  # empty exactly where a set is too small
+    warnings = [w.value for w in at.warning]
+    expected = f"{int(small.sum())} pair(s) have no value (empty cells)"
+    assert any(expected in w and f"fewer than {bound} evidence atoms" in w for w in warnings), warnings
+    assert "Jaccard – (raw, evidence atoms)" in _texts(at.markdown) or np.isfinite(z).all()
 
 
 def test_similarity_options_from_the_url(store_env):

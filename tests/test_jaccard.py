@@ -31,8 +31,9 @@ from itda_core.similarity.jaccard import span_matches as _span_matches
 from itda_core.trainer import train
 
 # These tests check the mechanics of the paper's measure (keys, spans, model level, matrices, the CLI): raw
-# Jaccard over all atoms. Which atoms count and the chance correction are tested in test_similarity_options.py.
-PAPER = JaccardOptions(atoms="all", index="raw")
+# Jaccard over all atoms, a value for any set size (the hand-built dictionaries hold a few atoms). Which atoms
+# count, min_atoms and the chance correction are tested in test_similarity_options.py.
+PAPER = JaccardOptions(atoms="all", index="raw", min_atoms=0)
 jaccard = partial(_jaccard, options=PAPER)
 jaccard_by_span = partial(_jaccard_by_span, options=PAPER)
 model_jaccard = partial(_model_jaccard, options=PAPER)
@@ -40,7 +41,7 @@ jaccard_matrix = partial(_jaccard_matrix, options=PAPER)
 model_jaccard_matrix = partial(_model_jaccard_matrix, options=PAPER)
 shared_atoms = partial(_shared_atoms, atoms="all")
 span_matches = partial(_span_matches, atoms="all")
-PAPER_FLAGS = ["--atoms", "all", "--index", "raw"]
+PAPER_FLAGS = ["--atoms", "all", "--index", "raw", "--min-atoms", "0"]
 
 Row = tuple  # (doc_id, position, char_start, char_end, token_str)
 

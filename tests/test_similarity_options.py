@@ -26,8 +26,9 @@ from itda_core.similarity.jaccard import (
 from itda_core.similarity.matrices import jaccard_matrix
 from itda_core.trainer import train
 
-RAW_ALL = JaccardOptions(atoms="all", index="raw")
-RAW = JaccardOptions(index="raw")
+# the hand-built and tiny dictionaries hold a few atoms: a value for any size (min_atoms is tested below)
+RAW_ALL = JaccardOptions(atoms="all", index="raw", min_atoms=0)
+RAW = JaccardOptions(index="raw", min_atoms=0)
 
 
 def _dictionary(keys: list[tuple[int, int]], init_count: list[int], *, layer: int = 0, tokens: int = 1000) -> ITDA:
@@ -154,7 +155,7 @@ def test_same_documents_across_tokenizers(corpus) -> None:
     by_docs = [train(m, corpus, max_tokens=None, max_documents=8, **opts)[1] for m in (gpt2, bert)]
     assert by_docs[0].config.documents_sha256 == by_docs[1].config.documents_sha256
     assert by_docs[0].config.documents_seen == 8 and by_docs[0].config.tokens_seen != by_docs[1].config.tokens_seen
-    value = jaccard_by_span(*by_docs)
+    value = jaccard_by_span(*by_docs, RAW)
     assert np.isfinite(value)
     by_tokens = [train(m, corpus, max_tokens=150, **opts)[1] for m in (gpt2, bert)]
     with pytest.raises(ITDAError, match="different documents") as err:
@@ -166,3 +167,23 @@ def test_same_documents_across_tokenizers(corpus) -> None:
     with pytest.raises(ITDAError, match="cannot tell"):
         jaccard_by_span(*legacy)
     assert jaccard(legacy[0], legacy[0]) == 1.0
+
+
+def test_too_few_atoms_have_no_value() -> None:
+    # two sets of 3 evidence atoms (the same first tokens): raw Jaccard 1, which says nothing about two layers
+    a = _dictionary([(0, 0), (1, 0), (2, 0), (3, 1)], [2, 2, 2, 1])
+    b = _dictionary([(0, 0), (1, 0), (2, 0), (4, 1)], [2, 2, 2, 1], layer=1)
+    assert jaccard(a, b, RAW) == 1.0
+    assert np.isnan(jaccard(a, b, JaccardOptions(index="raw", min_atoms=4)))  # 3 evidence atoms < 4
+    assert jaccard(a, b, JaccardOptions(index="raw", min_atoms=3)) == 1.0  # the bound is inclusive
+    # the bound is on the atoms that count: all 4 atoms count under "all"
+    assert jaccard(a, b, JaccardOptions(atoms="all", index="raw", min_atoms=4)) == 3 / 5
+    assert JaccardOptions().min_atoms == 32  # the default, as the CLI's literal
+    opts = JaccardOptions(min_atoms=4)
+    assert opts.too_few(3, 100) and opts.too_few(100, 3) and not opts.too_few(4, 4)
+    assert np.isnan(opts.value(3, 3, 100, 1000)) and opts.value(4, 4, 4, 1000) == 1.0
+    matrix = jaccard_matrix([a, b], options=JaccardOptions(index="raw", min_atoms=4))
+    assert np.isnan(matrix.to_numpy()).all()  # the diagonal too: a 3-atom set against itself has no value
+    for bad in (-1, 10**7, 2.5, "8"):
+        with pytest.raises(ITDAError, match="min_atoms"):
+            JaccardOptions(min_atoms=bad)

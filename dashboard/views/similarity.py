@@ -110,6 +110,16 @@ def colour_title(text: str) -> str:
     return text.replace(" (", "<br>(").replace(", ", ",<br>") + chance
 
 
+def too_few_warning(result: dict) -> None:
+    """Say why cells are empty when a dictionary has fewer atoms that count than ``min_atoms``."""
+    if result["too_few"]:
+        st.warning(
+            f"{result['too_few']:,} pair(s) have no value (empty cells): one of the two dictionaries has fewer "
+            f"than {result['min_atoms']} {ATOM_LABELS[result['atoms']]}, too few to say how alike they are. "
+            "Train on more documents for a value there."
+        )
+
+
 def value_text(x: float) -> str:
     """A Jaccard value for hover and text ("–" where undefined or not comparable)."""
     return f"{x:.3f}" if np.isfinite(x) else "–"
@@ -237,6 +247,7 @@ with tab_layers:
     result = data.jaccard(ids_a, ids_b, options)
     if result["errors"]:
         st.warning("Some pairs cannot be compared (their cells are empty): " + md(result["errors"][0]))
+    too_few_warning(result)
     is_jaccard = measure == "Jaccard"
     if is_jaccard:
         z, zmax, bar = result["values"], None, colour_title(JACCARD)
@@ -353,6 +364,7 @@ with tab_models:
     mm = data.model_matrix({r: [runs[r][la] for la in sorted(runs[r])] for r in names}, options)
     if mm["errors"]:
         st.warning("Some pairs cannot be compared (their cells are empty): " + md(mm["errors"][0]))
+    too_few_warning(mm)
     n = len(names)
     idx = np.arange(n)
     custom = np.stack(

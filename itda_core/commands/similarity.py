@@ -185,6 +185,11 @@ IndexOpt = Annotated[
     typer.Option(help="'corrected' (0 = the overlap expected by chance for these sizes, 1 = the most they can "
                  "share) or 'raw' (|A n B| / |A u B|, the paper)."),
 ]
+MinAtomsOpt = Annotated[
+    int,
+    typer.Option(help="A pair where either dictionary counts fewer atoms than this has no value (nan): a handful "
+                 "of atoms cannot say how alike two layers are. 0 = always a value."),
+]
 
 
 def _store_ids(store: Path, paths: list[Path]) -> list[int]:
@@ -234,11 +239,12 @@ def register(app: typer.Typer) -> None:
         device: DeviceOpt = "auto",
         atoms: AtomsOpt = "evidence",  # JaccardOptions' defaults (kept literal so that --help imports no torch)
         index: IndexOpt = "raw",
+        min_atoms: MinAtomsOpt = 32,
     ) -> None:
         from itda_core.similarity.jaccard import JaccardOptions
         from itda_core.similarity.matrices import jaccard_matrix, labelled_matrix, model_jaccard_matrix
 
-        options = JaccardOptions(atoms=atoms, index=index)
+        options = JaccardOptions(atoms=atoms, index=index, min_atoms=min_atoms)
         if store is not None:
             if out is not None or model_level:
                 raise ITDAError("--store writes into the store; run without --store for --out or --model-level")

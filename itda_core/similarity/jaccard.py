@@ -77,20 +77,36 @@ ATOM_CHOICES = ("evidence", "all")
 INDEX_CHOICES = ("raw", "corrected")
 
 
+MAX_MIN_ATOMS = 1_000_000
+
+
 @dataclass(frozen=True)
 class JaccardOptions:
     """Which atoms count and which index (see the module docstring): ``atoms`` "evidence" (every atom but the
-    arbitrary initial picks) or "all"; ``index`` "corrected" (for chance and set sizes) or "raw" (the paper's
-    |A n B| / |A u B|)."""
+    arbitrary initial picks) or "all"; ``index`` "raw" (the paper's |A n B| / |A u B|) or "corrected" (for
+    chance and set sizes); ``min_atoms``: a pair where either set counts fewer atoms has no value (nan), since
+    a handful of atoms cannot say how alike two layers are (two 4-atom sets of repeated first tokens score 1)."""
 
     atoms: str = "evidence"
     index: str = "raw"
+    min_atoms: int = 32
 
     def __post_init__(self) -> None:
         if self.atoms not in ATOM_CHOICES:
             raise ITDAError(f"unknown atom choice {self.atoms!r}; use one of {', '.join(ATOM_CHOICES)}")
         if self.index not in INDEX_CHOICES:
             raise ITDAError(f"unknown Jaccard index {self.index!r}; use one of {', '.join(INDEX_CHOICES)}")
+        if not isinstance(self.min_atoms, int) or not 0 <= self.min_atoms <= MAX_MIN_ATOMS:
+            raise ITDAError(f"min_atoms must be an integer from 0 to {MAX_MIN_ATOMS:,}, got {self.min_atoms!r}")
+
+    def too_few(self, n_a: int, n_b: int) -> bool:
+        """Whether a pair of these set sizes is below ``min_atoms`` (its value is then nan)."""
+        return min(n_a, n_b) < self.min_atoms
+
+    def value(self, shared: int, n_a: int, n_b: int, universe: int) -> float:
+        """The pair's Jaccard under these options from its counts (:func:`jaccard_index`), nan when
+        :meth:`too_few`."""
+        return float("nan") if self.too_few(n_a, n_b) else jaccard_index(shared, n_a, n_b, universe, self.index)
 
     @property
     def label(self) -> str:
@@ -459,7 +475,7 @@ def shared_count(a: ITDA | AtomSet, b: ITDA | AtomSet, method: str = "auto",
 def _pair_value(a: ITDA | AtomSet, b: ITDA | AtomSet, method: str, options: JaccardOptions) -> float:
     sa, sb = _as_set(a, options), _as_set(b, options)
     shared, n_a, n_b, _ = shared_count(sa, sb, method)
-    return jaccard_index(shared, n_a, n_b, pair_universe(sa, sb), options.index)
+    return options.value(shared, n_a, n_b, pair_universe(sa, sb))
 
 
 def jaccard(a: ITDA, b: ITDA, options: JaccardOptions = DEFAULT_OPTIONS) -> float:

@@ -128,8 +128,8 @@ class LayerMatchingConfig:
             raise ITDAError(f"ties must be one of {', '.join(TIE_RULES)} (got {self.ties!r})")
         if not isinstance(self.jaccard_options, Mapping):
             raise ITDAError("jaccard_options must be a mapping of keyword arguments")
-        if "options" in self.jaccard_options and {"atoms", "index"} & set(self.jaccard_options):
-            raise ITDAError("jaccard_options: give either 'options' or 'atoms'/'index', not both")
+        if "options" in self.jaccard_options and {"atoms", "index", "min_atoms"} & set(self.jaccard_options):
+            raise ITDAError("jaccard_options: give either 'options' or 'atoms'/'index'/'min_atoms', not both")
         if self.tokens < 2:
             raise ITDAError(f"tokens must be at least 2 (got {self.tokens})")
         if self.baseline_tokens is not None and self.baseline_tokens < 2:
@@ -427,15 +427,16 @@ def _baseline_matrices(runs: Sequence[ModelRun], layers: list[int], measure: str
 
 
 def _jaccard_call_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Keyword arguments for ``jaccard_matrix`` from the config's ``jaccard_options``: ``atoms`` and ``index``
-    (JSON-friendly) become a :class:`JaccardOptions`; anything else (``method``, ``options``) goes as is."""
+    """Keyword arguments for ``jaccard_matrix`` from the config's ``jaccard_options``: ``atoms``, ``index`` and
+    ``min_atoms`` (JSON-friendly) become a :class:`JaccardOptions`; anything else (``method``, ``options``)
+    goes as is."""
     from itda_core.similarity.jaccard import JaccardOptions
 
     opts = dict(options or {})
-    fields = {k: opts.pop(k) for k in ("atoms", "index") if k in opts}
+    fields = {k: opts.pop(k) for k in ("atoms", "index", "min_atoms") if k in opts}
     if fields:
         if "options" in opts:
-            raise ITDAError("jaccard_options: give either 'options' or 'atoms'/'index', not both")
+            raise ITDAError("jaccard_options: give either 'options' or 'atoms'/'index'/'min_atoms', not both")
         opts["options"] = JaccardOptions(**fields)
     return opts
 

@@ -19,7 +19,6 @@ from itda_core.similarity.jaccard import (
     AtomSet,
     JaccardOptions,
     atom_set,
-    jaccard_index,
     model_atom_set,
     pair_universe,
     shared_count,
@@ -53,7 +52,7 @@ def _fill(rows: Sequence[AtomSet], cols: Sequence[AtomSet], symmetric: bool, met
                 continue
             n, n_a, n_b, how = shared_count(sa, sb, method)
             used.add(how)
-            values[i, j] = jaccard_index(n, n_a, n_b, pair_universe(sa, sb), options.index)
+            values[i, j] = options.value(n, n_a, n_b, pair_universe(sa, sb))
             shared[i, j] = n
     return values, shared, used
 

@@ -123,7 +123,7 @@ def _jaccard_rows(con: Any, rows: pd.DataFrame, report: StoreSimilarityReport,
                   options: JaccardOptions = DEFAULT_OPTIONS) -> list[tuple]:
     """One ``jaccard`` row per pair: the value under ``options``, and in ``details`` the counts of both atom
     choices and the chance model's universe, from which any other variant follows (jaccard_index)."""
-    from itda_core.similarity.jaccard import ATOM_CHOICES, atom_set, jaccard_index, pair_universe, shared_count
+    from itda_core.similarity.jaccard import ATOM_CHOICES, atom_set, pair_universe, shared_count
     from itda_core.store.writer import read_dictionary
 
     dicts = {int(d): read_dictionary(con, int(d)) for d in rows["dict_id"]}
@@ -142,9 +142,9 @@ def _jaccard_rows(con: Any, rows: pd.DataFrame, report: StoreSimilarityReport,
                 continue
             universe = pair_universe(sets["all"][a], sets["all"][b])
             c = counts[options.atoms]
-            value = jaccard_index(c["shared"], c["n_a"], c["n_b"], universe, options.index)
+            value = options.value(c["shared"], c["n_a"], c["n_b"], universe)
             details = {**c, "matched_by": how, "atoms": options.atoms, "index": options.index,
-                       "universe": universe, "counts": counts}
+                       "min_atoms": options.min_atoms, "universe": universe, "counts": counts}
             out.append((a, b, JACCARD, value, details))
     return out
 
