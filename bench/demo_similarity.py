@@ -1,6 +1,7 @@
 """Does a store's cross-model heatmap measure the models or the initialisation? For each Jaccard variant (which
-atoms count x raw / chance-corrected): the correlation of each SmolLM2 row's mean against Gemma with the share of
-initial atoms in that SmolLM2 dictionary, the rows' range, and a few SmolLM2 layer x layer cells.
+atoms count x raw / chance-corrected, every pair valued; and the default, which leaves sets under min_atoms
+empty): the correlation of each SmolLM2 row's mean against Gemma with the share of initial atoms in that
+SmolLM2 dictionary, the rows' range, and a few SmolLM2 layer x layer cells.
 
 Usage: ``.venv/bin/python bench/demo_similarity.py [STORE] [--out results.json]`` (default data/itda.duckdb).
 """
@@ -36,22 +37,23 @@ def main() -> None:
         print(label, "evidence atoms per layer", [int(model[layer].evidence.sum()) for layer in sorted(model)])
     print(f"SmolLM2 initial-atom share {share.min():.2f}-{share.max():.2f}")
     out = {}
-    for atoms in ("all", "evidence"):
-        for index in ("raw", "corrected"):
-            options = JaccardOptions(atoms=atoms, index=index)
-            cross = jaccard_matrix(smol, gemma, options=options).to_numpy()
-            row_mean = np.nanmean(cross, axis=1)
-            within = jaccard_matrix(smol, options=options)
-            off = within.to_numpy()[~np.eye(len(within), dtype=bool)]
-            out[f"{atoms}/{index}"] = {
-                "corr_row_mean_vs_init_share": round(float(np.corrcoef(row_mean, share)[0, 1]), 3),
-                "row_means": [round(float(np.nanmin(row_mean)), 4), round(float(np.nanmax(row_mean)), 4)],
-                "smollm2_15_vs_28": round(float(within.loc[15, 28]), 3),
-                "smollm2_15_vs_16": round(float(within.loc[15, 16]), 3),
-                "smollm2_off_diagonal_min_median": [round(float(np.nanmin(off)), 4),
-                                                    round(float(np.nanmedian(off)), 4)],
-            }
-            print(options.label, out[f"{atoms}/{index}"])
+    variants = [(atoms, index, 0) for atoms in ("all", "evidence") for index in ("raw", "corrected")]
+    variants.append(("evidence", "raw", JaccardOptions().min_atoms))  # the default, small sets left empty
+    for atoms, index, min_atoms in variants:
+        options = JaccardOptions(atoms=atoms, index=index, min_atoms=min_atoms)
+        cross = jaccard_matrix(smol, gemma, options=options).to_numpy()
+        row_mean = np.nanmean(cross, axis=1)
+        within = jaccard_matrix(smol, options=options)
+        off = within.to_numpy()[~np.eye(len(within), dtype=bool)]
+        key = f"{atoms}/{index}/min{min_atoms}"
+        out[key] = {
+            "corr_row_mean_vs_init_share": round(float(np.corrcoef(row_mean, share)[0, 1]), 3),
+            "row_means": [round(float(np.nanmin(row_mean)), 4), round(float(np.nanmax(row_mean)), 4)],
+            "smollm2_15_vs_28": round(float(within.loc[15, 28]), 3),
+            "smollm2_15_vs_16": round(float(within.loc[15, 16]), 3),
+            "smollm2_off_diagonal_min_median": [round(float(np.nanmin(off)), 4), round(float(np.nanmedian(off)), 4)],
+        }
+        print(options.label, f"min_atoms {min_atoms}", out[key])
     if args.out:
         with open(args.out, "w") as f:
             json.dump(out, f, indent=1)
