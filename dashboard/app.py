@@ -18,6 +18,7 @@ import streamlit as st  # noqa: E402
 
 from dashboard import data  # noqa: E402
 from dashboard.nav import PAGES  # noqa: E402
+from itda_core.store.connection import StoreError  # noqa: E402
 
 st.set_page_config(page_title="ITDA dashboard", page_icon=":material/hub:", layout="wide")
 
@@ -34,4 +35,7 @@ with st.sidebar:
         data.clear_caches()
         st.rerun()
 
-current.run()
+try:
+    current.run()
+except StoreError as err:  # e.g. a damaged store that opens but fails on a later query: one alert, no traceback
+    st.error(str(err))

@@ -80,7 +80,7 @@ def require_store() -> data.StoreState:
         st.markdown(BUILD_HELP.format(path=state.path))
         st.caption("This page checks for the store every few seconds (e.g. while `itda demo` builds it).")
         _watch_store(data.version(state.path))
-    elif state.problem == "schema":
+    elif state.problem in ("schema", "error"):
         st.error(state.message)
     else:
         st.warning(f"{state.message} The page retries on the next refresh.")

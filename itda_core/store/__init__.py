@@ -14,6 +14,7 @@ _EXPORTS = {
     "DEFAULT_STORE": "itda_core.store.connection",
     "StoreError": "itda_core.store.connection",
     "StoreBusy": "itda_core.store.connection",
+    "StoreDamaged": "itda_core.store.connection",
     "connect_readonly": "itda_core.store.connection",
     "connect_write": "itda_core.store.connection",
     "transaction": "itda_core.store.connection",

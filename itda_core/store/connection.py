@@ -46,6 +46,38 @@ class StoreBusy(StoreError):
     """The store stayed locked by another process for longer than the timeout."""
 
 
+class StoreDamaged(StoreError):
+    """DuckDB cannot read part of the store file (cut short, overwritten, or corrupt)."""
+
+
+# DuckDB errors that mean the file itself is bad (an IOException of a full or read-only disk is not).
+_DAMAGE_TYPES = (duckdb.InternalException, duckdb.SerializationException, duckdb.FatalException)
+_NOT_DAMAGE = ("No space left", "Permission denied", "Read-only file system", "Disk quota")
+DAMAGED_HINT = (
+    "restore it from a copy, or rebuild it with `itda demo-build --rebuild` (or delete the file and rerun "
+    "`itda train --store`)"
+)
+
+
+def _first_line(err: BaseException, limit: int = 300) -> str:
+    """The first line of an error message, cut to ``limit`` characters."""
+    line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def store_error(path: str | Path, err: duckdb.Error) -> StoreError:
+    """A one-line StoreError for a DuckDB error met while using the store at ``path`` (damage, disk, other)."""
+    what = _first_line(err)
+    if is_lock_error(err):
+        return StoreBusy(f"store {path} is locked by another process ({what}); try again when it finishes")
+    if isinstance(err, duckdb.IOException) and any(marker in str(err) for marker in _NOT_DAMAGE):
+        return StoreError(f"cannot write store {path}: {what}; free space or fix its permissions and run again")
+    if isinstance(err, (duckdb.IOException, *_DAMAGE_TYPES)) or "invalidated" in str(err):
+        return StoreDamaged(f"store {path} is damaged (DuckDB: {what}); {DAMAGED_HINT}")
+    return StoreError(f"store {path} could not be read or written (DuckDB: {what}); check it with "
+                      f"`itda store-info --store {path}`, and if it is damaged {DAMAGED_HINT}")
+
+
 @dataclass
 class Retry:
     """Backoff for a locked store: first sleep, cap, and total time before giving up."""
@@ -69,7 +101,7 @@ def _open(path: Path, read_only: bool, retry: Retry) -> duckdb.DuckDBPyConnectio
             return duckdb.connect(str(path), read_only=read_only)
         except duckdb.Error as err:
             if not is_lock_error(err):
-                raise StoreError(f"cannot open store {path}: {str(err).splitlines()[0]}") from err
+                raise store_error(path, err) from err
             if time.monotonic() >= deadline:
                 who = "being written by another process" if read_only else "in use by another process"
                 raise StoreBusy(
@@ -136,6 +168,8 @@ def connect_readonly(
     try:
         check_schema(con, str(path), writable=False)
         yield con
+    except duckdb.Error as err:  # a query on a damaged file, or any other DuckDB failure: one line
+        raise store_error(path, err) from err
     finally:
         con.close()
 
@@ -154,6 +188,8 @@ def connect_write(
         try:
             check_schema(con, str(path), writable=True)
             yield con
+        except duckdb.Error as err:  # the transaction has rolled back; say what happened in one line
+            raise store_error(path, err) from err
         finally:
             con.close()
     finally:
