@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import tiny_corpus, tiny_model
+from tiny import TEXTS, tiny_corpus, tiny_model
 from tolerance import forward_tol
 
+from itda_core.corpus import Document
 from itda_core.errors import ITDAError
-from itda_core.extraction import extract, residual_stream, tokenize_documents
+from itda_core.extraction import CHARS_PER_TOKEN, _encode_prefixes, extract, residual_stream, tokenize_documents
 
 
 def _batch_tol(model, corpus, n_blocks: int) -> float:
@@ -182,3 +183,63 @@ def test_cuda_extraction_matches_cpu(corpus):
     assert b.acts[1].device.type == "cuda"
     _assert_rows_close(b.acts[1].cpu(), a.acts[1], _batch_tol(cpu_model, corpus, 2))  # other kernels, 2 blocks
     assert b.provenance.keys() == a.provenance.keys()
+
+
+def _long_documents() -> list[Document]:
+    """Long documents of every awkward shape: prose, a long run of blanks first (no tokens there for WordPiece),
+    one long word, emoji and accents, and a short one beside them."""
+    prose = " ".join(TEXTS) * 400  # about 240,000 characters
+    texts = [
+        prose,
+        " \n\t" * 20_000 + prose[:50_000],
+        "x" * 30_000 + " " + prose[:50_000],
+        "🙂é Paris, " * 20_000,
+        "Short one.",
+    ]
+    return [Document(doc_id=i, text=t, source=f"long:{i}") for i, t in enumerate(texts)]
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "bert"])
+@pytest.mark.parametrize("seq_len", [2, 7, 128, 300])
+def test_long_documents_cut_before_tokenising_match_whole(kind, seq_len):
+    model = tiny_model(kind)
+    docs = _long_documents()
+    got = _encode_prefixes(model.tokenizer, [d.text for d in docs], seq_len)
+    want = model.tokenizer([d.text for d in docs], truncation=True, max_length=seq_len, add_special_tokens=True,
+                           return_offsets_mapping=True, return_special_tokens_mask=True)  # fmt: skip
+    for key in ("input_ids", "offset_mapping", "special_tokens_mask", "attention_mask"):
+        assert got[key] == want[key], key
+    batch = tokenize_documents(model, docs, seq_len)
+    for i, ids in enumerate(want["input_ids"]):
+        assert batch.input_ids[i, : len(ids)].tolist() == ids
+
+
+class _Recording:
+    """A tokenizer that records the longest text it was asked to encode."""
+
+    def __init__(self, tok):
+        self.tok, self.longest = tok, 0
+
+    def __call__(self, texts, **kwargs):
+        self.longest = max([self.longest, *(len(t) for t in texts)])
+        return self.tok(texts, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+
+def test_long_document_is_not_tokenised_whole():
+    model = tiny_model("llama")
+    recording = _Recording(model.tokenizer)
+    model.tokenizer = recording
+    text = " ".join(TEXTS) * 2000  # 1.2 MB: a 25 MB document once peaked at 3.7 GB
+    batch = tokenize_documents(model, [Document(doc_id=0, text=text, source="long")], 128)
+    assert batch.input_ids.shape == (1, 128)
+    assert recording.longest <= 128 * CHARS_PER_TOKEN < len(text)
+
+
+def test_seq_len_shorter_than_the_special_tokens():
+    model = tiny_model("bert")  # [CLS] text [SEP]: with seq_len 1 the tokenizer would not truncate at all
+    with pytest.raises(ITDAError, match="at least 3"):
+        tokenize_documents(model, _long_documents(), 1)
+    assert tokenize_documents(tiny_model("gpt2"), _long_documents(), 1).input_ids.shape == (5, 1)
