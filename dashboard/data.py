@@ -504,12 +504,13 @@ def atom_vector(dict_id: int, atom_id: int) -> np.ndarray:
 # ---- similarity --------------------------------------------------------------------------------------------
 
 
-def jaccard_options(atoms: str | None = None, index: str | None = None) -> Any:
-    """``itda_core.similarity.jaccard.JaccardOptions`` (which atoms count, which index; None: the default);
-    raises ITDAError for an unknown choice."""
+def jaccard_options(atoms: str | None = None, index: str | None = None, min_atoms: int | None = None) -> Any:
+    """``itda_core.similarity.jaccard.JaccardOptions`` (which atoms count, which index, the fewest atoms a
+    value needs; None: the default); raises ITDAError for an unknown choice."""
     from itda_core.similarity.jaccard import DEFAULT_OPTIONS, JaccardOptions
 
-    return JaccardOptions(atoms=atoms or DEFAULT_OPTIONS.atoms, index=index or DEFAULT_OPTIONS.index)
+    return JaccardOptions(atoms=atoms or DEFAULT_OPTIONS.atoms, index=index or DEFAULT_OPTIONS.index,
+                          min_atoms=DEFAULT_OPTIONS.min_atoms if min_atoms is None else min_atoms)
 
 
 def evidence_mask(init_count: np.ndarray) -> np.ndarray:
@@ -604,24 +605,25 @@ def atom_sets(atoms: str = "evidence") -> Sets:
     return _sets(*store_key(), atoms)
 
 
-def _value(shared: int, n_a: int, n_b: int, sa: Any, sb: Any, index: str) -> float:
-    from itda_core.similarity.jaccard import jaccard_index, pair_universe
+def _value(shared: int, n_a: int, n_b: int, sa: Any, sb: Any, options: Any) -> float:
+    from itda_core.similarity.jaccard import pair_universe
 
-    return float(jaccard_index(shared, n_a, n_b, pair_universe(sa, sb), index))
+    return float(options.value(shared, n_a, n_b, pair_universe(sa, sb)))
 
 
 @st.cache_data(ttl=TTL, show_spinner=False, max_entries=64)
 def _jaccard(
-    path: str, v: Version, rows: tuple[int, ...], cols: tuple[int, ...], atoms: str, index: str
+    path: str, v: Version, rows: tuple[int, ...], cols: tuple[int, ...], atoms: str, index: str, min_atoms: int
 ) -> dict[str, Any]:
     from itda_core.similarity.jaccard import shared_count
 
-    options = jaccard_options(atoms, index)
+    options = jaccard_options(atoms, index, min_atoms)
     sets = _sets(path, v, options.atoms).sets
     values = np.full((len(rows), len(cols)), np.nan)
     shared = np.zeros((len(rows), len(cols)), dtype=np.int64)
     methods: set[str] = set()
     errors: list[str] = []
+    too_few = 0
     for i, a in enumerate(rows):
         for j, b in enumerate(cols):
             try:
@@ -631,38 +633,42 @@ def _jaccard(
                     errors.append(str(err))
                 continue
             methods.add(how)
-            values[i, j] = _value(n, n_a, n_b, sets[a], sets[b], options.index)
+            values[i, j] = _value(n, n_a, n_b, sets[a], sets[b], options)
             shared[i, j] = n
-    return {"values": values, "shared": shared, **_outcome(methods, errors, options)}
+            too_few += options.too_few(n_a, n_b)
+    return {"values": values, "shared": shared, **_outcome(methods, errors, options, too_few)}
 
 
-def _outcome(methods: set[str], errors: list[str], options: Any) -> dict[str, Any]:
+def _outcome(methods: set[str], errors: list[str], options: Any, too_few: int) -> dict[str, Any]:
     """What every Jaccard result carries besides its values: how pairs were matched, the first few reasons a
-    pair could not be compared, and which variant (label, atoms, index) the values are."""
-    return {"methods": sorted(methods), "errors": errors[:3], "label": options.label, "atoms": options.atoms,
-            "index": options.index}
+    pair could not be compared, how many pairs are empty for too few atoms (``min_atoms``), and which variant
+    (label, atoms, index) the values are."""
+    return {"methods": sorted(methods), "errors": errors[:3], "too_few": too_few, "min_atoms": options.min_atoms,
+            "label": options.label, "atoms": options.atoms, "index": options.index}
 
 
 def jaccard(rows: list[int], cols: list[int], options: Any = None) -> dict[str, Any]:
     """Jaccard of dictionaries ``rows`` x ``cols`` (by keys, or character spans across tokenizers) under
-    ``options`` (a JaccardOptions; default ``DEFAULT_OPTIONS``: evidence atoms, chance-corrected): ``values``,
-    ``shared`` counts, ``methods`` used, the first few distinct ``errors`` and the variant's ``label``."""
+    ``options`` (a JaccardOptions; default ``DEFAULT_OPTIONS``: evidence atoms, raw): ``values``, ``shared``
+    counts, ``methods`` used, the first few distinct ``errors``, ``too_few`` (pairs left empty under
+    ``min_atoms``) and the variant's ``label``."""
     from itda_core.similarity.jaccard import DEFAULT_OPTIONS
 
     options = options or DEFAULT_OPTIONS
     return _jaccard(
-        *store_key(), tuple(int(r) for r in rows), tuple(int(c) for c in cols), options.atoms, options.index
+        *store_key(), tuple(int(r) for r in rows), tuple(int(c) for c in cols), options.atoms, options.index,
+        options.min_atoms,
     )
 
 
 @st.cache_data(ttl=TTL, show_spinner=False, max_entries=16)
 def _model_matrix(
-    path: str, v: Version, runs: tuple[tuple[str, tuple[int, ...]], ...], atoms: str, index: str
+    path: str, v: Version, runs: tuple[tuple[str, tuple[int, ...]], ...], atoms: str, index: str, min_atoms: int
 ) -> dict[str, Any]:
     from itda_core.provenance import Provenance
     from itda_core.similarity.jaccard import AtomSet, shared_count
 
-    options = jaccard_options(atoms, index)
+    options = jaccard_options(atoms, index, min_atoms)
     data = _store_atoms(path, v)
     unions = []
     for label_text, ids in runs:
@@ -677,6 +683,7 @@ def _model_matrix(
     shared = np.zeros((n, n), dtype=np.int64)
     methods: set[str] = set()
     errors: list[str] = []
+    too_few = 0
     for i in range(n):
         for j in range(i, n):
             try:
@@ -686,9 +693,11 @@ def _model_matrix(
                     errors.append(str(err))
                 continue
             methods.add(how)
-            values[i, j] = values[j, i] = _value(s, n_a, n_b, unions[i], unions[j], options.index)
+            values[i, j] = values[j, i] = _value(s, n_a, n_b, unions[i], unions[j], options)
             shared[i, j] = shared[j, i] = s
-    return {"labels": [r[0] for r in runs], "values": values, "shared": shared, **_outcome(methods, errors, options)}
+            too_few += options.too_few(n_a, n_b)
+    return {"labels": [r[0] for r in runs], "values": values, "shared": shared,
+            **_outcome(methods, errors, options, too_few)}
 
 
 def model_matrix(runs: dict[str, list[int]], options: Any = None) -> dict[str, Any]:
@@ -698,7 +707,7 @@ def model_matrix(runs: dict[str, list[int]], options: Any = None) -> dict[str, A
 
     options = options or DEFAULT_OPTIONS
     key = tuple((label_text, tuple(int(i) for i in ids)) for label_text, ids in runs.items())
-    return _model_matrix(*store_key(), key, options.atoms, options.index)
+    return _model_matrix(*store_key(), key, options.atoms, options.index, options.min_atoms)
 
 
 def shared_pairs(dict_a: int, dict_b: int, options: Any = None) -> pd.DataFrame:
