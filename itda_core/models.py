@@ -323,6 +323,69 @@ def _from_folder(
     return wrap_model(model, tokenizer, name=name, model_id=model_id, source=str(folder), device=device, dtype=dtype)
 
 
+HUB_PROBE_SECONDS = 3.0  # one quick connection to the hub before transformers' own retries (26 s offline)
+
+
+def _exists(path: Path, *, folder: bool = False) -> bool:
+    """``path.exists()`` (``is_dir()`` with ``folder``), False for a name the system cannot look up (longer than a
+    file name may be), which then goes on to be checked as a hub id."""
+    try:
+        return path.is_dir() if folder else path.exists()
+    except OSError:
+        return False
+
+
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) asks for no network, read now, not at import."""
+    return any(os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+               for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))  # fmt: skip
+
+
+def _hub_cached(name: str, revision: str | None) -> bool:
+    """Whether the hub model's config.json is in the local Hugging Face cache (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(name, "config.json", revision=revision), str)
+
+
+def _hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> str | None:
+    """None when the hub's host accepts a connection within ``timeout`` seconds, else why not (one line)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout).close()
+    except OSError as err:
+        return f"cannot reach {constants.ENDPOINT} ({type(err).__name__}: {str(err)[:100]})"
+    return None
+
+
+def check_hub_id(name: str, revision: str | None = None) -> None:
+    """Fail at once, in one line, for a hub id that cannot load: not a valid id, or neither cached nor reachable
+    (offline, HF_HUB_OFFLINE set, or no network), instead of after the hub client's retries."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    aliases = ", ".join(EMBEDDED_MODELS)
+    try:
+        validate_repo_id(name)
+    except HFValidationError as err:
+        raise ITDAError(f"{name[:80]!r} is not a model folder, a .gguf file, a valid hub id or an embedded alias "
+                        f"({aliases})") from err
+    if _hub_cached(name, revision):
+        return
+    if hub_offline():
+        raise ITDAError(f"model {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set (no "
+                        f"network use); unset it to download, or use a local folder, a .gguf file or an embedded "
+                        f"alias ({aliases})")
+    problem = _hub_reachable()
+    if problem:
+        raise ITDAError(f"model {name!r} is not in the local Hugging Face cache and {problem}: check your network, "
+                        f"or use a local folder, a .gguf file or an embedded alias ({aliases})")
+
+
 def load_model(
     name: str,
     device: str | torch.device = "auto",
@@ -354,7 +417,7 @@ def load_model(
             dtype=dt,
             trust_remote_code=trust_remote_code,
         )
-    if path.is_dir():
+    if _exists(path, folder=True):
         if not (path / "config.json").is_file():
             raise ITDAError(f"{path} is a folder without config.json; point to a transformers model folder")
         return _from_folder(
@@ -365,7 +428,7 @@ def load_model(
             dtype=dt,
             trust_remote_code=trust_remote_code,
         )
-    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+    if _exists(path) or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ITDAError(
             f"{name!r} is not a model folder, a .gguf file, a hub id or an embedded alias "
             f"({', '.join(EMBEDDED_MODELS)})"
@@ -373,6 +436,7 @@ def load_model(
     close = difflib.get_close_matches(name, list(EMBEDDED_MODELS), n=1, cutoff=0.6)
     if close:
         raise ITDAError(f"unknown model {name!r}; did you mean the embedded alias {close[0]!r}?")
+    check_hub_id(name, revision)
     loaded = _from_folder(
         name, name=name, model_id="", device=dev, dtype=dt, trust_remote_code=trust_remote_code, revision=revision
     )
