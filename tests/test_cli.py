@@ -62,3 +62,45 @@ def test_train_end_to_end_on_a_local_model(tmp_path):
         outputs[flag] = [ITDA.load(p) for p in sorted(next(out.iterdir()).iterdir())]
     for fast, full in zip(outputs["--early-stop"], outputs["--no-early-stop"], strict=True):
         assert torch.equal(fast.atoms, full.atoms) and fast.provenance.keys() == full.provenance.keys()
+
+
+def _readme_commands() -> list[str]:
+    """Every ``itda ...`` line of README.md's code blocks, without its trailing comment."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```(?:bash|sh|console)?\n(.*?)```", readme, flags=re.S)
+    lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
+    return [line for line in lines if line.startswith("itda ")]
+
+
+def _parse_command_line(line: str) -> None:
+    """Parse an ``itda`` command line the way the CLI would (options, arguments, sub-commands), running nothing."""
+    import shlex
+
+    import typer
+
+    command = typer.main.get_command(app)  # typer's own click: groups are told apart by resolve_command
+    args, parent, name = shlex.split(line)[1:], None, "itda"
+    while True:
+        try:
+            ctx = command.make_context(name, list(args), parent=parent)
+        except typer.Exit:  # --help
+            return
+        if not hasattr(command, "resolve_command"):
+            return
+        rest = [*getattr(ctx, "_protected_args", []), *ctx.args]
+        name, sub, args = command.resolve_command(ctx, rest)
+        assert sub is not None, line
+        command, parent = sub, ctx
+
+
+def test_readme_command_lines_parse():
+    lines = _readme_commands()
+    assert len(lines) > 15 and any(line.startswith("itda eval") for line in lines)
+    for line in lines:
+        try:
+            _parse_command_line(line)
+        except Exception as err:  # a usage error names the README line that no longer matches the CLI
+            raise AssertionError(f"README: {line!r}: {err}") from err
