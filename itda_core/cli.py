@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from itda_core.errors import ITDAError
-
 from itda_core.layers import parse_layers
 
 if TYPE_CHECKING:
@@ -115,6 +114,10 @@ def train(
     from itda_core.models import load_model
     from itda_core.trainer import TrainConfig, Trainer
 
+    if store is not None:  # before loading and training: a locked or read-only store fails now, not after
+        from itda_core.store.connection import check_writable
+
+        check_writable(store)
     lm = load_model(model, device=device)
     chosen = parse_layers(layers, lm.n_layers)
     full_corpus = load_corpus(corpus, split=hf_split, text_field=text_field)

@@ -10,7 +10,12 @@ where DuckDB refuses a read-only and a read-write connection to one file at the 
 Writers go first: a reader that keeps reconnecting (a dashboard refreshing) could otherwise hold the
 lock nearly all the time and starve a writer's retries. A waiting writer drops a small intent file
 (``<store>.write-intent.<pid>``); readers hold back while one exists, then take their turn once the
-writer's transaction is closed. Intent files of dead processes (a killed writer) are ignored and removed.
+writer's transaction is closed. Intent files of dead processes (a killed writer) are ignored and removed,
+and readers hold back for a fresh intent only (:data:`YIELD_WINDOW`): a writer still waiting after that is
+blocked by someone else (a read-only session left open), and readers stalling behind it would help nobody.
+
+A connection that has to wait says so once (who holds the lock, when DuckDB names the process, and for how
+long it will wait), so a wait is never silent.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,13 +85,26 @@ def store_error(path: str | Path, err: duckdb.Error) -> StoreError:
                       f"`itda store-info --store {path}`, and if it is damaged {DAMAGED_HINT}")
 
 
+YIELD_WINDOW = 2.0  # seconds a reader holds back for a writer's intent after it was announced
+WRITABLE_TIMEOUT = 10.0  # seconds `itda train --store` waits for the write lock before training
+_HOLDER = re.compile(r"held in (?P<program>.+?) \(PID (?P<pid>\d+)\)")
+
+
+def _stderr(line: str) -> None:
+    """Default notice: one line on stderr."""
+    print(line, file=sys.stderr, flush=True)
+
+
 @dataclass
 class Retry:
-    """Backoff for a locked store: first sleep, cap, and total time before giving up."""
+    """Backoff for a locked store: first sleep, cap, total time before giving up, and the one-line notice
+    given once the wait has lasted ``notice_after`` seconds (None: say nothing)."""
 
     timeout: float = 30.0
     first_delay: float = 0.005
     max_delay: float = 0.2
+    notice: Callable[[str], None] | None = _stderr
+    notice_after: float = 0.0
 
 
 def is_lock_error(err: BaseException) -> bool:
@@ -92,21 +112,39 @@ def is_lock_error(err: BaseException) -> bool:
     return isinstance(err, duckdb.Error) and any(marker in str(err) for marker in _RETRYABLE)
 
 
+def lock_holder(err: BaseException) -> str:
+    """Who holds the lock, as DuckDB's error names it ("PID 123 (/usr/bin/python3)"), else a vaguer phrase."""
+    match = _HOLDER.search(str(err))
+    if match:
+        return f"PID {match['pid']} ({match['program']})"
+    if "different configuration" in str(err):
+        return "another connection in this process"
+    return "another process"
+
+
 def _open(path: Path, read_only: bool, retry: Retry) -> duckdb.DuckDBPyConnection:
     """duckdb.connect with backoff while another process holds a conflicting lock."""
-    deadline = time.monotonic() + retry.timeout
+    start = time.monotonic()
+    deadline = start + retry.timeout
     delay = retry.first_delay
+    told = retry.notice is None
     while True:
         try:
             return duckdb.connect(str(path), read_only=read_only)
         except duckdb.Error as err:
             if not is_lock_error(err):
                 raise store_error(path, err) from err
-            if time.monotonic() >= deadline:
-                who = "being written by another process" if read_only else "in use by another process"
+            now = time.monotonic()
+            if now >= deadline:
+                who = "being written" if read_only else "in use"
                 raise StoreBusy(
-                    f"store {path} was {who} for more than {retry.timeout:.0f} s; try again when it finishes"
+                    f"store {path} was {who} by {lock_holder(err)} for more than {retry.timeout:.0f} s; close "
+                    "that session (a read-only one counts for writers) or try again when it finishes"
                 ) from err
+            if not told and now - start >= retry.notice_after:
+                told = True
+                retry.notice(f"store {path} is locked by {lock_holder(err)}; waiting up to "
+                             f"{max(0.0, deadline - now):.0f} s more for it (Ctrl-C to stop)")
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, retry.max_delay)
 
@@ -127,20 +165,23 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def writer_waiting(path: Path) -> bool:
-    """True while another live process has announced a write to this store (stale intents are removed)."""
+def writer_waiting(path: Path, window: float | None = None) -> bool:
+    """True while another live process announced a write to this store less than ``window`` seconds ago
+    (default :data:`YIELD_WINDOW`); intents of dead processes are removed."""
+    window = YIELD_WINDOW if window is None else window
     waiting = False
     for intent in _intent_files(path):
         try:
             pid = int(intent.name.rsplit(".", 1)[1])
-        except ValueError:
+            age = time.time() - intent.stat().st_mtime
+        except (ValueError, OSError):
             continue
         if pid == os.getpid():
             continue
-        if _alive(pid):
-            waiting = True
-        else:
+        if not _alive(pid):
             intent.unlink(missing_ok=True)
+        elif age < window:
+            waiting = True
     return waiting
 
 
@@ -156,7 +197,8 @@ def _yield_to_writers(path: Path, deadline: float) -> None:
 def connect_readonly(
     path: str | Path = DEFAULT_STORE, timeout: float = 30.0
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A read-only connection for one page or query (waits while a writer commits); closed on exit."""
+    """A read-only connection for one page or query (waits while a writer commits, saying so after 1 s);
+    closed on exit."""
     path = Path(path)
     if not path.is_file():
         raise StoreError(
@@ -164,7 +206,7 @@ def connect_readonly(
         )
     start = time.monotonic()
     _yield_to_writers(path, start + timeout / 2)
-    con = _open(path, True, Retry(timeout=max(1.0, timeout - (time.monotonic() - start))))
+    con = _open(path, True, Retry(timeout=max(1.0, timeout - (time.monotonic() - start)), notice_after=1.0))
     try:
         check_schema(con, str(path), writable=False)
         yield con
@@ -176,15 +218,16 @@ def connect_readonly(
 
 @contextmanager
 def connect_write(
-    path: str | Path = DEFAULT_STORE, timeout: float = 600.0
+    path: str | Path = DEFAULT_STORE, timeout: float = 600.0, notice: Callable[[str], None] | None = _stderr
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A read-write connection (creating the file and schema if needed), held only for one transaction."""
+    """A read-write connection (creating the file and schema if needed), held only for one transaction; a
+    wait for the lock is announced once through ``notice``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     intent = path.with_name(f"{path.name}.write-intent.{os.getpid()}")
     intent.touch()
     try:
-        con = _open(path, False, Retry(timeout=timeout))
+        con = _open(path, False, Retry(timeout=timeout, notice=notice))
         try:
             check_schema(con, str(path), writable=True)
             yield con
@@ -194,6 +237,27 @@ def connect_write(
             con.close()
     finally:
         intent.unlink(missing_ok=True)
+
+
+def check_writable(
+    path: str | Path, timeout: float | None = None, notice: Callable[[str], None] | None = _stderr
+) -> None:
+    """Fail fast, before slow work, unless the store can be written now: its folder and file are writable
+    and the write lock is free within ``timeout`` s (default :data:`WRITABLE_TIMEOUT`); creates or migrates it."""
+    path = Path(path)
+    timeout = WRITABLE_TIMEOUT if timeout is None else timeout
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StoreError(f"cannot create the folder of store {path}: {err.strerror}; use another --store") from err
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise StoreError(f"store {path} is not writable (permissions of it or its folder); use another --store")
+    try:
+        with connect_write(path, timeout=timeout, notice=notice):
+            pass
+    except StoreBusy as err:
+        raise StoreBusy(f"{err}; nothing was trained yet") from err
 
 
 @contextmanager
