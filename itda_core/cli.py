@@ -274,27 +274,24 @@ def demo(
     """The main job: build the default store (three embedded models, every layer, trained and indexed;
     resumable) and open the dashboard. The dashboard starts first and shows each model as soon as it is
     stored; a complete store is reused, so a later launch is up in seconds."""
+    import contextlib
     import os
-    import subprocess
 
-    from itda_core.commands.dashboard import ENV_STORE, serve_command_line
+    from itda_core.commands.dashboard import ENV_STORE, child_process, serve_command_line
     from itda_core.store.demo import DemoConfig, build_demo
 
-    server = None
-    if serve:
-        store.parent.mkdir(parents=True, exist_ok=True)
-        server = subprocess.Popen(serve_command_line(store, port), env={**os.environ, ENV_STORE: str(store)})
-        typer.echo(f"dashboard: http://localhost:{port} (models appear as they are built; Ctrl-C stops both)")
-    try:
+    with contextlib.ExitStack() as stack:  # the dashboard stops with the demo on every exit path (SIGTERM too)
+        server = None
+        if serve:
+            store.parent.mkdir(parents=True, exist_ok=True)
+            env = {**os.environ, ENV_STORE: str(store)}
+            server = stack.enter_context(child_process(serve_command_line(store, port), env=env))
+            typer.echo(f"dashboard: http://localhost:{port} (models appear as they are built; Ctrl-C stops both)")
         report = build_demo(DemoConfig(store=store, device=device, rebuild=rebuild))
         typer.echo(report.summary())
         if server is not None:
             typer.echo(f"store complete; dashboard still on http://localhost:{port} (Ctrl-C to stop)")
             server.wait()
-    finally:
-        if server is not None and server.poll() is None:
-            server.terminate()
-            server.wait(timeout=10)
 
 
 def _register_commands() -> None:

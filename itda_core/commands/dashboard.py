@@ -4,11 +4,16 @@ here imports the ``dashboard`` package (the server runs it as a script)."""
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import importlib.util
 import os
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -45,6 +50,68 @@ def serve_command_line(store: Path, port: int = 8501, address: str = "localhost"
     ]  # fmt: skip
 
 
+PR_SET_PDEATHSIG = 1  # prctl option: the signal a child gets when its parent dies (Linux)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # a service manager's stop, a closed terminal
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A pre-exec hook (Linux): the child asks the kernel for SIGTERM when its parent dies, even by SIGKILL, and
+    exits at once if the parent is already gone. prctl is looked up here, in the parent, not after the fork."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # no libc prctl: the handlers and atexit still stop the child
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return hook
+
+
+def stop_child(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Terminate ``proc`` if it still runs, and kill it if it has not stopped after ``timeout`` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _raise_exit(signum: int, _frame: object) -> None:
+    """A stop signal as SystemExit(128 + signum), so ``finally`` blocks (and the child's stop) run."""
+    raise SystemExit(128 + signum)
+
+
+@contextmanager
+def child_process(command: list[str], env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """Run ``command`` as a child that stops with this process on every exit path: leaving the block (normally,
+    an error, Ctrl-C), SIGTERM or SIGHUP (turned into SystemExit while the block runs), interpreter exit
+    (atexit) and, on Linux, this process being killed outright (the child gets SIGTERM from the kernel). So
+    ``itda demo`` or ``itda serve`` stopped by a service manager never leaves Streamlit serving the port."""
+    preexec = _die_with_parent() if sys.platform.startswith("linux") else None
+    proc = subprocess.Popen(command, env=env, preexec_fn=preexec)
+
+    def cleanup() -> None:
+        stop_child(proc)
+
+    atexit.register(cleanup)
+    main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, _raise_exit) for sig in STOP_SIGNALS} if main else {}
+    try:
+        yield proc
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        cleanup()
+        atexit.unregister(cleanup)
+
+
 def serve_command(
     store: Annotated[Path, typer.Option(help="The DuckDB store to browse (read-only).")] = DEFAULT_STORE_PATH,
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8501,
@@ -65,25 +132,12 @@ def serve_command(
         )
     typer.echo(f"ITDA dashboard for {store} on http://{address}:{port} (Ctrl-C stops it)")
     env = {**os.environ, ENV_STORE: str(store)}
-    proc = subprocess.Popen(serve_command_line(store, port, address), env=env)
-
-    def _stop(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, _stop)
     code = 0
     try:
-        code = proc.wait()
-    except KeyboardInterrupt:
+        with child_process(serve_command_line(store, port, address), env=env) as proc:
+            code = proc.wait()
+    except KeyboardInterrupt:  # Ctrl-C (or a TERM) to `itda serve` stops the server too
         code = 0
-    finally:  # Ctrl-C or a TERM to `itda serve` stops the server too
-        signal.signal(signal.SIGTERM, previous)
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
     if code:
         raise typer.Exit(code)
 
