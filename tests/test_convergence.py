@@ -92,6 +92,10 @@ def test_hub_revision_is_split_and_passed_to_transformers(monkeypatch, tmp_path)
 
         return from_pretrained
 
+    import itda_core.models
+
+    # the id is not cached and the tests run offline: pass the hub check, to reach from_pretrained
+    monkeypatch.setattr(itda_core.models, "check_hub_id", lambda name, revision=None: None)
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", fake("config"))
     with pytest.raises(ITDAError, match="could not load model"):
         load_model("EleutherAI/pythia-70m", device="cpu", revision="step1000")
