@@ -37,7 +37,7 @@ def process_start(pid: int) -> int | None:
     be read."""
     try:
         import psutil
-    except ImportError:  # pragma: no cover - psutil is in the lock file
+    except ImportError:  # pragma: no cover - psutil is a declared dependency
         return _proc_start(pid)
     try:
         return round(psutil.Process(pid).create_time() * 100)
