@@ -11,6 +11,7 @@ from pathlib import Path
 import duckdb
 import pytest
 from streamlit.testing.v1 import AppTest
+from test_dashboard_apptest import _app
 from test_store_concurrency import synthetic_itda
 from tiny import tiny_corpus, tiny_model
 from typer.testing import CliRunner
@@ -20,7 +21,6 @@ from itda_core.store import queries as Q
 from itda_core.store.connection import StoreDamaged, connect_readonly, connect_write, transaction
 from itda_core.store.writer import write_dictionary
 
-APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 PAGES = [None, "views/atom_browser.py", "views/live_decomposition.py", "views/similarity.py", "views/atom_map.py"]
 BLOCK = 4096
 
@@ -98,16 +98,6 @@ def test_store_info_is_one_line(damaged, as_json):
     _one_line(result.exception, path)
 
 
-def _page(page: str | None, query: dict[str, str] | None = None) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.run()
-    if page is not None:
-        at.switch_page(page)
-    for key, value in (query or {}).items():
-        at.query_params[key] = value
-    return at.run()
-
-
 def _alerts(at: AppTest, page: str | None) -> list[str]:
     """The page's error alerts, after checking it raised nothing and every alert is one damage line."""
     assert not at.exception, (page, [e.value for e in at.exception])
@@ -119,12 +109,12 @@ def _alerts(at: AppTest, page: str | None) -> list[str]:
 def test_every_dashboard_page_shows_an_alert(damaged, monkeypatch):
     monkeypatch.setenv("ITDA_STORE", str(damaged["early"]))  # the pages' store check fails
     for page in PAGES:
-        assert _alerts(_page(page), page), page
+        assert _alerts(_app(page), page), page
 
 
 def test_late_damage_is_an_alert_not_a_traceback(damaged, monkeypatch):
     monkeypatch.setenv("ITDA_STORE", str(damaged["late"]))  # the store check passes, reading atoms fails
     for page in PAGES:
-        _alerts(_page(page), page)
-    atom_page = _page("views/atom_browser.py", {"dict": "1", "atom": "5"})
+        _alerts(_app(page), page)
+    atom_page = _app("views/atom_browser.py", {"dict": "1", "atom": "5"})
     assert _alerts(atom_page, "atom page")
