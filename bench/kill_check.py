@@ -35,7 +35,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 LEFTOVER_GLOBS = {"index spill": ".itda-index-*", "save tmp": ".*.tmp-*", "save old": ".*.old-*"}
 CLI = [sys.executable, "-m", "itda_core.cli"]
@@ -100,7 +99,7 @@ class Work:
 
 def prepare(root: Path) -> Work:
     """The tiny model folder and the corpus file."""
-    from tiny import TEXTS, tiny_model
+    from tests.tiny import TEXTS, tiny_model
 
     made = tiny_model("gpt2")
     model = root / "tiny-gpt2"

@@ -1,17 +1,14 @@
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 # Never reach for the hub from tests: offline errors must come at once.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from tiny import tiny_corpus, tiny_model
+from tests.tiny import tiny_corpus, tiny_model
 
 
 @pytest.fixture(scope="session", params=["gpt2", "llama", "bert"])

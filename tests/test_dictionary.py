@@ -7,13 +7,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tiny import tiny_corpus, tiny_model
-from tolerance import mp_tol
 
 from itda_core import dictionary as dictionary_mod
 from itda_core.dictionary import ITDA
 from itda_core.errors import ITDAError
 from itda_core.trainer import train
+from tests.tiny import tiny_corpus, tiny_model
+from tests.tolerance import mp_tol
 
 
 @pytest.fixture(scope="module")

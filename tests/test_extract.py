@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import TEXTS, tiny_corpus, tiny_model
-from tolerance import forward_tol
 
 from itda_core.corpus import Document
 from itda_core.errors import ITDAError
 from itda_core.extraction import CHARS_PER_TOKEN, _encode_prefixes, extract, residual_stream, tokenize_documents
+from tests.tiny import TEXTS, tiny_corpus, tiny_model
+from tests.tolerance import forward_tol
 
 
 def _batch_tol(model, corpus, n_blocks: int) -> float:

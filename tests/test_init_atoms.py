@@ -5,7 +5,6 @@ from __future__ import annotations
 import duckdb
 import pytest
 import torch
-from tiny import tiny_corpus, tiny_model
 
 from itda_core.dictionary import ITDA, ITDAConfig
 from itda_core.errors import ITDAError
@@ -14,6 +13,7 @@ from itda_core.store.connection import connect_readonly, connect_write
 from itda_core.store.schema import SCHEMA_VERSION, SchemaMismatch
 from itda_core.store.writer import read_dictionary, write_dictionary
 from itda_core.trainer import TrainConfig, Trainer, _first_unique_rows, train
+from tests.tiny import tiny_corpus, tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tolerance import forward_tol
 
 from itda_core.corpus import load_corpus
 from itda_core.extraction import extract, tokenize_documents
 from itda_core.models import load_model
 from itda_core.provenance_check import check_provenance
 from itda_core.trainer import train
+from tests.tolerance import forward_tol
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-from tiny import tiny_corpus, tiny_model
 
 from itda_core import dictionary as dictionary_mod
 from itda_core.commands.similarity import find_dictionaries, group_dictionaries
@@ -19,6 +18,7 @@ from itda_core.leftovers import INDEX_PREFIX, Owner, current_owner, host_tag, pr
 from itda_core.store.index import IndexConfig, index_model, index_store
 from itda_core.store.writer import write_dictionary
 from itda_core.trainer import train
+from tests.tiny import tiny_corpus, tiny_model
 
 
 @pytest.fixture(scope="module")

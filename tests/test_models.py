@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import tiny_model
-from tolerance import forward_tol
 
 from itda_core import gguf_cache
 from itda_core import models as models_mod
 from itda_core.errors import ITDAError
 from itda_core.models import load_model, resolve_device, resolve_dtype
+from tests.tiny import tiny_model
+from tests.tolerance import forward_tol
 
 
 @pytest.mark.parametrize(("kind", "family"), [("gpt2", "decoder"), ("llama", "decoder"), ("bert", "encoder")])

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny import tiny_model
 
 from itda_core.models import load_model
+from tests.tiny import tiny_model
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "seed_models.py"
 

@@ -7,8 +7,6 @@ import weakref
 
 import pytest
 import torch
-from tiny import tiny_corpus, tiny_model
-from tolerance import cosine_tol, gamma, mp_tol
 
 from itda_core import hugepages, mp
 from itda_core import trainer as trainer_mod
@@ -17,6 +15,8 @@ from itda_core.extraction import extract
 from itda_core.provenance import Provenance
 from itda_core.provenance_check import check_provenance
 from itda_core.trainer import TrainConfig, Trainer, _first_unique_rows, normalised_error, train
+from tests.tiny import tiny_corpus, tiny_model
+from tests.tolerance import cosine_tol, gamma, mp_tol
 
 
 @pytest.fixture(scope="module")

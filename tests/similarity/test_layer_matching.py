@@ -12,8 +12,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from tiny import TEXTS, tiny_corpus, tiny_model
-from tolerance import similarity_tol, unit_roundoff
 from typer.testing import CliRunner
 
 from itda_core.cli import app
@@ -32,6 +30,8 @@ from itda_core.similarity.layer_matching import (
     score_matrices,
     score_runs,
 )
+from tests.tiny import TEXTS, tiny_corpus, tiny_model
+from tests.tolerance import similarity_tol, unit_roundoff
 
 FAST = {"tokens": 2_000, "k": 4, "seq_len": 64, "batch_size": 8, "n_directions": 8, "n_anchors": 50}
 # Scores are counts of right rows over exact integer totals (a mean of booleans is one too): one correctly

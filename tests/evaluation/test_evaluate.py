@@ -10,8 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 import typer
-from tiny import TEXTS, tiny_corpus, tiny_model
-from tolerance import cosine_tol, forward_tol, gamma, log_softmax_tol, mean_tol, mp_tol, unit_roundoff
 from torch import nn
 from typer.testing import CliRunner
 
@@ -34,6 +32,8 @@ from itda_core.evaluation.ce_score import cross_entropy, next_token_logprobs
 from itda_core.extraction import residual_stream, tokenize_documents
 from itda_core.models import LoadedModel
 from itda_core.provenance import Provenance
+from tests.tiny import TEXTS, tiny_corpus, tiny_model
+from tests.tolerance import cosine_tol, forward_tol, gamma, log_softmax_tol, mean_tol, mp_tol, unit_roundoff
 
 LAYER = 1
 

@@ -10,8 +10,6 @@ import duckdb
 import numpy as np
 import pytest
 import torch
-from tiny import tiny_corpus, tiny_model
-from tolerance import forward_tol, mp_tol, unit_roundoff
 
 from itda_core.dictionary import ITDA
 from itda_core.store import queries as Q
@@ -28,6 +26,8 @@ from itda_core.store.writer import (
     write_dictionary,
 )
 from itda_core.trainer import TrainConfig, Trainer
+from tests.tiny import tiny_corpus, tiny_model
+from tests.tolerance import forward_tol, mp_tol, unit_roundoff
 
 HELD_OUT = 0.25
 

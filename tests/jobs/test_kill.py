@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny import tiny_corpus, tiny_model
 
 from itda_core.dictionary import ITDA
 from itda_core.models import load_model
@@ -19,8 +18,9 @@ from itda_core.store.connection import connect_readonly
 from itda_core.store.index import IndexConfig, index_store, pending
 from itda_core.store.writer import read_dictionary, write_dictionary
 from itda_core.trainer import train
+from tests.tiny import tiny_corpus, tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAVE_LOOP = "import sys\nfrom itda_core.dictionary import ITDA\nitda = ITDA.load(sys.argv[1])\nwhile True:\n" \
             "    itda.save(sys.argv[2])\n"
 

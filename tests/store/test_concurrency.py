@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import tiny_corpus, tiny_model
 
 from itda_core.corpus import Corpus
 from itda_core.dictionary import ITDA, ITDAConfig
@@ -22,8 +21,9 @@ from itda_core.models import LoadedModel
 from itda_core.store.connection import connect_readonly, connect_write, writer_waiting
 from itda_core.store.schema import SCHEMA_VERSION
 from itda_core.store.writer import write_dictionary
+from tests.tiny import tiny_corpus, tiny_model
 
-TESTS = str(Path(__file__).parent)
+ROOT = str(Path(__file__).resolve().parents[2])
 HELD_OUT = 0.25
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and file locks")
@@ -53,7 +53,7 @@ def synthetic_itda(model: LoadedModel, corpus: Corpus, layer: int, n_atoms: int,
 
 
 def _child(code: str, *args: str) -> subprocess.Popen:
-    prelude = f"import sys\nsys.path.insert(0, {TESTS!r})\n"
+    prelude = f"import sys\nsys.path.insert(0, {ROOT!r})\n"
     return subprocess.Popen(
         [sys.executable, "-c", prelude + textwrap.dedent(code), *args],
         stdout=subprocess.PIPE,
@@ -64,8 +64,8 @@ def _child(code: str, *args: str) -> subprocess.Popen:
 
 
 WRITER = """
-    from tiny import tiny_corpus, tiny_model
-    from test_store_concurrency import synthetic_itda
+    from tests.tiny import tiny_corpus, tiny_model
+    from tests.store.test_concurrency import synthetic_itda
     from itda_core.store.writer import write_dictionary
 
     path, n = sys.argv[1], int(sys.argv[2])
@@ -126,8 +126,8 @@ def test_writer_and_reader_processes_take_turns(tmp_path):
 KILLED_WRITER = """
     import time
     from contextlib import contextmanager
-    from tiny import tiny_corpus, tiny_model
-    from test_store_concurrency import synthetic_itda
+    from tests.tiny import tiny_corpus, tiny_model
+    from tests.store.test_concurrency import synthetic_itda
     import itda_core.store.writer as writer
 
     path, mode = sys.argv[1], sys.argv[2]

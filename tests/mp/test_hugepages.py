@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tolerance import dot_tol, mp_tol
 
 from itda_core import hugepages, mp
 from itda_core.mp import GramCache, gram_matrix, matching_pursuit, textbook_matching_pursuit
+from tests.tolerance import dot_tol, mp_tol
 
 needs_thp = pytest.mark.skipif(not hugepages.huge_pages_available(), reason="no transparent huge pages here")
 

@@ -11,7 +11,6 @@ import plotly.graph_objects as go
 import pytest
 import typer
 from streamlit.testing.v1 import AppTest
-from tiny import tiny_corpus, tiny_model
 from typer.testing import CliRunner
 
 from itda_core.errors import ITDAError
@@ -19,10 +18,11 @@ from itda_core.evaluation import evaluate, save_figure
 from itda_core.evaluation.store import STORED_METRICS, StoreEvalConfig, evaluate_store, held_out_corpus
 from itda_core.models import LoadedModel
 from itda_core.store.connection import connect_readonly
+from tests.tiny import tiny_corpus, tiny_model
 
 HELD_OUT = 0.25
 sweep_module = importlib.import_module("itda_core.evaluation.sweep")  # the package exports a function 'sweep'
-APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
 
 
 @pytest.fixture(scope="module")

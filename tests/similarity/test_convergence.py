@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from tiny import TEXTS, tiny_corpus, tiny_model
 from typer.testing import CliRunner
 
 from itda_core.cli import app
@@ -17,6 +16,7 @@ from itda_core.similarity.convergence import (
     checkpoint_label,
     convergence_figure,
 )
+from tests.tiny import TEXTS, tiny_corpus, tiny_model
 
 FAST = ConvergenceConfig(tokens=1_000, k=4, seq_len=64, batch_size=8)
 

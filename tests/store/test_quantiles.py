@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from tolerance import unit_roundoff
 
 from itda_core.store.quantiles import histogram, histogram_sql, quantile_bins, quantile_sql, top_sql
+from tests.tolerance import unit_roundoff
 
 
 def _expected_bins(values: np.ndarray, n_bins: int) -> np.ndarray:

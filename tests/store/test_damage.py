@@ -11,15 +11,15 @@ from pathlib import Path
 import duckdb
 import pytest
 from streamlit.testing.v1 import AppTest
-from test_dashboard_apptest import _app
-from test_store_concurrency import synthetic_itda
-from tiny import tiny_corpus, tiny_model
 from typer.testing import CliRunner
 
 from itda_core.cli import app
 from itda_core.store import queries as Q
 from itda_core.store.connection import StoreDamaged, connect_readonly, connect_write, transaction
 from itda_core.store.writer import write_dictionary
+from tests.dashboard.test_apptest import _app
+from tests.store.test_concurrency import synthetic_itda
+from tests.tiny import tiny_corpus, tiny_model
 
 PAGES = [None, "views/atom_browser.py", "views/live_decomposition.py", "views/similarity.py", "views/atom_map.py"]
 BLOCK = 4096

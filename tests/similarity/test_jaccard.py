@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 import typer
-from tiny import tiny_corpus, tiny_model
 from typer.testing import CliRunner
 
 from itda_core.commands.similarity import register
@@ -29,6 +28,7 @@ from itda_core.similarity.jaccard import model_jaccard as _model_jaccard
 from itda_core.similarity.jaccard import shared_atoms as _shared_atoms
 from itda_core.similarity.jaccard import span_matches as _span_matches
 from itda_core.trainer import train
+from tests.tiny import tiny_corpus, tiny_model
 
 # These tests check the mechanics of the paper's measure (keys, spans, model level, matrices, the CLI): raw
 # Jaccard over all atoms, a value for any set size (the hand-built dictionaries hold a few atoms). Which atoms

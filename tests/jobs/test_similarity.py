@@ -6,8 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_dashboard_apptest import build_tiny_store
-from tolerance import similarity_tol
 from typer.testing import CliRunner
 
 from itda_core.cli import app
@@ -15,6 +13,8 @@ from itda_core.errors import ITDAError
 from itda_core.similarity import baselines
 from itda_core.similarity.store import StoreSimilarityConfig, method_name, store_similarities
 from itda_core.store.connection import connect_readonly
+from tests.dashboard.test_apptest import build_tiny_store
+from tests.tolerance import similarity_tol
 
 FAST = StoreSimilarityConfig(tokens=150, n_directions=4, n_anchors=20, device="cpu")
 

@@ -7,11 +7,11 @@ import subprocess
 import sys
 
 import torch
-from tiny import TEXTS, tiny_model
 from typer.testing import CliRunner
 
 from itda_core.cli import app
 from itda_core.dictionary import ITDA
+from tests.tiny import TEXTS, tiny_model
 
 
 def test_help_lists_commands_and_options():
@@ -69,7 +69,7 @@ def _readme_commands() -> list[str]:
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     blocks = re.findall(r"```(?:bash|sh|console)?\n(.*?)```", readme, flags=re.S)
     lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
     return [line for line in lines if line.startswith("itda ")]

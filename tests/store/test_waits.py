@@ -12,12 +12,12 @@ import textwrap
 import time
 
 import pytest
-from tiny import TEXTS, tiny_model
 from typer.testing import CliRunner
 
 import itda_core.store.connection as connection
 from itda_core.cli import app
 from itda_core.store.connection import StoreBusy, connect_readonly, connect_write, lock_holder, writer_waiting
+from tests.tiny import TEXTS, tiny_model
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file locks")
 

@@ -27,7 +27,7 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "e2e"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "e2e"
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 TIMEOUT_MS = 180_000
 TYPED = 'Paris is the capital of France. <img src=x onerror="window.__xss=1"> <script>window.__xss=2</script> &'
@@ -65,7 +65,7 @@ def store(tmp_path_factory) -> Path:
     chosen = os.environ.get("ITDA_E2E_STORE")
     if chosen:
         return Path(chosen)
-    from test_dashboard_apptest import build_tiny_store
+    from tests.dashboard.test_apptest import build_tiny_store
 
     return build_tiny_store(tmp_path_factory.mktemp("e2e"))["path"]
 

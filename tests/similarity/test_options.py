@@ -7,8 +7,6 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-from tiny import tiny_corpus, tiny_model
-from tolerance import unit_roundoff
 
 from itda_core.dictionary import ITDA, ITDAConfig
 from itda_core.errors import ITDAError
@@ -25,6 +23,8 @@ from itda_core.similarity.jaccard import (
 )
 from itda_core.similarity.matrices import jaccard_matrix
 from itda_core.trainer import train
+from tests.tiny import tiny_corpus, tiny_model
+from tests.tolerance import unit_roundoff
 
 # the hand-built and tiny dictionaries hold a few atoms: a value for any size (min_atoms is tested below)
 RAW_ALL = JaccardOptions(atoms="all", index="raw", min_atoms=0)

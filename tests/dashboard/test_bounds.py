@@ -9,10 +9,10 @@ import re
 import shutil
 
 import pytest
-import test_dashboard_apptest as base
-from test_dashboard_apptest import _app, _no_exception, _texts
 
 from dashboard.nav import MAX_PARAM_CHARS, MAX_PARAMS
+from tests.dashboard import test_apptest as base
+from tests.dashboard.test_apptest import _app, _no_exception, _texts
 
 tiny_store = base.tiny_store  # the session store of tiny models, and the environment that points at it
 store_env = base.store_env

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import typer
-from tiny import tiny_corpus, tiny_model
 from typer.testing import CliRunner
 
 import itda_core.store.demo as demo
@@ -15,6 +14,7 @@ from itda_core.store.connection import connect_readonly, connect_write, transact
 from itda_core.store.demo import DemoConfig, build_demo, model_status
 from itda_core.store.schema import SCHEMA_VERSION
 from itda_core.store.writer import delete_dictionary
+from tests.tiny import tiny_corpus, tiny_model
 
 MODELS = {"tiny-llama": ("llama", 3), "tiny-bert": ("bert", 2)}
 

@@ -7,8 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from tiny import tiny_corpus, tiny_model
-from tolerance import at_maximum_tol, cosine_tol, forward_tol, gamma, similarity_tol, unit_roundoff
 
 from itda_core.errors import ITDAError
 from itda_core.extraction import extract
@@ -22,6 +20,8 @@ from itda_core.similarity import (
     svcca,
 )
 from itda_core.similarity import baselines as bl
+from tests.tiny import tiny_corpus, tiny_model
+from tests.tolerance import at_maximum_tol, cosine_tol, forward_tol, gamma, similarity_tol, unit_roundoff
 
 
 def rand(n: int, d: int, seed: int = 0) -> torch.Tensor:

@@ -6,7 +6,6 @@ import importlib.util
 
 import pytest
 import torch
-from tolerance import dot_tol, gamma, mp_tol, unit_roundoff
 
 from itda_core import mp
 from itda_core.mp import (
@@ -19,6 +18,7 @@ from itda_core.mp import (
     reconstruct,
     textbook_matching_pursuit,
 )
+from tests.tolerance import dot_tol, gamma, mp_tol, unit_roundoff
 
 GRAM_PATHS = ["half", "numba", "torch"]
 

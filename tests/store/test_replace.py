@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from tiny import TEXTS, tiny_model
 from typer.testing import CliRunner
 
 from itda_core.cli import app
 from itda_core.store.connection import connect_readonly
 from itda_core.store.writer import DictionaryExists
+from tests.tiny import TEXTS, tiny_model
 
 
 @pytest.fixture(scope="module")

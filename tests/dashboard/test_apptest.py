@@ -16,8 +16,6 @@ import numpy as np
 import pytest
 import torch
 from streamlit.testing.v1 import AppTest
-from tiny import tiny_corpus, tiny_model
-from tolerance import cosine_tol, unit_roundoff
 
 from dashboard import live
 from dashboard.render import (
@@ -35,8 +33,10 @@ from dashboard.render import tokens_html as render_tokens
 from itda_core.atom_map import compute_atom_maps, has_map, read_atom_map, store_atom_map
 from itda_core.similarity.jaccard import DEFAULT_OPTIONS, JaccardOptions
 from itda_core.store.connection import connect_readonly, connect_write, transaction
+from tests.tiny import tiny_corpus, tiny_model
+from tests.tolerance import cosine_tol, unit_roundoff
 
-APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
 PAGES = ["views/overview.py", "views/atom_browser.py", "views/live_decomposition.py", "views/similarity.py",
          "views/atom_map.py"]  # fmt: skip
 HELD_OUT = 0.25
