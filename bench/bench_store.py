@@ -62,7 +62,7 @@ def build_synthetic(path: Path, atoms_per_dict: int, index_tokens: int, k: int, 
 
     from itda_core.corpus import load_corpus
     from itda_core.dictionary import ITDAConfig
-    from itda_core.store.index import IndexConfig, _Target, _write_index, sparse_codes
+    from itda_core.jobs.index import IndexConfig, _Target, _write_index, sparse_codes
     from itda_core.store.writer import SplitInfo, documents_table, options_key
 
     rng = np.random.default_rng(seed)

@@ -57,7 +57,7 @@ while True:
 DEMO = """
 import sys
 from pathlib import Path
-from itda_core.store.demo import DemoConfig, build_demo
+from itda_core.jobs.demo import DemoConfig, build_demo
 build_demo(DemoConfig(store=Path(sys.argv[1]), models=[sys.argv[2]], train_documents=40, index_tokens=512, k=8,
                       atom_maps=False, progress=False, device="cpu"))
 """
@@ -156,7 +156,7 @@ def store_problems(store: Path, indexed: bool) -> list[str]:
     indexed (when ``indexed``)."""
     from itda_core.errors import ITDAError
     from itda_core.store.connection import connect_readonly
-    from itda_core.store.index import pending
+    from itda_core.jobs.index import pending
     from itda_core.store.writer import read_dictionary
 
     problems = []
@@ -180,7 +180,7 @@ def store_problems(store: Path, indexed: bool) -> list[str]:
 
 def folder_problems(out: Path, n_layers: int) -> list[str]:
     """What is wrong with the dictionary folders under ``out``: one does not load, a layer is missing."""
-    from itda_core.commands.similarity import find_dictionaries
+    from itda_core.cli.similarity import find_dictionaries
     from itda_core.dictionary import ITDA
     from itda_core.errors import ITDAError
 

@@ -774,7 +774,7 @@ def baseline(method: str, rows: list[int], cols: list[int]) -> np.ndarray:
 
 @st.cache_data(ttl=TTL, show_spinner=False, max_entries=32)
 def _atom_map(path: str, v: Version, dict_ids: tuple[int, ...]) -> pd.DataFrame | None:
-    from itda_core.atom_map import read_atom_map
+    from itda_core.jobs.atom_maps import read_atom_map
 
     with connect_readonly(path) as con:
         return read_atom_map(con, list(dict_ids))
@@ -788,7 +788,7 @@ def atom_map(dict_ids: list[int]) -> pd.DataFrame | None:
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _computed_map(path: str, v: Version, dict_ids: tuple[int, ...]) -> pd.DataFrame:
-    from itda_core.atom_map import compute_map_frame
+    from itda_core.jobs.atom_maps import compute_map_frame
 
     with connect_readonly(path) as con:
         return compute_map_frame(con, list(dict_ids))

@@ -119,7 +119,7 @@ def test_store_keeps_counts_and_migrates_v1(gpt2, corpus, tmp_path):
 def test_store_info_upgrade(gpt2, corpus, tmp_path):
     from typer.testing import CliRunner
 
-    from itda_core.cli import app
+    from itda_core.cli.app import app
 
     store = tmp_path / "s.duckdb"
     itda = train(gpt2, corpus, layers=[1], k=8, batch_size=4, max_tokens=200, progress=False)[1]

@@ -11,11 +11,11 @@ import sys
 import pytest
 
 from itda_core import dictionary as dictionary_mod
-from itda_core.commands.similarity import find_dictionaries, group_dictionaries
+from itda_core.cli.similarity import find_dictionaries, group_dictionaries
 from itda_core.dictionary import ITDA
 from itda_core.errors import ITDAError
 from itda_core.leftovers import INDEX_PREFIX, Owner, current_owner, host_tag, process_start
-from itda_core.store.index import IndexConfig, index_model, index_store
+from itda_core.jobs.index import IndexConfig, index_model, index_store
 from itda_core.store.writer import write_dictionary
 from itda_core.trainer import train
 from tests.tiny import tiny_corpus, tiny_model

@@ -11,7 +11,6 @@ from itda_core.evaluation.ce_score import (
 )
 from itda_core.evaluation.metrics import LossStats, ReconstructionStats, ce_loss_score
 from itda_core.evaluation.run import EvalResult, evaluate, evaluate_many
-from itda_core.evaluation.store import StoreEvalConfig, StoreEvalReport, evaluate_store
 from itda_core.evaluation.sweep import default_sizes, plot_sweep, save_figure, sweep, sweep_table
 
 __all__ = [
@@ -19,13 +18,10 @@ __all__ = [
     "LossStats",
     "PositionMasks",
     "ReconstructionStats",
-    "StoreEvalConfig",
-    "StoreEvalReport",
     "ce_loss_score",
     "default_sizes",
     "evaluate",
     "evaluate_many",
-    "evaluate_store",
     "plot_sweep",
     "position_masks",
     "save_figure",

@@ -28,13 +28,11 @@ from itda_core.similarity.layer_matching import (
     run_layer_matching,
 )
 from itda_core.similarity.matrices import jaccard_matrix, labelled_matrix, model_jaccard_matrix
-from itda_core.similarity.store import StoreSimilarityConfig, store_similarities
 
 __all__ = [
     "ConvergenceConfig",
     "LayerMatchingConfig",
     "LayerMatchingResult",
-    "StoreSimilarityConfig",
     "baseline_matrix",
     "check_comparable",
     "checkpoint_convergence",
@@ -55,6 +53,5 @@ __all__ = [
     "same_tokenizer",
     "shared_atoms",
     "span_matches",
-    "store_similarities",
     "svcca",
 ]

@@ -1,8 +1,8 @@
 """The DuckDB store: dictionaries, their atoms and sources, held-out activity summaries (see docs/store.md).
 
-Entry points: :func:`write_dictionary` (``itda train --store``), :func:`index_store` / :func:`index_model`
-(``itda index``), :func:`connect_readonly` (the dashboard) with the functions of
-:mod:`itda_core.store.queries`, and :func:`build_demo` (``itda demo-build``).
+Persistence only: :func:`write_dictionary` (``itda train --store``), :func:`connect_readonly` (the
+dashboard) with the functions of :mod:`itda_core.store.queries`. Work over a store (atom statistics, evaluation,
+similarity, atom maps, the demo) lives in :mod:`itda_core.jobs`.
 """
 
 from __future__ import annotations
@@ -23,11 +23,6 @@ _EXPORTS = {
     "write_dictionary": "itda_core.store.writer",
     "read_dictionary": "itda_core.store.writer",
     "load_dictionary": "itda_core.store.writer",
-    "IndexConfig": "itda_core.store.index",
-    "index_model": "itda_core.store.index",
-    "index_store": "itda_core.store.index",
-    "DemoConfig": "itda_core.store.demo",
-    "build_demo": "itda_core.store.demo",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -9,7 +9,7 @@ import sys
 import torch
 from typer.testing import CliRunner
 
-from itda_core.cli import app
+from itda_core.cli.app import app
 from itda_core.dictionary import ITDA
 from tests.tiny import TEXTS, tiny_model
 

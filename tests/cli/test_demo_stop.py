@@ -23,7 +23,7 @@ from pathlib import Path
 pidfile, phase, store = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 marker = Path(str(pidfile) + ".phase")
 
-import itda_core.commands.dashboard as dash
+import itda_core.cli.dashboard as dash
 
 write_pid = f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
 sleeper = [sys.executable, "-c", write_pid]
@@ -51,11 +51,11 @@ def build_demo(config):
     return Report()
 
 
-fake = types.ModuleType("itda_core.store.demo")
+fake = types.ModuleType("itda_core.jobs.demo")
 fake.DemoConfig, fake.build_demo = DemoConfig, build_demo
 import itda_core.store  # the real package, then the fake build in place of its demo module
-sys.modules["itda_core.store.demo"] = fake
-from itda_core.cli import main
+sys.modules["itda_core.jobs.demo"] = fake
+from itda_core.cli.app import main
 
 sys.argv = ["itda", "demo", "--store", store]
 main()

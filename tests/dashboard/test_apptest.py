@@ -30,7 +30,7 @@ from dashboard.render import (
     visible,
 )
 from dashboard.render import tokens_html as render_tokens
-from itda_core.atom_map import compute_atom_maps, has_map, read_atom_map, store_atom_map
+from itda_core.jobs.atom_maps import compute_atom_maps, has_map, read_atom_map, store_atom_map
 from itda_core.similarity.jaccard import DEFAULT_OPTIONS, JaccardOptions
 from itda_core.store.connection import connect_readonly, connect_write, transaction
 from tests.tiny import tiny_corpus, tiny_model
@@ -45,8 +45,8 @@ HELD_OUT = 0.25
 def build_tiny_store(root: Path, *, atom_map: bool = True) -> dict:
     """A store with a 3-layer tiny Llama and a 2-layer tiny BERT (saved as model folders, so the dashboard
     loads them by name), every layer trained, written and indexed; an atom map for the Llama's layer 1."""
+    from itda_core.jobs.index import IndexConfig, index_model
     from itda_core.models import load_model
-    from itda_core.store.index import IndexConfig, index_model
     from itda_core.store.writer import write_dictionary
     from itda_core.trainer import TrainConfig, Trainer
 
@@ -333,8 +333,8 @@ def test_cli_atom_map_and_serve_line(tmp_path, tiny_store):
 
     from typer.testing import CliRunner
 
-    from itda_core.cli import app
-    from itda_core.commands.dashboard import serve_command_line
+    from itda_core.cli.app import app
+    from itda_core.cli.dashboard import serve_command_line
 
     path = tmp_path / "copy.duckdb"
     shutil.copy(tiny_store["path"], path)

@@ -72,7 +72,7 @@ def store(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(store) -> Iterator[str]:
-    from itda_core.commands.dashboard import serve_command_line
+    from itda_core.cli.dashboard import serve_command_line
 
     port = _free_port()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

@@ -477,7 +477,7 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def cli() -> typer.Typer:
-    from itda_core.commands.evaluate import register
+    from itda_core.cli.evaluate import register
 
     app = typer.Typer()
     register(app)

@@ -7,11 +7,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-import itda_core.store.demo as demo
-from itda_core.commands.store import register
+import itda_core.jobs.demo as demo
+from itda_core.cli.store import register
 from itda_core.errors import ITDAError
+from itda_core.jobs.demo import DemoConfig, build_demo, model_status
 from itda_core.store.connection import connect_readonly, connect_write, transaction
-from itda_core.store.demo import DemoConfig, build_demo, model_status
 from itda_core.store.schema import SCHEMA_VERSION
 from itda_core.store.writer import delete_dictionary
 from tests.tiny import tiny_corpus, tiny_model
@@ -95,7 +95,7 @@ def test_build_interrupt_resume_and_fast_path(tmp_path, monkeypatch):
     assert (bert.trained, bert.newly_indexed, bert.present, bert.indexed) == (1, 2, 2, 2)
     assert _layers(path) == {"tiny-llama": (3, 3), "tiny-bert": (2, 2)}
     # every dictionary got its cached UMAP atom map, so the dashboard's map opens at once
-    from itda_core.atom_map import missing_maps
+    from itda_core.jobs.atom_maps import missing_maps
 
     assert missing_maps(path) == []
 

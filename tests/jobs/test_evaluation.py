@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from itda_core.errors import ITDAError
 from itda_core.evaluation import evaluate, save_figure
-from itda_core.evaluation.store import STORED_METRICS, StoreEvalConfig, evaluate_store, held_out_corpus
+from itda_core.jobs.evaluation import STORED_METRICS, StoreEvalConfig, evaluate_store, held_out_corpus
 from itda_core.models import LoadedModel
 from itda_core.store.connection import connect_readonly
 from tests.tiny import tiny_corpus, tiny_model
@@ -130,7 +130,7 @@ def test_dashboard_overview_shows_stored_evaluations(tiny_store: dict, monkeypat
 
 
 def _cli() -> typer.Typer:
-    from itda_core.commands.evaluate import register
+    from itda_core.cli.evaluate import register
 
     app = typer.Typer()
     register(app)

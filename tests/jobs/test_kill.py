@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from itda_core.dictionary import ITDA
+from itda_core.jobs.index import IndexConfig, index_store, pending
 from itda_core.models import load_model
 from itda_core.store.connection import connect_readonly
-from itda_core.store.index import IndexConfig, index_store, pending
 from itda_core.store.writer import read_dictionary, write_dictionary
 from itda_core.trainer import train
 from tests.tiny import tiny_corpus, tiny_model

@@ -8,10 +8,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from itda_core.cli import app
+from itda_core.cli.app import app
 from itda_core.errors import ITDAError
+from itda_core.jobs.similarity import StoreSimilarityConfig, method_name, store_similarities
 from itda_core.similarity import baselines
-from itda_core.similarity.store import StoreSimilarityConfig, method_name, store_similarities
 from itda_core.store.connection import connect_readonly
 from tests.dashboard.test_apptest import build_tiny_store
 from tests.tolerance import similarity_tol

@@ -8,7 +8,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from itda_core.cli import app
+from itda_core.cli.app import app
 from itda_core.errors import ITDAError
 from itda_core.similarity.convergence import (
     ConvergenceConfig,
@@ -92,10 +92,11 @@ def test_hub_revision_is_split_and_passed_to_transformers(monkeypatch, tmp_path)
 
         return from_pretrained
 
-    import itda_core.models
+    import itda_core.models.loading
 
-    # the id is not cached and the tests run offline: pass the hub check, to reach from_pretrained
-    monkeypatch.setattr(itda_core.models, "check_hub_id", lambda name, revision=None: None)
+    # the id is not cached and the tests run offline: pass the hub check (looked up in loading), to reach
+    # from_pretrained
+    monkeypatch.setattr(itda_core.models.loading, "check_hub_id", lambda name, revision=None: None)
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", fake("config"))
     with pytest.raises(ITDAError, match="could not load model"):
         load_model("EleutherAI/pythia-70m", device="cpu", revision="step1000")

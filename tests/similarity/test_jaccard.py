@@ -14,7 +14,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from itda_core.commands.similarity import register
+from itda_core.cli.similarity import register
 from itda_core.dictionary import ITDA, ITDAConfig
 from itda_core.errors import ITDAError
 from itda_core.provenance import Provenance

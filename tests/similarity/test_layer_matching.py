@@ -14,7 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from itda_core.cli import app
+from itda_core.cli.app import app
 from itda_core.errors import ITDAError
 from itda_core.similarity.jaccard import JaccardOptions
 from itda_core.similarity.layer_matching import (

@@ -13,7 +13,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from typer.testing import CliRunner
 
-from itda_core.cli import app
+from itda_core.cli.app import app
 from itda_core.store import queries as Q
 from itda_core.store.connection import StoreDamaged, connect_readonly, connect_write, transaction
 from itda_core.store.writer import write_dictionary

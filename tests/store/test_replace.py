@@ -8,7 +8,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from itda_core.cli import app
+from itda_core.cli.app import app
 from itda_core.store.connection import connect_readonly
 from itda_core.store.writer import DictionaryExists
 from tests.tiny import TEXTS, tiny_model

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from itda_core.dictionary import ITDA
+from itda_core.jobs.index import IndexConfig, index_model, pending, sparse_codes
 from itda_core.store import queries as Q
 from itda_core.store.connection import StoreError, connect_readonly, connect_write, is_lock_error, transaction
-from itda_core.store.index import IndexConfig, index_model, pending, sparse_codes
 from itda_core.store.schema import SCHEMA_VERSION, TABLES, SchemaMismatch
 from itda_core.store.writer import (
     DictionaryExists,

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 import itda_core.store.connection as connection
-from itda_core.cli import app
+from itda_core.cli.app import app
 from itda_core.store.connection import StoreBusy, connect_readonly, connect_write, lock_holder, writer_waiting
 from tests.tiny import TEXTS, tiny_model
 

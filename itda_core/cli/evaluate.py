@@ -294,7 +294,7 @@ def _eval_store(
     progress: bool,
 ) -> None:
     """``itda eval --store``: evaluate the chosen stored dictionaries and write the figures into the store."""
-    from itda_core.evaluation.store import StoreEvalConfig, evaluate_store
+    from itda_core.jobs.evaluation import StoreEvalConfig, evaluate_store
 
     if sizes:
         raise ITDAError("--sizes is not available with --store (stored dictionaries are evaluated whole)")

@@ -159,7 +159,7 @@ def atom_map_command(
 ) -> None:
     """Compute 2-D UMAP maps of dictionaries' atoms (cosine) and cache them in the store (table atom_umap),
     for the dashboard's atom map. Maps already stored and up to date are skipped."""
-    from itda_core.atom_map import UmapParams, compute_atom_maps, has_map, store_atom_map
+    from itda_core.jobs.atom_maps import UmapParams, compute_atom_maps, has_map, store_atom_map
     from itda_core.layers import parse_layers
     from itda_core.store.connection import connect_readonly
 

@@ -211,8 +211,8 @@ def _store_ids(store: Path, paths: list[Path]) -> list[int]:
 
 def _to_store(store: Path, paths: list[Path], measures: str, tokens: int, split: str, device: str,
               options: JaccardOptions) -> None:
-    from itda_core.commands.bench import parse_measures
-    from itda_core.similarity.store import StoreSimilarityConfig, store_similarities
+    from itda_core.cli.bench import parse_measures
+    from itda_core.jobs.similarity import StoreSimilarityConfig, store_similarities
 
     config = StoreSimilarityConfig(measures=parse_measures(measures), tokens=tokens, split=split, device=device,
                                    jaccard=options)

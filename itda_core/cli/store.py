@@ -67,8 +67,8 @@ def index_command(
     """Encode the held-out documents with every stored dictionary (MP, the dictionary's k) and store per-atom
     top contexts, quantile samples, density and a signed coefficient histogram. One forward pass per model
     serves all its layers."""
+    from itda_core.jobs.index import IndexConfig, index_store
     from itda_core.models import load_model
-    from itda_core.store.index import IndexConfig, index_store
 
     if min(top_n, quantiles, per_quantile) < 1 or hist_bins < 2:
         raise ITDAError("top-n, quantiles and per-quantile must be >= 1 and hist-bins >= 2")
@@ -110,7 +110,7 @@ def demo_build_command(
 ) -> None:
     """Build the default store (a dictionary for every layer of each embedded model, indexed on held-out
     text), or finish one that was interrupted. A complete store returns at once."""
-    from itda_core.store.demo import DEMO_MODELS, DemoConfig, build_demo
+    from itda_core.jobs.demo import DEMO_MODELS, DemoConfig, build_demo
 
     names = [m.strip() for m in models.split(",") if m.strip()] or list(DEMO_MODELS)
     config = DemoConfig(

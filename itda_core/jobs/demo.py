@@ -22,9 +22,9 @@ from pathlib import Path
 
 from itda_core.corpus import Corpus
 from itda_core.errors import ITDAError
+from itda_core.jobs.index import IndexConfig, index_model, spread
 from itda_core.models import LoadedModel
 from itda_core.store.connection import DEFAULT_STORE, connect_readonly
-from itda_core.store.index import IndexConfig, index_model, spread
 from itda_core.store.writer import write_dictionary
 
 DEMO_MODELS = ["smollm2-135m", "minilm-l6", "gemma3-270m"]
@@ -191,7 +191,7 @@ def _map_atoms(config: DemoConfig, name: str, tag: str) -> int:
     """Compute the missing atom maps of model ``name``'s demo dictionaries; returns how many were made."""
     if not config.atom_maps:
         return 0
-    from itda_core.atom_map import compute_atom_maps, missing_maps
+    from itda_core.jobs.atom_maps import compute_atom_maps, missing_maps
 
     ids = [d for d, _ in _demo_dictionaries(config, name=name)]
     todo = missing_maps(config.store, ids) if ids else []
@@ -282,7 +282,7 @@ def build_demo(config: DemoConfig | None = None) -> DemoReport:
             dictionaries = trainer.run()
             for itda in dictionaries.values():
                 itda.config.stats["document_order"] = (
-                    "spread (sha256 of doc_id), see itda_core.store.index.spread"
+                    "spread (sha256 of doc_id), see itda_core.jobs.index.spread"
                 )
             log(f"{tag}: writing {len(dictionaries)} dictionaries to {config.store}")
             for layer in missing:

@@ -277,8 +277,8 @@ def demo(
     import contextlib
     import os
 
-    from itda_core.commands.dashboard import ENV_STORE, child_process, serve_command_line
-    from itda_core.store.demo import DemoConfig, build_demo
+    from itda_core.cli.dashboard import ENV_STORE, child_process, serve_command_line
+    from itda_core.jobs.demo import DemoConfig, build_demo
 
     with contextlib.ExitStack() as stack:  # the dashboard stops with the demo on every exit path (SIGTERM too)
         server = None
@@ -296,12 +296,12 @@ def demo(
 
 def _register_commands() -> None:
     """Commands that live in their own modules (one concern each)."""
-    from itda_core.commands import bench as bench_commands
-    from itda_core.commands import convergence as convergence_commands
-    from itda_core.commands import dashboard as dashboard_commands
-    from itda_core.commands import evaluate as evaluate_commands
-    from itda_core.commands import similarity as similarity_commands
-    from itda_core.commands import store as store_commands
+    from itda_core.cli import bench as bench_commands
+    from itda_core.cli import convergence as convergence_commands
+    from itda_core.cli import dashboard as dashboard_commands
+    from itda_core.cli import evaluate as evaluate_commands
+    from itda_core.cli import similarity as similarity_commands
+    from itda_core.cli import store as store_commands
 
     similarity_commands.register(app)
     evaluate_commands.register(app)
