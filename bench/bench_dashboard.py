@@ -42,8 +42,8 @@ def bench_pages(store: Path, repeats: int, n_atoms: int) -> list[tuple[str, str,
     """(what, cold, warm) rows for every page and the main interactions."""
     from streamlit.testing.v1 import AppTest
 
-    from dashboard import data, live
     from itda_core.store.connection import connect_readonly
+    from itda_dashboard import data, live
 
     os.environ["ITDA_STORE"] = str(store)
     app = str(ROOT / "dashboard" / "app.py")
@@ -126,9 +126,9 @@ def bench_live(model_name: str, store: Path | None, repeats: int, n_tokens: int)
     """Median seconds of live decomposition of ``n_tokens`` tokens at the middle layer, model loaded."""
     import torch
 
-    from dashboard import live
     from itda_core.corpus import load_corpus
     from itda_core.models import load_model
+    from itda_dashboard import live
 
     start = time.perf_counter()
     model = load_model(model_name, device="cpu")

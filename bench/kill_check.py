@@ -155,8 +155,8 @@ def store_problems(store: Path, indexed: bool) -> list[str]:
     """What is wrong with the store: it does not open, a dictionary does not read back whole, one is not
     indexed (when ``indexed``)."""
     from itda_core.errors import ITDAError
-    from itda_core.store.connection import connect_readonly
     from itda_core.jobs.index import pending
+    from itda_core.store.connection import connect_readonly
     from itda_core.store.writer import read_dictionary
 
     problems = []

@@ -2,23 +2,17 @@
 
 Pages (one module each under ``views/``): Overview, Atom browser (with shareable atom pages
 ``atoms?dict=ID&atom=N``), Live decomposition, Similarity and Atom map. The store is only ever read,
-through short read-only connections, so training and indexing can run at the same time.
+through short read-only connections, so training and indexing can run at the same time. The folder installs
+as the package ``itda_dashboard`` (``pip install -e ".[dashboard]"``), which is how the pages import each other.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import streamlit as st
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `streamlit run dashboard/app.py` from a checkout without `pip install -e .`
-    sys.path.insert(0, str(ROOT))
-
-import streamlit as st  # noqa: E402
-
-from dashboard import data  # noqa: E402
-from dashboard.nav import PAGES  # noqa: E402
-from itda_core.store.connection import StoreError  # noqa: E402
+from itda_core.store.connection import StoreError
+from itda_dashboard import data
+from itda_dashboard.nav import PAGES
 
 st.set_page_config(page_title="ITDA dashboard", page_icon=":material/hub:", layout="wide")
 

@@ -385,7 +385,7 @@ def _search(path: str, v: Version, text: str, dict_id: int | None, model_id: str
 
 @dataclass
 class Context:
-    """A window of tokens around one position, ready for :func:`dashboard.render.tokens_html`."""
+    """A window of tokens around one position, ready for :func:`itda_dashboard.render.tokens_html`."""
 
     doc_id: int
     position: int
@@ -398,7 +398,7 @@ def _contexts(
 ) -> list[Context]:
     """Render ``hits`` (doc_id, position, coef) as token windows, each token coloured by the atom's
     coefficient there when the store kept the sparse codes (else only the target is coloured)."""
-    from dashboard.render import pieces
+    from itda_dashboard.render import pieces
 
     if not hits:
         return []

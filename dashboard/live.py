@@ -86,9 +86,9 @@ def tokenize(model: LoadedModel, text: str) -> dict[str, Any]:
 def decompose(model: LoadedModel, itda: ITDA, text: str, k: int | None = None) -> Decomposition:
     """Run ``text`` through ``model`` up to the dictionary's layer and encode every token with ``k`` steps
     of matching pursuit (special tokens are skipped when the dictionary was built without them)."""
-    from dashboard.render import pieces
     from itda_core.errors import ITDAError
     from itda_core.extraction import residual_stream
+    from itda_dashboard.render import pieces
 
     problem = length_problem(text)
     if problem:
@@ -266,7 +266,7 @@ def _cached_dictionary(path: str, version: Any, dict_id: int) -> ITDA:
 
 def cached_dictionary(dict_id: int) -> ITDA:
     """A stored dictionary as an ITDA, read once per store version and kept with its Gram matrix."""
-    from dashboard import data
+    from itda_dashboard import data
 
     path, v = data.store_key()
     return _cached_dictionary(path, v, int(dict_id))
@@ -318,13 +318,13 @@ def safe_logit_effect(name: str, dict_id: int, atom: int, top: int = 12) -> dict
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def _logit_effect(name: str, dict_id: int, atom: int, version: Any, top: int) -> dict[str, Any] | None:
-    from dashboard import data
+    from itda_dashboard import data
 
     return logit_effect(get_model(name), data.atom_vector(dict_id, atom), top)
 
 
 def cached_logit_effect(name: str, dict_id: int, atom: int, top: int = 12) -> dict[str, Any] | None:
     """:func:`logit_effect` of a stored atom, cached per atom."""
-    from dashboard import data
+    from itda_dashboard import data
 
     return _logit_effect(name, int(dict_id), int(atom), data.store_key()[1], int(top))

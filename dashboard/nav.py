@@ -8,9 +8,9 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard import data
-from dashboard.render import label, md
 from itda_core.layers import clip
+from itda_dashboard import data
+from itda_dashboard.render import label, md
 
 # Page files relative to dashboard/app.py, with their URL paths (an atom page is atoms?dict=ID&atom=N).
 PAGES = {

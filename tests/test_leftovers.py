@@ -10,12 +10,12 @@ import sys
 
 import pytest
 
-from itda_core import dictionary as dictionary_mod
+from itda_core import dictionary_recovery
 from itda_core.cli.similarity import find_dictionaries, group_dictionaries
 from itda_core.dictionary import ITDA
 from itda_core.errors import ITDAError
-from itda_core.leftovers import INDEX_PREFIX, Owner, current_owner, host_tag, process_start
 from itda_core.jobs.index import IndexConfig, index_model, index_store
+from itda_core.leftovers import INDEX_PREFIX, Owner, current_owner, host_tag, process_start
 from itda_core.store.writer import write_dictionary
 from itda_core.trainer import train
 from tests.tiny import tiny_corpus, tiny_model
@@ -102,7 +102,7 @@ def test_a_live_save_is_waited_for_then_named(tmp_path, dictionaries, alive, mon
     path = dictionaries[0].save(tmp_path / "d")
     old = tmp_path / f".d.old-{alive.tag}-0a0b0c"
     os.replace(path, old)
-    monkeypatch.setattr(dictionary_mod, "_SAVE_WAIT", 0.2)
+    monkeypatch.setattr(dictionary_recovery, "_SAVE_WAIT", 0.2)
     with pytest.raises(ITDAError, match=f"being replaced by a save in process {alive.pid}"):
         ITDA.load(path)
     assert old.is_dir() and not path.exists()  # a live owner's folder is never touched

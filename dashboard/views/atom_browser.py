@@ -15,8 +15,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import data, live, nav
-from dashboard.render import Cell, highlight_html, label, legend_html, md, tokens_html
+from itda_dashboard import data, live, nav
+from itda_dashboard.render import Cell, highlight_html, label, legend_html, md, tokens_html
 
 st.title("Atom browser")
 nav.require_store()

@@ -11,8 +11,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import data, nav
-from dashboard.render import code, escape, md, visible
+from itda_dashboard import data, nav
+from itda_dashboard.render import code, escape, md, visible
 
 COLOURS = ["layer", "density", "source token"]
 

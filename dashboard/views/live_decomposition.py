@@ -12,8 +12,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import data, live, nav
-from dashboard.render import Cell, escape, label, legend_html, md, quality_color, tokens_html
+from itda_dashboard import data, live, nav
+from itda_dashboard.render import Cell, escape, label, legend_html, md, quality_color, tokens_html
 
 SAMPLE = (
     "The capital of France is Paris. Matching pursuit picks the atom with the largest correlation, "

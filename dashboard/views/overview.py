@@ -5,8 +5,8 @@ from __future__ import annotations
 import plotly.express as px
 import streamlit as st
 
-from dashboard import data, nav
-from dashboard.render import code, escape
+from itda_dashboard import data, nav
+from itda_dashboard.render import code, escape
 
 st.title("ITDA dictionaries")
 st.caption(

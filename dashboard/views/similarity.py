@@ -12,9 +12,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import data, nav
-from dashboard.render import escape, label, md
 from itda_core.similarity.jaccard import ATOM_CHOICES, DEFAULT_OPTIONS, INDEX_CHOICES
+from itda_dashboard import data, nav
+from itda_dashboard.render import escape, label, md
 
 ATOM_LABELS = {"evidence": "evidence atoms", "all": "all atoms"}
 INDEX_LABELS = {"corrected": "chance-corrected", "raw": "raw"}

@@ -30,12 +30,12 @@ def app_path() -> Path:
     here = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
     if here.is_file():
         return here
-    spec = importlib.util.find_spec("dashboard")
+    spec = importlib.util.find_spec("itda_dashboard")  # the dashboard/ folder, installed under this name
     if spec is not None and spec.submodule_search_locations:
         candidate = Path(next(iter(spec.submodule_search_locations))) / "app.py"
         if candidate.is_file():
             return candidate
-    raise ITDAError("cannot find dashboard/app.py; install itda with its dashboard (pip install -e .)")
+    raise ITDAError("cannot find dashboard/app.py; install itda with its dashboard: pip install -e '.[dashboard]'")
 
 
 def serve_command_line(store: Path, port: int = 8501, address: str = "localhost") -> list[str]:

@@ -17,8 +17,11 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from dashboard import live
-from dashboard.render import (
+from itda_core.jobs.atom_maps import compute_atom_maps, has_map, read_atom_map, store_atom_map
+from itda_core.similarity.jaccard import DEFAULT_OPTIONS, JaccardOptions
+from itda_core.store.connection import connect_readonly, connect_write, transaction
+from itda_dashboard import live
+from itda_dashboard.render import (
     Cell,
     cell_html,
     diverging_color,
@@ -29,10 +32,7 @@ from dashboard.render import (
     quality_color,
     visible,
 )
-from dashboard.render import tokens_html as render_tokens
-from itda_core.jobs.atom_maps import compute_atom_maps, has_map, read_atom_map, store_atom_map
-from itda_core.similarity.jaccard import DEFAULT_OPTIONS, JaccardOptions
-from itda_core.store.connection import connect_readonly, connect_write, transaction
+from itda_dashboard.render import tokens_html as render_tokens
 from tests.tiny import tiny_corpus, tiny_model
 from tests.tolerance import cosine_tol, unit_roundoff
 

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from dashboard.nav import MAX_PARAM_CHARS, MAX_PARAMS
+from itda_dashboard.nav import MAX_PARAM_CHARS, MAX_PARAMS
 from tests.dashboard import test_apptest as base
 from tests.dashboard.test_apptest import _app, _no_exception, _texts
 

@@ -60,7 +60,7 @@ def test_store_similarities_match_dashboard(store, monkeypatch):
     assert _count(store["path"]) == counts
 
     monkeypatch.setenv("ITDA_STORE", str(store["path"]))
-    from dashboard import data
+    from itda_dashboard import data
 
     ids = [store["ids"][("llama", layer)] for layer in range(3)]
     assert method_name("cka") in set(data.stored_similarities()["method"])
