@@ -111,7 +111,7 @@ def corpus_id_of(config: DemoConfig) -> str:
     """Id of the demo's full corpus, known without loading it."""
     if config.corpus is not None:
         return config.corpus.corpus_id
-    from itda_core.embedded_corpus import CORPUS_ID
+    from itda_core.corpus.embedded import CORPUS_ID
 
     return CORPUS_ID
 
