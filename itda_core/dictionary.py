@@ -5,18 +5,15 @@ each atom had when it was added) and ``config.json`` (everything needed to know 
 Nothing is pickled. Saving writes a temporary folder and renames it, so an interrupted save never leaves
 a half-written dictionary behind; the leftovers of a killed save name their owner (:mod:`itda_core.leftovers`),
 and the next save or load of that folder removes them, or puts the previous dictionary back when the kill
-came between the two renames.
+came between the two renames (:mod:`itda_core.dictionary_recovery`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import glob
 import json
-import logging
 import os
-import re
 import secrets
 import shutil
 import time
@@ -29,8 +26,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from itda_core.dictionary_recovery import recover, recover_folder
 from itda_core.errors import ITDAError
-from itda_core.leftovers import OWNER_PATTERN, current_owner, folder_owner, owned_folder, remove_stale, stale
+from itda_core.leftovers import current_owner, owned_folder
 from itda_core.provenance import Provenance
 
 if TYPE_CHECKING:
@@ -39,7 +37,6 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 TENSOR_FILE = "dictionary.safetensors"
-log = logging.getLogger(__name__)
 
 
 def library_versions() -> dict[str, str]:
@@ -96,10 +93,12 @@ class ITDAConfig:
             self.site = f"blocks.{self.layer}.hook_resid_post"
 
     def to_json(self) -> str:
+        """The config as the text of ``config.json`` (sorted keys, so equal configs are equal files)."""
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ITDAConfig:
+        """A config from parsed JSON; unknown keys are dropped, the four required ones must be there."""
         known = {f.name for f in dataclasses.fields(cls)}
         missing = [name for name in ("model_id", "model_name", "layer", "d_model") if name not in data]
         if missing:
@@ -196,59 +195,6 @@ def _tensor_problems(tensors: dict[str, Tensor], config: ITDAConfig) -> list[str
     return problems
 
 
-_LEFTOVER = re.compile(rf"\.(?P<name>.+)\.(?:tmp|old)-(?:{OWNER_PATTERN}-[0-9a-z_]+|\d+)")
-_SAVE_WAIT = 2.0  # seconds to wait for a live save to finish its second rename
-
-
-def _restore(path: Path, olds: list[Path]) -> None:
-    """Rename the newest of ``olds`` (complete dictionaries a save moved aside) back to ``path``."""
-    newest = max(olds, key=lambda p: p.stat().st_mtime)
-    try:
-        os.replace(newest, path)
-    except OSError as err:
-        if not path.exists():
-            raise ITDAError(f"{path} is missing and {newest} holds its last complete version, but it cannot be "
-                            f"renamed back ({err.strerror or err}); rename it by hand") from err
-    log.warning("restored %s from %s (a save was killed between its two renames)", path, newest.name)
-
-
-def recover(path: str | Path) -> None:
-    """Repair what killed saves of dictionary ``path`` left: put the previous dictionary back from
-    ``.NAME.old-*`` when ``path`` is missing, and remove the ``.NAME.tmp-*``/``.NAME.old-*`` folders whose
-    owner is gone. A live save is given a moment to finish; folders of live owners are never touched."""
-    path = Path(path)
-    parent = path.parent
-    pattern = f".{glob.escape(path.name)}.old-*"
-    deadline = time.monotonic() + _SAVE_WAIT
-    while not path.exists():
-        olds = [p for p in parent.glob(pattern) if p.is_dir() and folder_owner(p) is not None]
-        if not olds:
-            break
-        dead = [p for p in olds if stale(p)]
-        if dead:
-            _restore(path, dead)
-            break
-        if time.monotonic() > deadline:
-            owners = ", ".join(str(folder_owner(p).pid) for p in olds)  # type: ignore[union-attr]
-            raise ITDAError(f"{path} is being replaced by a save in process {owners}, which has not finished; "
-                            f"wait for it, or if it hangs, stop it and run again")
-        time.sleep(0.05)
-    if path.exists():
-        remove_stale(parent, f".{glob.escape(path.name)}.old-*")
-    remove_stale(parent, f".{glob.escape(path.name)}.tmp-*")
-
-
-def recover_folder(folder: str | Path) -> None:
-    """:func:`recover` every dictionary in ``folder`` that a killed save left leftovers of."""
-    folder = Path(folder)
-    try:
-        names = {m["name"] for p in folder.glob(".*") if (m := _LEFTOVER.fullmatch(p.name))}
-    except OSError:
-        return
-    for name in sorted(names):
-        recover(folder / name)
-
-
 class ITDA:
     """A dictionary of unit-norm atoms with provenance.
 
@@ -297,6 +243,7 @@ class ITDA:
 
     @property
     def d_model(self) -> int:
+        """The atoms' width: the model's residual width."""
         return self.atoms.shape[1]
 
     @property
