@@ -21,6 +21,8 @@ import torch
 from machine import cpu_name  # bench/machine.py (a script's folder is on sys.path)
 
 from itda_core import mp
+from itda_core.mp import backends, common, dispatch
+from itda_core.mp import gram as tiers
 
 
 def device_name(device: torch.device) -> str:
@@ -59,10 +61,10 @@ def numba_steps(corr0: torch.Tensor, scratch: torch.Tensor, gram: torch.Tensor, 
     the way :func:`itda_core.mp.matching_pursuit` threads it."""
     scratch.copy_(corr0)
     n, m = corr0.shape
-    kernel = mp._numba_kernel()
+    kernel = backends._numba_kernel()
     assert kernel is not None
     threads = max(1, torch.get_num_threads())
-    pool = mp._thread_pool(threads)
+    pool = backends._thread_pool(threads)
     flat, c = gram.reshape(-1).numpy(), scratch.numpy()
     idx, coef = np.empty((n, k), np.int64), np.empty((n, k), np.float32)
     energy, never = np.zeros(n), np.full(n, -np.inf)  # no early stop: all k steps
@@ -141,7 +143,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     mp.matching_pursuit(x[:8], atoms[:64], k)  # warm-up: numba compile (or cache load), both kernels
-    if dev.type == "cpu" and mp._screened_kernel() is not None:
+    if dev.type == "cpu" and backends._screened_kernel() is not None:
         mp.matching_pursuit(x[:8], atoms[:64], k, gram=mp.gram_matrix_half(atoms[:64]))
     warm = time.perf_counter() - t0
     start = time.perf_counter()
@@ -151,15 +153,15 @@ def main() -> None:
         raise SystemExit(f"no Gram matrix fits the memory budget at m = {m}; lower --m or set ITDA_GRAM_MAX_BYTES")
     gram = auto if isinstance(auto, torch.Tensor) else mp.gram_matrix(atoms)
     half = auto if isinstance(auto, mp.HalfGram) else (
-        mp.gram_matrix_half(atoms) if dev.type == "cpu" and mp._screened_kernel() is not None else None)
+        mp.gram_matrix_half(atoms) if dev.type == "cpu" and backends._screened_kernel() is not None else None)
     default_tier = "float16 tier, screened" if isinstance(auto, mp.HalfGram) else "float32 tier"
 
     out = torch.empty((n, m), device=dev)
     if dev.type == "cpu":
-        kernel = "numba" if mp._numba_kernel() is not None else "torch"
+        kernel = "numba" if backends._numba_kernel() is not None else "torch"
     else:
-        kernel = "triton" if mp._triton_module() is not None else "torch"
-    torch_chunk = mp._default_chunk(m, dev, 3)
+        kernel = "triton" if backends._triton_module() is not None else "torch"
+    torch_chunk = common._default_chunk(m, dev, 3)
     # name -> (tokens, callable, timed every round?)
     cases: dict[str, tuple[int, Callable[[], object], bool]] = {
         "dense product x @ atoms.T (fresh output)": (n, lambda: x @ atoms.T, True),
@@ -169,7 +171,7 @@ def main() -> None:
         "naive torch Gram loop (corr -= a * G[j], all tokens at once)":
             (len(naive_x), lambda: naive_gram_mp(naive_x, atoms, gram, k), False),
         "torch Gram path (chunked; the CUDA / no-numba path)":
-            (len(naive_x), lambda: mp._gram_mp_torch(naive_x, atoms, gram, k, torch_chunk), False),
+            (len(naive_x), lambda: dispatch._gram_mp_torch(naive_x, atoms, gram, k, torch_chunk), False),
         f"fast path, the default: matching_pursuit(gram=auto_gram(atoms)) [{default_tier}]":
             (n, lambda: mp.matching_pursuit(x, atoms, k, gram=auto), True),
         f"float32 Gram tier: matching_pursuit(gram=gram_matrix(atoms)) [{kernel}]":
@@ -241,10 +243,10 @@ def main() -> None:
 def auto_choice(m: int, n: int, k: int, dev: torch.device) -> str:
     """Which path ``matching_pursuit(method='auto')`` takes for n tokens over m unit atoms, and why."""
     budget = mp.gram_budget_bytes(dev)
-    if not mp._gram_pays_off(n, m, k, dev):
+    if not dispatch._gram_pays_off(n, m, k, dev):
         return f"the chunked textbook loop: building the Gram matrix does not pay off for {n} tokens"
-    half_ok = m * m * 2 <= budget and mp._half_tier_available(dev, torch.float32)
-    if m * m * 4 <= budget and not (half_ok and mp._prefers_half(m, dev, torch.float32)):
+    half_ok = m * m * 2 <= budget and tiers._half_tier_available(dev, torch.float32)
+    if m * m * 4 <= budget and not (half_ok and tiers._prefers_half(m, dev, torch.float32)):
         return "the float32 Gram path"
     if half_ok and m * m * 4 <= budget:
         return "the float16 Gram tier (a float32 matrix this large is past mp.HALF_FROM_BYTES)"

@@ -8,10 +8,12 @@ import weakref
 import pytest
 import torch
 
-from itda_core import hugepages, mp
+from itda_core import mp
 from itda_core import trainer as trainer_mod
 from itda_core.errors import ITDAError
 from itda_core.extraction import extract
+from itda_core.mp import backends, dispatch, hugepages, reference
+from itda_core.mp import gram as tiers
 from itda_core.provenance import Provenance
 from itda_core.provenance_check import check_provenance
 from itda_core.trainer import TrainConfig, Trainer, _first_unique_rows, normalised_error, train
@@ -189,15 +191,18 @@ def test_gram_memory_tiers_run_their_paths_within_their_memory(gpt2, corpus16, m
     # Gram memory than its budget, and builds the same atoms from the same source tokens
     opts = {"k": 8, "batch_size": 4, "max_tokens": None, "progress": False}
     paths: list[str] = []
-    for name in ("_gram_mp_numba", "_gram_mp_screened", "_gram_mp_torch", "_textbook_chunked"):
-        real = getattr(mp, name)
-        monkeypatch.setattr(mp, name, lambda *a, _real=real, _name=name, **kw: paths.append(_name) or _real(*a, **kw))
+    paths_at = [(dispatch, "_gram_mp_numba"), (dispatch, "_gram_mp_screened"), (dispatch, "_gram_mp_torch"),
+                (reference, "_textbook_chunked")]  # patched where they live, so that every caller sees the spy
+    for module, name in paths_at:
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name,
+                            lambda *a, _real=real, _name=name, **kw: paths.append(_name) or _real(*a, **kw))
     for name in ("gram_matrix", "gram_matrix_half", "auto_gram"):  # the trainer's only Gram matrix is its cache
-        monkeypatch.setattr(mp, name, lambda *a, _name=name, **kw: pytest.fail(f"MP built its own Gram ({_name})"))
+        monkeypatch.setattr(tiers, name, lambda *a, _name=name, **kw: pytest.fail(f"MP built its own Gram ({_name})"))
     roomy = train(gpt2, corpus16, layers=[1], **opts)[1]
     assert paths and set(paths) <= {"_gram_mp_numba", "_gram_mp_torch"}, paths
     m = len(roomy)
-    numba = mp._screened_kernel() is not None
+    numba = backends._screened_kernel() is not None
     memory = _GramMemory(monkeypatch)
     # float16: the last batches' float32 matrix does not fit, their float16 one does; textbook: the float16
     # matrix of two thirds of the final atoms fits, so the layer runs the Gram paths first, then outgrows them

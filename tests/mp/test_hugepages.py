@@ -10,8 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from itda_core import hugepages, mp
-from itda_core.mp import GramCache, gram_matrix, matching_pursuit, textbook_matching_pursuit
+from itda_core.mp import (
+    GramCache,
+    gram_matrix,
+    gram_matrix_half,
+    hugepages,
+    matching_pursuit,
+    textbook_matching_pursuit,
+)
 from tests.tolerance import dot_tol, mp_tol
 
 needs_thp = pytest.mark.skipif(not hugepages.huge_pages_available(), reason="no transparent huge pages here")
@@ -101,7 +107,7 @@ def test_gram_storage_in_huge_pages_gives_the_same_results(monkeypatch: pytest.M
     ti, tc = textbook_matching_pursuit(x, atoms, k)
     # each path's coefficients are within mp_tol(d, k) |x| of exact MP's (the float16 rows only screen)
     scale = x.norm(dim=1, keepdim=True)
-    for gram in (full, grown, mp.gram_matrix_half(atoms)):
+    for gram in (full, grown, gram_matrix_half(atoms)):
         idx, coef = matching_pursuit(x, atoms, k, gram=gram)
         assert torch.equal(idx, ti)
         torch.testing.assert_close(coef / scale, tc / scale, rtol=0, atol=2 * mp_tol(d, k))
