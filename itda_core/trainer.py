@@ -19,11 +19,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import Tensor
 
+from itda_core.config.train import TrainConfig
 from itda_core.corpus import Corpus
 from itda_core.dictionary import ITDA, ITDAConfig, library_versions
 from itda_core.errors import ITDAError
@@ -35,38 +35,6 @@ from itda_core.provenance import Provenance
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class TrainConfig:
-    """Options of a training run (they double as ``itda train`` options)."""
-
-    layers: list[int] = field(default_factory=lambda: [0])
-    k: int = 40  # matching-pursuit steps (the L0)
-    threshold: float | None = None  # error above which an activation becomes an atom; None -> 0.3 / d_model
-    max_tokens: int | None = 100_000  # activations to stream (per layer); None = the whole corpus
-    # stop after this many whole documents (None = no limit): the budget to use when dictionaries of models
-    # with different tokenizers are to be compared, since Jaccard needs the same documents for both
-    max_documents: int | None = None
-    seq_len: int = 128
-    batch_size: int = 32  # documents per forward pass
-    max_size: int | None = None  # stop adding atoms at this size
-    dedupe: bool = True  # drop exact duplicate activations among a batch's new atoms
-    skip_special_tokens: bool = False
-    seed: int = 0  # recorded; the run itself is deterministic for a given corpus and order
-    # how the initial atoms break ties among rows seen equally often (most are seen once): "first" takes them
-    # in order of first occurrence (the same (document, position) picks everywhere; the default, which
-    # matched layers best in the 5-seed benchmark); "value" sorts tied rows by value, as the authors' code
-    # does (a different, arbitrary pick in every layer and model)
-    init_rule: Literal["first", "value"] = "first"
-    # Gram matrices of all layers together: a layer's matrix is float32 while its share fits and it has
-    # fewer than ~11,600 atoms (mp.HALF_FROM_BYTES), then float16 (on CPU), then none (MP runs the textbook
-    # loop, much slower); the tiers agree up to float rounding (near-ties may resolve differently)
-    gram_memory_gib: float = 4.0
-    # stop MP for a token once it provably stays under the threshold (same dictionary, faster); the mean error
-    # in the report is then measured on every ERROR_SAMPLE-th token of a batch, which always gets all k steps
-    early_stop: bool = True
-    save_on_interrupt: bool = False  # Ctrl-C returns what was built so far instead of raising
-    progress: bool = True
 
 
 def default_threshold(d_model: int) -> float:

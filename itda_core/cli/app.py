@@ -9,8 +9,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from itda_core.cli.derive import from_configs
+from itda_core.cli.options import CorpusChoice, ModelChoice, TrainOutput
+from itda_core.config.train import TrainConfig
 from itda_core.errors import ITDAError
 from itda_core.layers import parse_layers
+from itda_core.options import CORPUS_HELP, DEVICE_HELP, MODEL_HELP
 
 if TYPE_CHECKING:
     from itda_core.corpus import Corpus
@@ -28,134 +32,45 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-DEFAULT_MODEL = "smollm2-135m"
-
-
-ModelOpt = Annotated[
-    str, typer.Option("--model", "-m", help="Embedded alias, Hugging Face id, local folder or .gguf file.")
-]
-CorpusOpt = Annotated[str, typer.Option(help="'default' (embedded English), a .txt/.jsonl file or a HF dataset name.")]
-DeviceOpt = Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda or cuda:N.")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)]
+CorpusOpt = Annotated[str, typer.Option(help=CORPUS_HELP)]
+DeviceOpt = Annotated[str, typer.Option(help=DEVICE_HELP)]
 
 
 @app.command()
-def train(
-    model: ModelOpt = DEFAULT_MODEL,
-    layers: Annotated[
-        str, typer.Option(help="Layers (blocks, 0-based): 'all', 'middle', '12', '0-29', '0,5,10-12'.")
-    ] = "middle",
-    corpus: CorpusOpt = "default",
-    max_tokens: Annotated[
-        int, typer.Option(help="Activations to stream per layer (0 = the whole training split).")
-    ] = 100_000,
-    max_documents: Annotated[
-        int | None,
-        typer.Option(help="Stop after this many whole documents (use it, with --max-tokens 0, for models "
-                     "that are to be compared: Jaccard needs the same documents, and token counts differ "
-                     "across tokenizers)."),
-    ] = None,
-    init_rule: Annotated[
-        str,
-        typer.Option(help="How the initial atoms break ties among rows seen equally often: 'first' (first "
-                     "occurrence; matched layers best in the 5-seed benchmark) or 'value' (sorted by value, as "
-                     "the authors' code)."),
-    ] = "first",
-    k: Annotated[int, typer.Option(help="Matching-pursuit steps per activation (the L0).")] = 40,
-    threshold: Annotated[
-        float | None,
-        typer.Option(
-            help="Add an activation as an atom when mean((x/|x| - x_hat/|x_hat|)^2) exceeds this. "
-            "Default 0.3/d_model (cos < 0.85)."
-        ),
-    ] = None,
-    max_size: Annotated[int | None, typer.Option(help="Stop adding atoms at this dictionary size.")] = None,
-    seq_len: Annotated[
-        int, typer.Option(help="Tokens per document (longer ones are truncated), 128 as in the paper.")
-    ] = 128,
-    batch_size: Annotated[int, typer.Option(help="Documents per forward pass.")] = 32,
-    held_out: Annotated[float, typer.Option(help="Fraction of documents kept out of training (for evaluation).")] = 0.1,
-    dedupe: Annotated[bool, typer.Option(help="Drop exact duplicate activations among a batch's new atoms.")] = True,
-    skip_special: Annotated[bool, typer.Option(help="Skip BOS/CLS/SEP positions (the paper keeps them).")] = False,
-    out: Annotated[Path, typer.Option(help="Folder for the dictionaries: one sub-folder per layer.")] = Path(
-        "data/dictionaries"
-    ),
-    store: Annotated[
-        Path | None,
-        typer.Option(
-            help="Also write the dictionaries into this DuckDB store (e.g. data/itda.duckdb); then run 'itda index'."
-        ),
-    ] = None,
-    replace: Annotated[
-        bool,
-        typer.Option(help="Replace dictionaries of the --store trained with the same options on the same data "
-                     "(without it, writing one of those is refused and nothing is written)."),
-    ] = False,
-    device: DeviceOpt = "auto",
-    hf_split: Annotated[str, typer.Option(help="Split of a Hugging Face dataset corpus.")] = "train",
-    text_field: Annotated[str, typer.Option(help="Text field of a .jsonl or Hugging Face dataset corpus.")] = "text",
-    gram_memory_gib: Annotated[
-        float,
-        typer.Option(help="Memory for all layers' Gram matrices together (GiB). A layer whose float32 matrix "
-                     "outgrows its share, or ~11,600 atoms, uses float16 rows (CPU), then the much slower "
-                     "textbook loop."),
-    ] = 4.0,
-    early_stop: Annotated[
-        bool,
-        typer.Option(help="Stop matching pursuit for a token once it provably stays under the threshold: the "
-                     "same dictionaries, faster; the reported mean error is then sampled on every 7th token."),
-    ] = True,
-    save_on_interrupt: Annotated[
-        bool, typer.Option(help="On Ctrl-C, save what was built so far (marked interrupted).")
-    ] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar with tokens/s, atoms and ETA.")] = True,
-) -> None:
+@from_configs
+def train(source: ModelChoice, text: CorpusChoice, output: TrainOutput, options: TrainConfig) -> None:
     """Train ITDA dictionaries for one or more layers from a single pass over the corpus."""
     from itda_core.corpus import load_corpus
     from itda_core.models import load_model
-    from itda_core.trainer import TrainConfig, Trainer
+    from itda_core.trainer import Trainer
 
-    if store is not None:  # before loading and training: a locked or read-only store fails now, not after
+    if output.store is not None:  # before loading and training: a locked or read-only store fails now, not after
         from itda_core.store.connection import check_writable
 
-        check_writable(store)
-    lm = load_model(model, device=device)
-    chosen = parse_layers(layers, lm.n_layers)
-    full_corpus = load_corpus(corpus, split=hf_split, text_field=text_field)
-    train_part, _held = full_corpus.split(held_out)
-    config = TrainConfig(
-        layers=chosen,
-        k=k,
-        threshold=threshold,
-        max_tokens=max_tokens or None,
-        max_documents=max_documents,
-        init_rule=init_rule,
-        seq_len=seq_len,
-        batch_size=batch_size,
-        max_size=max_size,
-        dedupe=dedupe,
-        skip_special_tokens=skip_special,
-        gram_memory_gib=gram_memory_gib,
-        early_stop=early_stop,
-        save_on_interrupt=save_on_interrupt,
-        progress=progress,
-    )
-    trainer = Trainer(lm, train_part, config)
+        check_writable(output.store)
+    lm = load_model(source.model, device=source.device)
+    options.layers = parse_layers(output.layers, lm.n_layers)
+    full_corpus = load_corpus(text.corpus, split=text.hf_split, text_field=text.text_field)
+    train_part, _held = full_corpus.split(output.held_out)
+    trainer = Trainer(lm, train_part, options)
     dictionaries = trainer.run()
-    folder = out / lm.name.replace("/", "--").replace(".gguf", "")
+    folder = output.out / lm.name.replace("/", "--").replace(".gguf", "")
     for itda in dictionaries.values():
         itda.save(folder / itda.config.site)
     typer.echo(f"model {lm.name} ({lm.model_id}): {lm.n_layers} layers, d_model {lm.d_model}")
     typer.echo(f"corpus {train_part.corpus_id}: {len(train_part):,} training documents")
     typer.echo(trainer.report.summary())
     typer.echo(f"saved {len(dictionaries)} dictionaries under {folder}/")
-    if store is not None:
-        _write_to_store(store, list(dictionaries.values()), lm, full_corpus, replace=replace, folder=folder)
-
+    if output.store is not None:
+        _write_to_store(output.store, list(dictionaries.values()), lm, full_corpus, replace=output.replace,
+                        folder=folder)
 
 def _write_to_store(store: Path, dictionaries: list[ITDA], lm: LoadedModel, corpus: Corpus, *, replace: bool,
                     folder: Path) -> None:
     """Write the trained dictionaries into the store, all or none when some are stored already (no --replace)."""
-    from itda_core.store.writer import DictionaryExists, existing_dictionaries, exists_message, store_dictionary
+    from itda_core.store.reader import existing_dictionaries
+    from itda_core.store.writer import DictionaryExists, exists_message, store_dictionary
 
     existing = existing_dictionaries(store, [itda.config for itda in dictionaries])
     if existing and not replace:
