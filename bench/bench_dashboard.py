@@ -137,7 +137,7 @@ def bench_live(model_name: str, store: Path | None, repeats: int, n_tokens: int)
     itda = None
     if store is not None and store.is_file():
         from itda_core.store.connection import connect_readonly
-        from itda_core.store.writer import read_dictionary
+        from itda_core.store.reader import read_dictionary
 
         with connect_readonly(store) as con:
             rows = con.execute(

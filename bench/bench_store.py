@@ -63,7 +63,8 @@ def build_synthetic(path: Path, atoms_per_dict: int, index_tokens: int, k: int, 
     from itda_core.corpus import load_corpus
     from itda_core.dictionary import ITDAConfig
     from itda_core.jobs.index import IndexConfig, _Target, _write_index, sparse_codes
-    from itda_core.store.writer import SplitInfo, documents_table, options_key
+    from itda_core.store.identity import SplitInfo, options_key
+    from itda_core.store.writer import documents_table
 
     rng = np.random.default_rng(seed)
     corpus = load_corpus("default")

@@ -16,7 +16,7 @@ import numpy as np
 from itda_core.similarity.jaccard import JaccardOptions
 from itda_core.similarity.matrices import jaccard_matrix
 from itda_core.store.connection import connect_readonly
-from itda_core.store.writer import read_dictionary
+from itda_core.store.reader import read_dictionary
 
 
 def main() -> None:

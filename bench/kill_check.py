@@ -157,7 +157,7 @@ def store_problems(store: Path, indexed: bool) -> list[str]:
     from itda_core.errors import ITDAError
     from itda_core.jobs.index import pending
     from itda_core.store.connection import connect_readonly
-    from itda_core.store.writer import read_dictionary
+    from itda_core.store.reader import read_dictionary
 
     problems = []
     try:

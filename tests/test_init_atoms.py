@@ -10,8 +10,9 @@ from itda_core.dictionary import ITDA, ITDAConfig
 from itda_core.errors import ITDAError
 from itda_core.provenance import Provenance
 from itda_core.store.connection import connect_readonly, connect_write
+from itda_core.store.reader import read_dictionary
 from itda_core.store.schema import SCHEMA_VERSION, SchemaMismatch
-from itda_core.store.writer import read_dictionary, write_dictionary
+from itda_core.store.writer import write_dictionary
 from itda_core.trainer import TrainConfig, Trainer, _first_unique_rows, train
 from tests.tiny import tiny_corpus, tiny_model
 

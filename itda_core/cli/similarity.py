@@ -196,7 +196,7 @@ def _store_ids(store: Path, paths: list[Path]) -> list[int]:
     """The store's dict_ids of the dictionaries under ``paths`` (each must have been written to the store)."""
     from itda_core.dictionary import ITDA
     from itda_core.store.connection import connect_readonly
-    from itda_core.store.writer import find_dictionary
+    from itda_core.store.reader import find_dictionary
 
     folders = find_dictionaries(paths)
     ids = []

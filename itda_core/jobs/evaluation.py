@@ -182,7 +182,7 @@ def evaluate_store(
     ``loader(name) -> LoadedModel`` loads a model (default: :func:`itda_core.models.load_model` on
     ``config.device``). Dictionaries whose corpus has no held-out split, or whose model now loads with
     another model id, are skipped with the reason in the report."""
-    from itda_core.store.writer import read_dictionary
+    from itda_core.store.reader import read_dictionary
 
     config = config or StoreEvalConfig()
     if config.ks is not None and (not config.ks or min(config.ks) < 1):

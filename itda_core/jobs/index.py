@@ -43,8 +43,8 @@ from itda_core.models import LoadedModel
 from itda_core.progress import Progress
 from itda_core.store.connection import StoreError, connect_readonly, connect_write, transaction
 from itda_core.store.quantiles import histogram_sql, quantile_sql, top_sql
+from itda_core.store.reader import read_dictionary
 from itda_core.store.schema import INDEX_TABLES, first_row
-from itda_core.store.writer import read_dictionary
 
 log = logging.getLogger(__name__)
 

@@ -124,7 +124,7 @@ def _jaccard_rows(con: Any, rows: pd.DataFrame, report: StoreSimilarityReport,
     """One ``jaccard`` row per pair: the value under ``options``, and in ``details`` the counts of both atom
     choices and the chance model's universe, from which any other variant follows (jaccard_index)."""
     from itda_core.similarity.jaccard import ATOM_CHOICES, atom_set, pair_universe, shared_count
-    from itda_core.store.writer import read_dictionary
+    from itda_core.store.reader import read_dictionary
 
     dicts = {int(d): read_dictionary(con, int(d)) for d in rows["dict_id"]}
     sets = {choice: {d: atom_set(itda, choice) for d, itda in dicts.items()} for choice in ATOM_CHOICES}

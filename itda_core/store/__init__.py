@@ -1,7 +1,8 @@
 """The DuckDB store: dictionaries, their atoms and sources, held-out activity summaries (see docs/store.md).
 
-Persistence only: :func:`write_dictionary` (``itda train --store``), :func:`connect_readonly` (the
-dashboard) with the functions of :mod:`itda_core.store.queries`. Work over a store (atom statistics, evaluation,
+Persistence only: :func:`write_dictionary` (``itda train --store``, :mod:`~itda_core.store.writer`),
+:func:`read_dictionary` (:mod:`~itda_core.store.reader`), :func:`connect_readonly` (the dashboard) with the
+functions of :mod:`itda_core.store.queries`. Work over a store (atom statistics, evaluation,
 similarity, atom maps, the demo) lives in :mod:`itda_core.jobs`.
 """
 
@@ -21,8 +22,8 @@ _EXPORTS = {
     "SCHEMA_VERSION": "itda_core.store.schema",
     "SchemaMismatch": "itda_core.store.schema",
     "write_dictionary": "itda_core.store.writer",
-    "read_dictionary": "itda_core.store.writer",
-    "load_dictionary": "itda_core.store.writer",
+    "read_dictionary": "itda_core.store.reader",
+    "load_dictionary": "itda_core.store.reader",
 }
 
 __all__ = sorted(_EXPORTS)

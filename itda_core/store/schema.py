@@ -198,6 +198,9 @@ def _add_init_count(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("UPDATE atoms SET init_count = CASE WHEN add_error IS NULL OR isnan(add_error) THEN -1 ELSE 0 END")
 
 
+# An atom's init_count in SQL over ``atoms a``: never NULL once migrated; the fallback is the v1 -> v2 rule above.
+INIT_COUNT_SQL = "COALESCE(a.init_count, CASE WHEN a.add_error IS NULL OR isnan(a.add_error) THEN -1 ELSE 0 END)"
+
 DATA_FIELDS = ("tokens_seen", "documents_seen", "documents_sha256")
 
 

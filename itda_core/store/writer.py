@@ -1,22 +1,18 @@
-"""Writing dictionaries (with their model, corpus documents and tokens) into the store, and reading them back.
+"""Writing dictionaries (with their model, corpus documents and tokens) into the store, replacing and deleting them.
 
 :func:`write_dictionary` is what ``itda train --store`` calls. Everything one dictionary needs is written
 in ONE transaction, through Arrow tables (never row by row): an interrupted or killed write leaves the
 store exactly as it was before that dictionary. The slow preparation (tokenising the corpus, building the
-Arrow tables) happens before the store is opened, so the file lock is held only for the inserts.
+Arrow tables) happens before the store is opened, so the file lock is held only for the inserts. Reading
+back is :mod:`itda_core.store.reader`; what identifies a dictionary, :mod:`itda_core.store.identity`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import hashlib
 import json
-import re
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import numpy as np
@@ -24,116 +20,22 @@ import pyarrow as pa
 import torch
 
 from itda_core.corpus import Corpus
-from itda_core.dictionary import ITDA, ITDAConfig
-from itda_core.models import LoadedModel
+from itda_core.dictionary import ITDA
 from itda_core.provenance import Provenance
-from itda_core.store.connection import DEFAULT_STORE, StoreError, connect_readonly, connect_write, transaction
-from itda_core.store.schema import PER_DICTIONARY, SchemaMismatch, data_key, first_row
+from itda_core.store.connection import StoreError, connect_readonly, connect_write, transaction
+from itda_core.store.identity import SplitInfo, dictionary_data_key, options_key, split_info, tokenizer_id
+from itda_core.store.reader import StoredDictionary, find_dictionary, stored_dictionary
+from itda_core.store.schema import PER_DICTIONARY, SchemaMismatch, first_row
+from itda_core.tokenize import tokenize_documents
 
-_SPLIT_ID = re.compile(r"^(?P<base>.+):(?P<part>train|held_out):(?P<frac>[^:]+):(?P<seed>-?\d+)$")
+if TYPE_CHECKING:
+    from itda_core.models import LoadedModel
+
 TOKENIZE_CHUNK = 256  # documents per tokenizer call when storing a corpus's tokens
-
-
-@dataclass(frozen=True)
-class SplitInfo:
-    """Which full corpus a dictionary was trained on, and with which train/held-out split (None: no split)."""
-
-    corpus_id: str
-    held_out_fraction: float | None
-    seed: int | None
-
-
-def split_info(config: ITDAConfig, corpus: Corpus) -> SplitInfo:
-    """Check that ``corpus`` is the full corpus behind ``config.corpus_id`` and return the split used."""
-    match = _SPLIT_ID.match(config.corpus_id)
-    if match is None and config.corpus_id == corpus.corpus_id:  # trained on a whole, unsplit corpus
-        if config.corpus_sha256 and config.corpus_sha256 != corpus.sha256:
-            raise StoreError(
-                f"corpus {corpus.corpus_id} has other contents than the one this dictionary was "
-                "trained on (sha256 differs)"
-            )
-        return SplitInfo(corpus.corpus_id, None, None)
-    if match is None or match["base"] != corpus.corpus_id:
-        raise StoreError(
-            f"the dictionary was trained on corpus {config.corpus_id!r} but the corpus given is "
-            f"{corpus.corpus_id!r}; pass the full corpus (before .split()) it was split from"
-        )
-    if match["part"] != "train":
-        raise StoreError(
-            f"the dictionary was trained on the held-out part {config.corpus_id!r}; the store "
-            "expects dictionaries trained on the train part"
-        )
-    frac, seed = float(match["frac"]), int(match["seed"])
-    if config.corpus_sha256:
-        train, _ = corpus.split(frac, seed)
-        if train.sha256 != config.corpus_sha256:
-            raise StoreError(
-                f"corpus {corpus.corpus_id} has other contents than the one this dictionary was "
-                "trained on (sha256 of the train split differs)"
-            )
-    return SplitInfo(corpus.corpus_id, frac, seed)
-
-
-_TOKENIZER_IDS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
-
-
-def tokenizer_id(tokenizer: Any) -> str:
-    """A stable id of a tokenizer's full definition (vocabulary, merges, normaliser, templates): models that
-    share a tokenizer share stored tokens. Computed once per tokenizer object (Gemma's is 30 MB of JSON)."""
-    try:
-        return _TOKENIZER_IDS[tokenizer]
-    except (KeyError, TypeError):
-        pass
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    payload = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
-    tok_id = f"tok-{hashlib.sha256(payload.encode('utf-8')).hexdigest()[:16]}"
-    with contextlib.suppress(TypeError):
-        _TOKENIZER_IDS[tokenizer] = tok_id
-    return tok_id
-
-
-def options_key(config: ITDAConfig) -> str:
-    """The training options that make two dictionaries of one (model, layer, corpus) different ones (with
-    :func:`dictionary_data_key`, what they were trained on, they identify a dictionary in the store)."""
-    opts = {
-        "site": config.site,
-        "k": config.k,
-        "threshold": float(f"{config.threshold:.6g}"),
-        "seq_len": config.seq_len,
-        "max_size": config.max_size,
-        "dedupe": config.dedupe,
-        "skip_special_tokens": config.skip_special_tokens,
-    }
-    if config.init_rule:  # recorded since the tie rule became an option; older keys stay as they were
-        opts["init_rule"] = config.init_rule
-    return json.dumps(opts, sort_keys=True)
-
-
-def dictionary_data_key(config: ITDAConfig) -> str:
-    """What the dictionary was trained on (tokens, whole documents, which documents): the store's data_key."""
-    return data_key(dataclasses.asdict(config))
 
 
 class DictionaryExists(StoreError):
     """The store already holds this dictionary (same model, layer, corpus, options and data)."""
-
-
-@dataclass(frozen=True)
-class StoredDictionary:
-    """A dictionary already in the store: what a write would replace (or did replace)."""
-
-    dict_id: int
-    model_name: str
-    layer: int
-    n_atoms: int
-    indexed: bool
-    written: str
-
-    def describe(self) -> str:
-        """E.g. 'dictionary 3 (gpt2 layer 5: 1,234 atoms, indexed, written 2025-01-01 12:00:00)'."""
-        index = "indexed" if self.indexed else "not indexed"
-        return (f"dictionary {self.dict_id} ({self.model_name} layer {self.layer}: {self.n_atoms:,} atoms, "
-                f"{index}, written {self.written})")
 
 
 @dataclass(frozen=True)
@@ -174,8 +76,6 @@ def documents_table(corpus: Corpus, info: SplitInfo) -> pa.Table:
 
 def tokens_table(model: LoadedModel, corpus: Corpus, seq_len: int, tok_id: str) -> pa.Table:
     """Every token position < ``seq_len`` of every document, tokenised exactly as extraction does."""
-    from itda_core.extraction import tokenize_documents
-
     special_ids = set(getattr(model.tokenizer, "all_special_ids", []) or [])
     parts: list[Provenance] = []
     docs = corpus.documents
@@ -358,42 +258,6 @@ def _insert_model(con: duckdb.DuckDBPyConnection, model: LoadedModel, tok_id: st
     )
 
 
-def find_dictionary(con: duckdb.DuckDBPyConnection, config: ITDAConfig) -> int | None:
-    """dict_id of the stored dictionary with the same model, layer, training corpus, options and data, if any."""
-    row = first_row(
-        con,
-        "SELECT dict_id FROM dictionaries WHERE model_id = ? AND layer = ? AND train_corpus_id = ? "
-        "AND options_key = ? AND data_key = ?",
-        [config.model_id, config.layer, config.corpus_id, options_key(config), dictionary_data_key(config)],
-    )
-    return None if row is None else int(row[0])
-
-
-def stored_dictionary(con: duckdb.DuckDBPyConnection, dict_id: int) -> StoredDictionary:
-    """Name, layer, size, index state and write time of a stored dictionary."""
-    row = first_row(
-        con,
-        "SELECT model_name, layer, n_atoms, dict_id IN (SELECT dict_id FROM index_runs), CAST(written AS VARCHAR) "
-        "FROM dictionaries WHERE dict_id = ?",
-        [dict_id],
-    )
-    if row is None:
-        raise StoreError(f"no dictionary {dict_id} in the store")
-    return StoredDictionary(dict_id, str(row[0]), int(row[1]), int(row[2]), bool(row[3]), str(row[4])[:19])
-
-
-def existing_dictionaries(
-    store: str | Path, configs: list[ITDAConfig], timeout: float = 600.0
-) -> list[StoredDictionary]:
-    """The stored dictionaries that writing dictionaries with these configs would replace (a read-only look)."""
-    store = Path(store)
-    if not store.is_file():
-        return []
-    with connect_readonly(store, timeout=timeout) as con:
-        ids = [find_dictionary(con, config) for config in configs]
-        return [stored_dictionary(con, dict_id) for dict_id in ids if dict_id is not None]
-
-
 def exists_message(store: str | Path, existing: list[StoredDictionary]) -> str:
     """The one-line refusal to overwrite ``existing`` without being asked to."""
     what = existing[0].describe() + (f" and {len(existing) - 1} more" if len(existing) > 1 else "")
@@ -509,42 +373,3 @@ def write_dictionary(
 ) -> int:
     """:func:`store_dictionary`, returning only the ``dict_id`` (refuses to replace unless ``replace``)."""
     return store_dictionary(store, itda, model, corpus, replace=replace, timeout=timeout).dict_id
-
-
-# ---- reading back ----------------------------------------------------------------------------------------
-
-
-def read_dictionary(con: duckdb.DuckDBPyConnection, dict_id: int) -> ITDA:
-    """The stored dictionary ``dict_id`` as an :class:`ITDA` (atoms, provenance, add-errors, config)."""
-    row = first_row(con, "SELECT config FROM dictionaries WHERE dict_id = ?", [dict_id])
-    if row is None:
-        raise StoreError(f"no dictionary {dict_id} in the store")
-    config = ITDAConfig.from_dict(json.loads(row[0]))
-    table = con.sql(
-        f"SELECT doc_id, position, token_id, char_start, char_end, token_str, add_error, vector, init_count FROM atoms "
-        f"WHERE dict_id = {int(dict_id)} ORDER BY atom"
-    ).to_arrow_table()
-    m = table.num_rows
-    flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    atoms = torch.from_numpy(np.array(flat, dtype=np.float32).reshape(m, config.d_model))
-    ints = {
-        c: torch.from_numpy(table.column(c).to_numpy().astype(np.int64))
-        for c in ("doc_id", "position", "token_id", "char_start", "char_end")
-    }
-    prov = Provenance(
-        ints["doc_id"],
-        ints["position"],
-        ints["token_id"],
-        ints["char_start"],
-        ints["char_end"],
-        token_str=table.column("token_str").to_pylist(),
-    )
-    add_error = torch.from_numpy(table.column("add_error").to_numpy(zero_copy_only=False).astype(np.float32))
-    init_count = torch.from_numpy(table.column("init_count").to_numpy(zero_copy_only=False).astype(np.int32))
-    return ITDA(atoms, prov, config, add_error, init_count)
-
-
-def load_dictionary(store: str | Path, dict_id: int) -> ITDA:
-    """:func:`read_dictionary` with its own short read-only connection."""
-    with connect_readonly(store or DEFAULT_STORE) as con:
-        return read_dictionary(con, dict_id)

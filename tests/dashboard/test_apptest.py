@@ -147,7 +147,7 @@ def _shared_in_line(at: AppTest) -> int:
 def _library_jaccard(store: dict, a: tuple[str, int], b: tuple[str, int], options: JaccardOptions) -> float:
     """itda_core's Jaccard of two of the store's dictionaries (same tokenizer), read back as ITDA objects."""
     from itda_core.similarity.jaccard import jaccard
-    from itda_core.store.writer import read_dictionary
+    from itda_core.store.reader import read_dictionary
 
     with connect_readonly(store["path"]) as con:
         return jaccard(read_dictionary(con, store["ids"][a]), read_dictionary(con, store["ids"][b]), options)
@@ -156,7 +156,7 @@ def _library_jaccard(store: dict, a: tuple[str, int], b: tuple[str, int], option
 def _library_model_jaccard(store: dict, options: JaccardOptions) -> float:
     """itda_core's model-level Jaccard of the tiny Llama and the tiny BERT (their layers 1..n-1)."""
     from itda_core.similarity.jaccard import model_jaccard
-    from itda_core.store.writer import read_dictionary
+    from itda_core.store.reader import read_dictionary
 
     with connect_readonly(store["path"]) as con:
         models = {
@@ -247,7 +247,7 @@ def test_colour_scales():
 @pytest.fixture(scope="module")
 def loaded(tiny_store):
     from itda_core.models import load_model
-    from itda_core.store.writer import read_dictionary
+    from itda_core.store.reader import read_dictionary
 
     model = load_model(tiny_store["names"]["llama"], device="cpu")
     with connect_readonly(tiny_store["path"]) as con:

@@ -16,7 +16,8 @@ from itda_core.dictionary import ITDA
 from itda_core.jobs.index import IndexConfig, index_store, pending
 from itda_core.models import load_model
 from itda_core.store.connection import connect_readonly
-from itda_core.store.writer import read_dictionary, write_dictionary
+from itda_core.store.reader import read_dictionary
+from itda_core.store.writer import write_dictionary
 from itda_core.trainer import train
 from tests.tiny import tiny_corpus, tiny_model
 

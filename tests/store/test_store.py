@@ -15,16 +15,10 @@ from itda_core.dictionary import ITDA
 from itda_core.jobs.index import IndexConfig, index_model, pending, sparse_codes
 from itda_core.store import queries as Q
 from itda_core.store.connection import StoreError, connect_readonly, connect_write, is_lock_error, transaction
+from itda_core.store.identity import dictionary_data_key, options_key
+from itda_core.store.reader import find_dictionary, load_dictionary
 from itda_core.store.schema import SCHEMA_VERSION, TABLES, SchemaMismatch
-from itda_core.store.writer import (
-    DictionaryExists,
-    dictionary_data_key,
-    find_dictionary,
-    load_dictionary,
-    options_key,
-    store_dictionary,
-    write_dictionary,
-)
+from itda_core.store.writer import DictionaryExists, store_dictionary, write_dictionary
 from itda_core.trainer import TrainConfig, Trainer
 from tests.tiny import tiny_corpus, tiny_model
 from tests.tolerance import forward_tol, mp_tol, unit_roundoff
