@@ -13,6 +13,7 @@ from itda_core.corpus import Corpus, Document
 from itda_core.dictionary import ITDA
 from itda_core.errors import ITDAError
 from itda_core.evaluation.run import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS, evaluate_many
+from itda_core.extras import require
 from itda_core.models import LoadedModel
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ def sweep(
 def plot_sweep(df: pd.DataFrame, metric: str | None = None) -> go.Figure:
     """Metric (default: CE loss score, or FVU when there is none, as for encoders) against L0, one line per
     dictionary size, as in the paper's figure."""
-    import plotly.graph_objects as go
+    go = require("plotly.graph_objects", "viz", "the sweep figure")
 
     if df.empty:
         raise ITDAError("the sweep has no rows to plot")
@@ -167,7 +168,7 @@ def save_figure(fig: go.Figure, stem: str | Path) -> tuple[list[Path], str | Non
     try:
         import kaleido  # noqa: F401
     except ImportError:
-        return written, f"PNG not written: kaleido is not installed (pip install kaleido); the figure is in {html}"
+        return written, f"PNG not written: kaleido is not installed (pip install 'itda[viz]'); the figure is in {html}"
     browser = find_browser()
     if browser is None:
         override = os.environ.get("BROWSER_PATH")

@@ -28,6 +28,7 @@ import pandas as pd
 import pyarrow as pa
 
 from itda_core.errors import ITDAError
+from itda_core.extras import require
 
 TABLE = "atom_umap"
 TABLE_SQL = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
@@ -85,8 +86,7 @@ def embed(vectors: np.ndarray, params: UmapParams = UmapParams()) -> np.ndarray:
         return np.column_stack([np.arange(n, dtype=np.float32), np.zeros(n, dtype=np.float32)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # umap-learn warns that a seed disables parallelism
-        import umap
-
+        umap = require("umap", "viz", "an atom map")
         reducer = umap.UMAP(
             n_neighbors=max(2, min(params.n_neighbors, n - 1)),
             min_dist=params.min_dist,
