@@ -11,10 +11,11 @@ Design (bounded memory, short locks, exact summaries):
    MP (the dictionary's own k, through :meth:`ITDA.encode`; one Gram matrix in memory at a time), sum the
    coefficients of an atom chosen at several MP steps for the same token, drop zeros, and append the
    sparse codes (doc_id, position, atom, coef) to a Parquet file.
-3. In ONE transaction per dictionary, DuckDB reads that file and computes every summary with window
-   functions (:mod:`itda_core.store.quantiles`): density, top contexts, quantile samples, a signed
-   histogram. The raw codes are kept too (``codes`` table, optional) so researchers can ask questions the
-   summaries do not answer. Only step 3 holds the store's write lock, for about a second per dictionary.
+3. In ONE transaction per dictionary (:mod:`itda_core.store.held_out`), DuckDB reads that file and
+   computes every summary with window functions (:mod:`itda_core.store.quantiles`): density, top contexts,
+   quantile samples, a signed histogram. The raw codes are kept too (``codes`` table, optional) so
+   researchers can ask questions the summaries do not answer. Only step 3 holds the store's write lock, for
+   about a second per dictionary.
 
 Computing in SQL rather than with per-atom heaps in Python keeps the summaries exact (true quantiles,
 not reservoir estimates), tested through the very same SQL, and spills to disk if ever larger than RAM.
@@ -41,10 +42,9 @@ from itda_core.dictionary import ITDA
 from itda_core.leftovers import INDEX_PREFIX, owned_folder, remove_stale_spills
 from itda_core.models import LoadedModel
 from itda_core.progress import Progress
-from itda_core.store.connection import StoreError, connect_readonly, connect_write, transaction
-from itda_core.store.quantiles import histogram_sql, quantile_sql, top_sql
+from itda_core.store.connection import StoreError, connect_readonly
+from itda_core.store.held_out import IndexRun, held_out_documents, pending, write_index
 from itda_core.store.reader import read_dictionary
-from itda_core.store.schema import INDEX_TABLES, first_row
 
 log = logging.getLogger(__name__)
 
@@ -102,27 +102,6 @@ class _Target:
     written: object
 
 
-def pending(store: str | Path, model_id: str | None = None, reindex: bool = False) -> list[dict]:
-    """Dictionaries (as dicts of columns) that have no index yet (all of them with ``reindex``)."""
-    with connect_readonly(store) as con:
-        sql = (
-            "SELECT d.dict_id, d.model_id, d.model_name, d.layer, d.corpus_id, d.seq_len,"
-            " d.skip_special_tokens,"
-            " d.k, d.n_atoms, d.written FROM dictionaries d"
-        )
-        where, params = [], []
-        if not reindex:
-            where.append("d.dict_id NOT IN (SELECT dict_id FROM index_runs)")
-        if model_id is not None:
-            where.append("d.model_id = ?")
-            params.append(model_id)
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        cur = con.execute(sql + " ORDER BY d.model_id, d.layer, d.dict_id", params)
-        names = [c[0] for c in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-
-
 def spread(documents: list[Document], salt: str = "itda-order") -> list[Document]:
     """The documents in a fixed pseudo-random order (sha256 of salt and doc_id): any prefix of it samples
     the whole corpus (the default corpus runs article by article), the same on every machine."""
@@ -136,13 +115,7 @@ def spread(documents: list[Document], salt: str = "itda-order") -> list[Document
 
 def _held_out_documents(store: str | Path, corpus_id: str) -> list[Document]:
     """The held-out documents, spread (so that a token budget samples every part of the corpus)."""
-    with connect_readonly(store) as con:
-        rows = con.execute(
-            "SELECT doc_id, text, source FROM documents WHERE corpus_id = ? AND split = 'held_out' "
-            "ORDER BY doc_id",
-            [corpus_id],
-        ).fetchall()
-    return spread([Document(int(d), t, s) for d, t, s in rows])
+    return spread(held_out_documents(store, corpus_id))
 
 
 def index_model(
@@ -324,61 +297,10 @@ def _write_index(
     config: IndexConfig,
     seconds: float,
 ) -> str:
-    """Replace the dictionary's index in one transaction; returns a reason when it was skipped, else ''."""
-    d = int(target.dict_id)
-    with connect_write(store, timeout=config.timeout) as con, transaction(con):
-        row = first_row(con, "SELECT written FROM dictionaries WHERE dict_id = ?", [d])
-        if row is None:
-            return "deleted while indexing"
-        if row[0] != target.written:
-            return "rewritten while indexing (index it again)"
-        for table in INDEX_TABLES:
-            con.execute(f"DELETE FROM {table} WHERE dict_id = ?", [d])
-        path = str(codes_path).replace("'", "''")
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _codes AS SELECT * FROM read_parquet('{path}')")
-        if config.keep_codes:
-            con.execute(
-                f"INSERT INTO codes SELECT {d}, doc_id, position, atom, coef FROM _codes "
-                "ORDER BY atom, doc_id, position"
-            )
-        con.execute(f"""
-            INSERT INTO atom_stats
-            SELECT {d}, a.atom, COALESCE(s.n, 0), COALESCE(s.n, 0) / {n_tokens}::DOUBLE, s.mean_coef,
-                   s.min_coef,
-                   s.max_coef, s.mean_abs, COALESCE(s.n_negative, 0)
-            FROM (SELECT atom FROM atoms WHERE dict_id = {d}) a
-            LEFT JOIN (SELECT atom, COUNT(*) AS n, AVG(coef) AS mean_coef, MIN(coef) AS min_coef,
-                              MAX(coef) AS max_coef, AVG(ABS(coef)) AS mean_abs,
-                              COUNT(*) FILTER (WHERE coef < 0) AS n_negative
-                       FROM _codes GROUP BY atom) s USING (atom)
-            ORDER BY a.atom""")
-        con.execute(f"INSERT INTO atom_top_contexts SELECT {d}, * FROM ({top_sql('_codes', config.top_n)})")
-        con.execute(
-            f"INSERT INTO atom_quantiles SELECT {d}, * FROM "
-            f"({quantile_sql('_codes', config.n_quantiles, config.per_quantile)})"
-        )
-        con.execute(
-            f"INSERT INTO atom_histograms SELECT {d}, * FROM ({histogram_sql('_codes', config.hist_bins)})"
-        )
-        con.execute(
-            "INSERT INTO index_runs VALUES (?, ?, 'held_out', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
-            [
-                d,
-                corpus_id,
-                n_docs,
-                n_tokens,
-                target.k,
-                config.top_n,
-                config.n_quantiles,
-                config.per_quantile,
-                config.hist_bins,
-                config.keep_codes,
-                round(seconds, 3),
-                target.written,
-            ],
-        )
-        con.execute("DROP TABLE _codes")
-    return ""
+    """Store one dictionary's index (:func:`itda_core.store.held_out.write_index`); a reason when skipped, else ''."""
+    run = IndexRun(target.dict_id, corpus_id, n_docs, n_tokens, target.k, config.top_n, config.n_quantiles,
+                   config.per_quantile, config.hist_bins, config.keep_codes, seconds, target.written)  # fmt: skip
+    return write_index(store, run, codes_path, timeout=config.timeout)
 
 
 def index_store(
