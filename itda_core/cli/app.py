@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -11,10 +12,11 @@ import typer
 
 from itda_core.cli.derive import from_configs
 from itda_core.cli.options import CorpusChoice, ModelChoice, TrainOutput
+from itda_core.config.demo import DemoConfig
 from itda_core.config.train import TrainConfig
 from itda_core.errors import ITDAError
 from itda_core.layers import parse_layers
-from itda_core.options import CORPUS_HELP, DEVICE_HELP, MODEL_HELP
+from itda_core.options import CORPUS_HELP, DEVICE_HELP, MODEL_HELP, option
 
 if TYPE_CHECKING:
     from itda_core.corpus import Corpus
@@ -176,16 +178,17 @@ def check_provenance(
         raise typer.Exit(1)
 
 
+@dataclass
+class ServeOptions:
+    """Whether and where ``itda demo`` serves the dashboard."""
+
+    port: int = option(8501, help="Dashboard port on localhost.")
+    serve: bool = option(True, help="Start the dashboard (--no-serve: only build the store).")
+
+
 @app.command()
-def demo(
-    store: Annotated[
-        Path, typer.Option(help="The DuckDB store to build (if missing or incomplete) and browse.")
-    ] = Path("data/itda.duckdb"),
-    port: Annotated[int, typer.Option(help="Dashboard port on localhost.")] = 8501,
-    serve: Annotated[bool, typer.Option(help="Start the dashboard (--no-serve: only build the store).")] = True,
-    device: DeviceOpt = "auto",
-    rebuild: Annotated[bool, typer.Option(help="Delete the store first and build everything again.")] = False,
-) -> None:
+@from_configs
+def demo(config: DemoConfig, serving: ServeOptions) -> None:
     """The main job: build the default store (three embedded models, every layer, trained and indexed;
     resumable) and open the dashboard. The dashboard starts first and shows each model as soon as it is
     stored; a complete store is reused, so a later launch is up in seconds."""
@@ -193,21 +196,21 @@ def demo(
     import os
 
     from itda_core.cli.dashboard import ENV_STORE, child_process, serve_command_line
-    from itda_core.jobs.demo import DemoConfig, build_demo
+    from itda_core.jobs.demo import build_demo
 
+    store, port = config.store, serving.port
     with contextlib.ExitStack() as stack:  # the dashboard stops with the demo on every exit path (SIGTERM too)
         server = None
-        if serve:
+        if serving.serve:
             store.parent.mkdir(parents=True, exist_ok=True)
             env = {**os.environ, ENV_STORE: str(store)}
             server = stack.enter_context(child_process(serve_command_line(store, port), env=env))
             typer.echo(f"dashboard: http://localhost:{port} (models appear as they are built; Ctrl-C stops both)")
-        report = build_demo(DemoConfig(store=store, device=device, rebuild=rebuild))
+        report = build_demo(config)
         typer.echo(report.summary())
         if server is not None:
             typer.echo(f"store complete; dashboard still on http://localhost:{port} (Ctrl-C to stop)")
             server.wait()
-
 
 def _register_commands() -> None:
     """Commands that live in their own modules (one concern each)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import sys
 import typing
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -20,12 +21,25 @@ def _cli_fields(config: type) -> list[dataclasses.Field]:
 
 
 def _default(f: dataclasses.Field) -> Any:
-    """A field's default value (its factory called), or ``...`` for a required one."""
+    """A field's default value (its factory called; as text for a ``text=`` field), or ``...`` if required."""
     if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return ...
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        return ...
+    text = f.metadata.get("text")
+    return text[1](value) if text else value
+
+
+def _field_type(config: type, f: dataclasses.Field) -> Any:
+    """The type of one field, resolved in its module (fields the CLI leaves out may name types that are
+    imported only for type checking, so the class is not resolved as a whole)."""
+    if f.metadata.get("text"):
+        return str
+    if not isinstance(f.type, str):
+        return f.type
+    return eval(f.type, vars(sys.modules[config.__module__]))  # an annotation string of the config's own module
 
 
 def _parameter(f: dataclasses.Field, annotation: Any) -> inspect.Parameter:
@@ -56,16 +70,15 @@ def from_configs(fn: Callable[..., Any]) -> Callable[..., Any]:
     parameters (annotated for Typer as usual) stay. Two configs with a field of the same name are an error."""
     hints = typing.get_type_hints(fn, include_extras=True)
     params: list[inspect.Parameter] = []
-    configs: dict[str, tuple[type, list[str]]] = {}
+    configs: dict[str, tuple[type, list[dataclasses.Field]]] = {}
     seen: dict[str, str] = {}
     for name, param in inspect.signature(fn).parameters.items():
         annotation = hints.get(name, param.annotation)
         if dataclasses.is_dataclass(annotation):
-            field_hints = typing.get_type_hints(annotation)
             fields = _cli_fields(annotation)
-            configs[name] = (annotation, [f.name for f in fields])
+            configs[name] = (annotation, fields)
             for f in fields:
-                params.append(_parameter(f, field_hints[f.name]))
+                params.append(_parameter(f, _field_type(annotation, f)))
                 owner = seen.setdefault(f.name, annotation.__name__)
                 if owner != annotation.__name__:
                     raise TypeError(f"{fn.__name__}: option {f.name!r} is declared by both {owner} and "
@@ -76,10 +89,16 @@ def from_configs(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def command(**values: Any) -> Any:
-        built = {name: config(**{field: values.pop(field) for field in names})
-                 for name, (config, names) in configs.items()}
+        built = {name: config(**{f.name: _value(f, values.pop(f.name)) for f in fields})
+                 for name, (config, fields) in configs.items()}
         return fn(**built, **values)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     return command
 
+
+
+def _value(f: dataclasses.Field, value: Any) -> Any:
+    """A command-line value as the field's type (a ``text=`` field parsed from its string)."""
+    text = f.metadata.get("text")
+    return text[0](value) if text else value

@@ -11,6 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
+from itda_core.cli.derive import from_configs
+from itda_core.config.demo import DemoConfig
 from itda_core.errors import ITDAError
 
 StoreOpt = Annotated[Path, typer.Option(help="The DuckDB store file.")]
@@ -87,47 +89,15 @@ def index_command(
     typer.echo(report.summary())
 
 
-def demo_build_command(
-    store: StoreOpt = DEFAULT_STORE_PATH,
-    rebuild: Annotated[bool, typer.Option(help="Delete the store first and build everything again.")] = False,
-    models: Annotated[
-        str, typer.Option(help="Models in build order (comma-separated).")
-    ] = "smollm2-135m,minilm-l6,gemma3-270m",
-    train_documents: Annotated[
-        int,
-        typer.Option(help="Whole training documents for every model (the same text for each, so that their "
-                     "dictionaries can be compared)."),
-    ] = 200,
-    index_tokens: Annotated[
-        int, typer.Option(help="Held-out tokens encoded per model for the atom summaries.")
-    ] = 4096,
-    held_out: Annotated[
-        float, typer.Option(help="Fraction of documents held out (the indexing text).")
-    ] = 0.1,
-    k: Annotated[int, typer.Option(help="Matching-pursuit steps (the L0).")] = 40,
-    device: Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda or cuda:N.")] = "auto",
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-) -> None:
+@from_configs
+def demo_build_command(config: DemoConfig) -> None:
     """Build the default store (a dictionary for every layer of each embedded model, indexed on held-out
     text), or finish one that was interrupted. A complete store returns at once."""
-    from itda_core.jobs.demo import DEMO_MODELS, DemoConfig, build_demo
+    from itda_core.jobs.demo import build_demo
 
-    names = [m.strip() for m in models.split(",") if m.strip()] or list(DEMO_MODELS)
-    config = DemoConfig(
-        store=store,
-        models=names,
-        train_documents=train_documents,
-        index_tokens=index_tokens,
-        held_out_fraction=held_out,
-        k=k,
-        rebuild=rebuild,
-        progress=progress,
-        device=device,
-    )
     report = build_demo(config)
     typer.echo(report.summary())
-    print_summary(store)
-
+    print_summary(config.store)
 
 def store_info_command(
     store: StoreOpt = DEFAULT_STORE_PATH,

@@ -14,51 +14,17 @@ well under a second.
 
 from __future__ import annotations
 
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from itda_core.config.demo import DemoConfig
 from itda_core.corpus import Corpus
 from itda_core.errors import ITDAError
 from itda_core.jobs.index import IndexConfig, index_model, spread
 from itda_core.models import LoadedModel
-from itda_core.store.connection import DEFAULT_STORE, connect_readonly
+from itda_core.store.connection import connect_readonly
 from itda_core.store.writer import write_dictionary
-
-DEMO_MODELS = ["smollm2-135m", "minilm-l6", "gemma3-270m"]
-# Training documents, the same for every model (about 24,000 SmolLM2 tokens; see docs/store.md for times).
-DEMO_TRAIN_DOCUMENTS = 200
-
-
-def _stderr(line: str) -> None:
-    """Default progress log: one line on stderr."""
-    print(line, file=sys.stderr, flush=True)
-
-
-@dataclass
-class DemoConfig:
-    """What the demo store holds and how it is built (every field is a ``itda demo-build`` option)."""
-
-    store: Path = DEFAULT_STORE
-    models: list[str] = field(default_factory=lambda: list(DEMO_MODELS))
-    train_documents: int = DEMO_TRAIN_DOCUMENTS  # whole training documents, the same for every model
-    index_tokens: int = 4096  # held-out tokens encoded per model for the atom summaries
-    held_out_fraction: float = 0.1
-    split_seed: int = 0
-    k: int = 40
-    init_rule: str = "first"  # the trainer's tie rule among initial rows (TrainConfig.init_rule's default)
-    seq_len: int = 128
-    batch_size: int = 32
-    gram_memory_gib: float = 4.0
-    atom_maps: bool = True  # compute and cache each dictionary's UMAP atom map (~2 s each) after indexing
-    rebuild: bool = False  # delete the store first
-    progress: bool = True
-    device: str = "auto"
-    loader: Callable[[str], LoadedModel] | None = None  # name -> LoadedModel (default: load_model)
-    corpus: Corpus | None = None  # the FULL corpus (default: load_corpus("default"))
-    log: Callable[[str], None] = _stderr
 
 
 @dataclass
