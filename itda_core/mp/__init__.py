@@ -28,15 +28,22 @@ On CPU the Gram matrices and the correlation buffer live in transparent huge pag
 them (:mod:`itda_core.mp.hugepages`): each step reads a random 64 KB row, which with 4 KiB pages costs 16
 TLB misses.
 
+Without ``gram=``, :func:`matching_pursuit` keeps the Gram matrix it built for the next call on the same
+atoms tensor (:mod:`itda_core.mp.reuse`): one entry, keyed by the tensor's identity and version counter (an
+in-place edit rebuilds it), held through a weak reference (freed with the atoms, or by
+:func:`clear_gram_reuse`) and only within the memory budget. For a dictionary that changes between calls,
+pass ``gram=`` (:func:`auto_gram`) or keep a :class:`GramCache`.
+
 Set ``ITDA_GRAM_MAX_BYTES`` to override the Gram budget, ``ITDA_MP_NUMBA=0`` / ``ITDA_MP_TRITON=0``
 to skip the numba / Triton kernels.
 
 Modules: :mod:`~itda_core.mp.encode` (the entry points), :mod:`~itda_core.mp.gram` (Gram matrices, their
-tiers and budget, :class:`GramCache`), :mod:`~itda_core.mp.reference` (textbook loop, OMP),
-:mod:`~itda_core.mp.dispatch` (the fast paths and the early stop), :mod:`~itda_core.mp.backends` (which
-kernels load), :mod:`~itda_core.mp.common` (validation, work sizes), the kernels and
-:mod:`~itda_core.mp.hugepages`. Submodules import one another as modules and call ``gram.auto_gram(...)``,
-so a monkeypatch on the module that defines a name reaches every caller; this file only re-exports.
+tiers and budget, :class:`GramCache`), :mod:`~itda_core.mp.reuse` (the kept Gram matrix),
+:mod:`~itda_core.mp.reference` (textbook loop, OMP), :mod:`~itda_core.mp.dispatch` (the fast paths and the
+early stop), :mod:`~itda_core.mp.backends` (which kernels load), :mod:`~itda_core.mp.common` (validation,
+work sizes), the kernels and :mod:`~itda_core.mp.hugepages`. Submodules import one another as modules and
+call e.g. ``tiers.auto_gram(...)``, so a monkeypatch on the module that defines a name reaches every caller;
+this file only re-exports.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ from itda_core.mp.gram import (
     gram_matrix_half,
 )
 from itda_core.mp.reference import orthogonal_matching_pursuit, textbook_matching_pursuit
+from itda_core.mp.reuse import clear_gram_reuse
 
 __all__ = [
     "HALF_FROM_BYTES",
@@ -61,6 +69,7 @@ __all__ = [
     "HalfGram",
     "auto_gram",
     "available_ram",
+    "clear_gram_reuse",
     "gram_budget_bytes",
     "gram_matrix",
     "gram_matrix_half",

@@ -8,7 +8,7 @@ import logging
 import torch
 from torch import Tensor
 
-from itda_core.mp import dispatch, reference
+from itda_core.mp import dispatch, reference, reuse
 from itda_core.mp import gram as tiers
 from itda_core.mp.common import _compute_dtype, _default_chunk, _empty_codes, _validate
 from itda_core.mp.gram import HalfGram
@@ -35,7 +35,9 @@ def matching_pursuit(x: Tensor, atoms: Tensor, k: int, *, gram: Tensor | HalfGra
     the budget), "textbook" (chunked textbook loop) or "omp" (:func:`orthogonal_matching_pursuit`).
     All MP methods agree with :func:`textbook_matching_pursuit` up to float rounding: where two atoms' |corr|
     are within rounding of each other, methods may pick different ones (and differ from there on). ``chunk_size``
-    bounds the tokens processed at once (memory).
+    bounds the tokens processed at once (memory). A Gram matrix built here (no ``gram``) is kept for the next
+    call on this same, unedited ``atoms`` tensor while the budget allows (:mod:`itda_core.mp.reuse`); for
+    atoms that change between calls pass ``gram`` (:func:`auto_gram`, :class:`GramCache`).
 
     ``stop_residual`` (not in the paper; default None = always k steps): stop a row once its residual
     energy |x|^2 - sum of coef^2 (= |r|^2 for unit atoms) is at most ``stop_residual * |x|^2`` (a float,
@@ -71,10 +73,8 @@ def matching_pursuit(x: Tensor, atoms: Tensor, k: int, *, gram: Tensor | HalfGra
             g = HalfGram(gram.rows.to(x.device), gram.row_err.to(x.device))
         elif gram is not None:
             g = gram.to(device=x.device, dtype=cdt)
-        elif method == "gram":
-            g = tiers.gram_matrix(d)
-        elif dispatch._gram_pays_off(n, m, k, x.device):
-            g = tiers.auto_gram(d)
+        elif method == "gram" or dispatch._gram_pays_off(n, m, k, x.device):
+            g = reuse.gram_for(atoms, d, method)  # built, or kept from the last call on this same atoms tensor
     if isinstance(g, HalfGram) and not bool(torch.isfinite(g.row_err).all()):
         logger.warning("MP: Gram entries overflow float16 (atoms far from unit norm); using the textbook loop")
         g = None

@@ -34,11 +34,12 @@ def available_ram() -> int:
         return 8 << 30
 
 
-def gram_budget_bytes(device: torch.device | str) -> int:
+def gram_budget_bytes(device: torch.device | str, freeable: int = 0) -> int:
     """Largest Gram matrix (bytes) the encoder will build on ``device`` before falling back.
 
     ``ITDA_GRAM_MAX_BYTES`` overrides; else min(4 GiB, 1/4 of available RAM) on CPU and half the
-    free memory on CUDA.
+    free memory on CUDA. ``freeable``: bytes on ``device`` the caller holds and would free for it (a kept
+    Gram matrix), counted as available.
     """
     env = os.environ.get("ITDA_GRAM_MAX_BYTES")
     if env:
@@ -46,8 +47,8 @@ def gram_budget_bytes(device: torch.device | str) -> int:
     device = torch.device(device)
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
-        return free // 2
-    return min(_CPU_GRAM_CAP, available_ram() // 4)
+        return (free + freeable) // 2
+    return min(_CPU_GRAM_CAP, (available_ram() + freeable) // 4)
 
 
 def gram_matrix(atoms: Tensor) -> Tensor:
