@@ -34,9 +34,9 @@ from itda_core.corpus import load_corpus
 from itda_core.dictionary import ITDA, ITDAConfig
 from itda_core.evaluation import EvalResult, evaluate_many, plot_sweep, save_figure, sweep, sweep_table
 from itda_core.extraction import extract
+from itda_core.layer_builder import LayerBuilder, default_threshold
 from itda_core.models import LoadedModel, load_model
 from itda_core.provenance import Provenance
-from itda_core.trainer import LayerBuilder, default_threshold
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,12 +8,13 @@ import torch
 
 from itda_core.dictionary import ITDA, ITDAConfig
 from itda_core.errors import ITDAError
+from itda_core.layer_builder import _first_unique_rows
 from itda_core.provenance import Provenance
 from itda_core.store.connection import connect_readonly, connect_write
 from itda_core.store.reader import read_dictionary
 from itda_core.store.schema import SCHEMA_VERSION, SchemaMismatch
 from itda_core.store.writer import write_dictionary
-from itda_core.trainer import TrainConfig, Trainer, _first_unique_rows, train
+from itda_core.trainer import TrainConfig, Trainer, train
 from tests.tiny import tiny_corpus, tiny_model
 
 

@@ -8,15 +8,15 @@ import weakref
 import pytest
 import torch
 
-from itda_core import mp
-from itda_core import trainer as trainer_mod
+from itda_core import layer_builder, mp
 from itda_core.errors import ITDAError
 from itda_core.extraction import extract
+from itda_core.layer_builder import _first_unique_rows, normalised_error
 from itda_core.mp import backends, dispatch, hugepages, reference
 from itda_core.mp import gram as tiers
 from itda_core.provenance import Provenance
 from itda_core.provenance_check import check_provenance
-from itda_core.trainer import TrainConfig, Trainer, _first_unique_rows, normalised_error, train
+from itda_core.trainer import TrainConfig, Trainer, train
 from tests.tiny import tiny_corpus, tiny_model
 from tests.tolerance import cosine_tol, gamma, mp_tol
 
@@ -230,7 +230,7 @@ def test_early_stop_builds_the_same_dictionary(gpt2, corpus16, monkeypatch):
     opts = {"k": 8, "batch_size": 4, "max_tokens": None, "progress": False}
     full = train(gpt2, corpus16, layers=[0, 2], early_stop=False, **opts)
     cut_rows: list[int] = []
-    original = trainer_mod.matching_pursuit
+    original = layer_builder.matching_pursuit
 
     def spy(x, atoms, k, **kw):
         idx, coef = original(x, atoms, k, **kw)
@@ -238,7 +238,7 @@ def test_early_stop_builds_the_same_dictionary(gpt2, corpus16, monkeypatch):
             cut_rows.append(int((coef[:, -1] == 0).sum()))
         return idx, coef
 
-    monkeypatch.setattr(trainer_mod, "matching_pursuit", spy)
+    monkeypatch.setattr(layer_builder, "matching_pursuit", spy)
     fast = train(gpt2, corpus16, layers=[0, 2], **opts)
     assert sum(cut_rows) > 0, "some tokens stopped early"
     for layer in (0, 2):
@@ -262,7 +262,7 @@ def test_early_stop_mean_error_is_the_sampled_tokens_full_error():
     seed_prov = prov.select(torch.arange(d))
     builders = []
     for early in (True, False):
-        b = trainer_mod.LayerBuilder(d, k, 0.3 / d, None, True, torch.device("cpu"), 1 << 20, early_stop=early)
+        b = layer_builder.LayerBuilder(d, k, 0.3 / d, None, True, torch.device("cpu"), 1 << 20, early_stop=early)
         b.initialise(base, seed_prov)
         builders.append(b)
     idx, coef = mp.matching_pursuit(x, builders[0].atoms, k)
@@ -273,12 +273,12 @@ def test_early_stop_mean_error_is_the_sampled_tokens_full_error():
     # the builder's MP (its Gram cache) and this one round differently: the errors agree within the margin
     margin = _err_margin(d, k)
     assert mean_full == pytest.approx(float(full_err.mean()), abs=margin, rel=0)
-    assert mean_fast == pytest.approx(float(full_err[:: trainer_mod.ERROR_SAMPLE].mean()), abs=margin, rel=0)
+    assert mean_fast == pytest.approx(float(full_err[:: layer_builder.ERROR_SAMPLE].mean()), abs=margin, rel=0)
 
 
 def test_stop_fraction_guarantees_the_threshold():
     d, thr = 64, 0.3 / 64
-    frac = trainer_mod.stop_fraction(thr, d)
+    frac = layer_builder.stop_fraction(thr, d)
     assert frac is not None and 0 < frac < 1 - 0.85**2
     # the worst reconstruction with |x - x_hat|^2 = frac |x|^2 is still under the threshold
     x = torch.zeros(1, d)
@@ -286,8 +286,8 @@ def test_stop_fraction_guarantees_the_threshold():
     r = torch.zeros(1, d)
     r[0, 0], r[0, 1] = frac, (frac * (1 - frac)) ** 0.5  # |r|^2 = frac, r tangent to the cone of x_hat
     assert float(normalised_error(x, x - r)) < thr
-    assert trainer_mod.stop_fraction(0.0, d) is None  # threshold 0: every inexact token is added
-    assert trainer_mod.stop_fraction(1.0, d) == 1 - trainer_mod.STOP_MARGIN  # cos_needed is 0: the same float64 sum
+    assert layer_builder.stop_fraction(0.0, d) is None  # threshold 0: every inexact token is added
+    assert layer_builder.stop_fraction(1.0, d) == 1 - layer_builder.STOP_MARGIN  # cos_needed is 0: the same float64 sum
 
 
 def test_max_size_and_crop(gpt2, corpus16):
@@ -320,7 +320,7 @@ def test_dedupe_within_batch(gpt2):
 
 
 def test_interrupt_keeps_partial_only_when_asked(gpt2, corpus16, monkeypatch):
-    real_step = trainer_mod.LayerBuilder.step
+    real_step = layer_builder.LayerBuilder.step
     calls = {"n": 0}
 
     def flaky(self, x, prov):
@@ -329,7 +329,7 @@ def test_interrupt_keeps_partial_only_when_asked(gpt2, corpus16, monkeypatch):
             raise KeyboardInterrupt
         return real_step(self, x, prov)
 
-    monkeypatch.setattr(trainer_mod.LayerBuilder, "step", flaky)
+    monkeypatch.setattr(layer_builder.LayerBuilder, "step", flaky)
     with pytest.raises(KeyboardInterrupt):
         Trainer(gpt2, corpus16, TrainConfig(layers=[0], k=4, batch_size=2, progress=False)).run()
     calls["n"] = 0
