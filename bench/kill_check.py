@@ -180,9 +180,9 @@ def store_problems(store: Path, indexed: bool) -> list[str]:
 
 def folder_problems(out: Path, n_layers: int) -> list[str]:
     """What is wrong with the dictionary folders under ``out``: one does not load, a layer is missing."""
-    from itda_core.cli.similarity import find_dictionaries
     from itda_core.dictionary import ITDA
     from itda_core.errors import ITDAError
+    from itda_core.similarity.folders import find_dictionaries
 
     try:
         folders = find_dictionaries([out])

@@ -11,11 +11,11 @@ import sys
 import pytest
 
 from itda_core import dictionary_recovery
-from itda_core.cli.similarity import find_dictionaries, group_dictionaries
 from itda_core.dictionary import ITDA
 from itda_core.errors import ITDAError
 from itda_core.jobs.index import IndexConfig, index_model, index_store
 from itda_core.leftovers import INDEX_PREFIX, Owner, current_owner, host_tag, process_start
+from itda_core.similarity.folders import find_dictionaries, group_dictionaries
 from itda_core.store.writer import write_dictionary
 from itda_core.trainer import train
 from tests.tiny import tiny_corpus, tiny_model
@@ -152,14 +152,18 @@ def test_similarity_refuses_an_incomplete_dictionary_folder(tmp_path, dictionari
         find_dictionaries([tmp_path])
 
 
-def test_similarity_says_which_hidden_dictionaries_it_skips(tmp_path, dictionaries, alive, capsys):
+def test_similarity_says_which_hidden_dictionaries_it_skips(tmp_path, dictionaries, alive, caplog):
     run = _run(tmp_path, dictionaries)
     dictionaries[1].save(run / ".backup")
     unfinished = run / f".{dictionaries[1].config.site}.tmp-{alive.tag}-abc"
     dictionaries[1].save(unfinished)
-    assert len(find_dictionaries([tmp_path])) == 2
-    err = capsys.readouterr().err
-    assert f"warning: skipping {run / '.backup'}" in err and f"warning: skipping {unfinished}" in err
+    said: list[str] = []
+    assert len(find_dictionaries([tmp_path], warn=said.append)) == 2
+    assert any(m.startswith(f"skipping {run / '.backup'}") for m in said)
+    assert any(m.startswith(f"skipping {unfinished}") for m in said)
+    with caplog.at_level("WARNING", logger="itda_core.similarity.folders"):  # no callback: the log says it
+        find_dictionaries([tmp_path])
+    assert f"skipping {run / '.backup'}" in caplog.text
 
 
 def test_similarity_load_errors_name_the_folder(tmp_path, dictionaries):

@@ -4,12 +4,15 @@ per layer, as a table and a plotly line plot (logic in :mod:`itda_core.similarit
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import typer
 
+from itda_core.cli.derive import from_configs
+from itda_core.config.similarity import ConvergenceConfig
 from itda_core.errors import ITDAError
+from itda_core.options import option
 
 HELP = (
     "Checkpoint convergence (the paper's appendix): train one ITDA per layer for every checkpoint on the same "
@@ -19,59 +22,47 @@ HELP = (
 )
 
 
+@dataclass
+class ConvergenceRun:
+    """Which checkpoints ``itda convergence`` compares and where the plot goes (the CLI's part; the run's
+    options are :class:`ConvergenceConfig`)."""
+
+    extra: list[str] | None = option(None, argument=True, help="More checkpoints (so --checkpoints A B C works).")
+    checkpoints: list[str] | None = option(None, help="Checkpoints in training order; last = final.")
+    out: Path | None = option(None, help="Save the plot as .html (plus .csv/.json tables).")
+    png: bool = option(True, help="Also save PLOT.png (needs kaleido and a browser).")
+    steps: str | None = option(None, help="Training step of each checkpoint for the plot's x axis, e.g. 50,100,1000.")
+
+
+def _steps(spec: str | None, n: int) -> list[int] | None:
+    """The ``--steps`` values, one per checkpoint (None when not given)."""
+    if spec is None:
+        return None
+    try:
+        steps = [int(v) for v in spec.split(",") if v.strip()]
+    except ValueError as err:
+        raise ITDAError(f"cannot read --steps {spec!r}; give integers like 50,100,1000") from err
+    if len(steps) != n:
+        raise ITDAError(f"--steps has {len(steps)} values for {n} checkpoints")
+    return steps
+
+
 def register(app: typer.Typer) -> None:
     """Add ``itda convergence`` to ``app``."""
 
     @app.command("convergence", help=HELP)
-    def convergence(
-        extra: Annotated[list[str] | None, typer.Argument(help="More checkpoints (so --checkpoints A B C works).")] = (
-            None
-        ),
-        checkpoints: Annotated[
-            list[str] | None, typer.Option("--checkpoints", help="Checkpoints in training order; last = final.")
-        ] = None,
-        layers: Annotated[str, typer.Option(help="Layers, e.g. 'all' or '0-5'.")] = "all",
-        tokens: Annotated[int, typer.Option(help="Tokens per checkpoint for the dictionaries.")] = 100_000,
-        k: Annotated[int, typer.Option(help="Matching-pursuit steps (L0).")] = 40,
-        threshold: Annotated[float | None, typer.Option(help="Dictionary threshold (default 0.3 / d_model).")] = None,
-        corpus: Annotated[str, typer.Option(help="'default', a .txt/.jsonl file or a HF dataset.")] = "default",
-        split: Annotated[str, typer.Option(help="train, held_out or all.")] = "train",
-        seq_len: Annotated[int, typer.Option(help="Tokens per prompt.")] = 128,
-        device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-        out: Annotated[Path | None, typer.Option(help="Save the plot as .html (plus .csv/.json tables).")] = None,
-        progress: Annotated[bool, typer.Option(help="Show a progress bar per checkpoint.")] = True,
-        png: Annotated[bool, typer.Option(help="Also save PLOT.png (needs kaleido and a browser).")] = True,
-        steps: Annotated[
-            str | None, typer.Option(help="Training step of each checkpoint for the plot's x axis, e.g. 50,100,1000.")
-        ] = None,
-    ) -> None:
-        from itda_core.layers import parse_layers
-        from itda_core.similarity.convergence import ConvergenceConfig, checkpoint_convergence, convergence_figure
+    @from_configs
+    def convergence(run: ConvergenceRun, config: ConvergenceConfig) -> None:
+        """Train every checkpoint's dictionaries and print (or plot) their Jaccard against the final one's."""
+        from itda_core.similarity.convergence import checkpoint_convergence, convergence_figure
 
-        names = [*(checkpoints or []), *(extra or [])]
+        names = [*(run.checkpoints or []), *(run.extra or [])]
         if len(names) < 2:
             raise ITDAError("give at least two checkpoints: --checkpoints STEP1 STEP2 ... FINAL")
+        out = run.out
         if out is not None and out.suffix.lower() != ".html":
             raise ITDAError(f"--out must end in .html (got {out.name})")
-        if split not in ("train", "held_out", "all"):
-            raise ITDAError(f"--split must be train, held_out or all (got {split!r})")
-        step_list = None
-        if steps is not None:
-            try:
-                step_list = [int(v) for v in steps.split(",") if v.strip()]
-            except ValueError as err:
-                raise ITDAError(f"cannot read --steps {steps!r}; give integers like 50,100,1000") from err
-            if len(step_list) != len(names):
-                raise ITDAError(f"--steps has {len(step_list)} values for {len(names)} checkpoints")
-        layer_list = None
-        if layers.strip().lower() not in ("all", "*"):
-            from itda_core.models import load_model
-            from itda_core.similarity.convergence import _split
-
-            name, rev = _split(names[-1])
-            layer_list = parse_layers(layers, load_model(name, device="cpu", revision=rev).n_layers)
-        config = ConvergenceConfig(layers=layer_list, tokens=tokens, k=k, threshold=threshold, seq_len=seq_len,
-                                   corpus=corpus, split=split, device=device, progress=progress)
+        step_list = _steps(run.steps, len(names))
         result = checkpoint_convergence(names, config)
         frame = result.to_frame()
         typer.echo(f"Jaccard vs the final checkpoint ({result.labels[-1]}), dictionaries on {result.tokens:,} "
@@ -84,7 +75,7 @@ def register(app: typer.Typer) -> None:
         frame.to_csv(out.with_suffix(".csv"))
         out.with_suffix(".json").write_text(json.dumps(result.to_dict(), indent=2))
         tables = [out.with_suffix(".csv"), out.with_suffix(".json")]
-        if png:  # the PNG is optional: save_figure finds the browser kaleido needs, or says why there is none
+        if run.png:  # the PNG is optional: save_figure finds the browser kaleido needs, or says why there is none
             from itda_core.evaluation.sweep import save_figure
 
             figures, message = save_figure(fig, out)

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
 import typer
 
+from itda_core.cli.derive import from_configs
+from itda_core.config.similarity import JaccardOptions, StoreSimilarityConfig
 from itda_core.errors import ITDAError
+from itda_core.options import option
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from itda_core.dictionary import ITDA
-    from itda_core.similarity.jaccard import JaccardOptions
 
 HELP = (
     "Jaccard similarity of saved ITDA dictionaries: the share of source tokens (document, position) two "
@@ -28,87 +32,8 @@ HELP = (
 )
 
 
-def _looks_like_itda_config(path: Path) -> bool:
-    """Whether ``path`` (a config.json) is an ITDA dictionary's config rather than, say, a model's."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and {"model_id", "layer", "d_model"} <= set(data)
-
-
-def _candidates(path: Path) -> list[Path]:
-    """Folders at or below ``path`` holding either file of a dictionary, after repairing killed saves."""
-    from itda_core.dictionary import CONFIG_FILE, TENSOR_FILE, recover_folder
-
-    for parent in sorted({p.parent for pattern in (".*.old-*", ".*.tmp-*") for p in path.rglob(pattern)}):
-        recover_folder(parent)
-    if (path / CONFIG_FILE).is_file() or (path / TENSOR_FILE).is_file():
-        return [path]
-    return sorted({c.parent for name in (CONFIG_FILE, TENSOR_FILE) for c in path.rglob(name)})
-
-
-def find_dictionaries(paths: list[Path]) -> list[Path]:
-    """Every dictionary folder at or below ``paths``, sorted and without repeats. A dictionary that a killed
-    save left only as ``.NAME.old-*`` is put back first; a folder with a dictionary file but not both is an
-    error; a hidden folder holding a dictionary (an unfinished save, a backup) is skipped with a warning, so
-    that no layer goes missing without a word."""
-    from itda_core.dictionary import CONFIG_FILE, TENSOR_FILE, recover
-
-    found: set[Path] = set()
-    for path in paths:
-        recover(path)
-        if not path.exists():
-            raise ITDAError(f"{path} does not exist")
-        if path.is_file():
-            path = path.parent
-        for folder in _candidates(path):
-            has_config, has_tensors = (folder / CONFIG_FILE).is_file(), (folder / TENSOR_FILE).is_file()
-            relative = folder.relative_to(path).parts if folder != path else ()
-            if any(part.startswith(".") for part in relative):
-                if has_config and has_tensors:
-                    typer.echo(f"warning: skipping {folder}: a hidden folder (an unfinished save or a copy); "
-                               "pass it by name to compare it", err=True)
-                continue
-            if has_config and has_tensors:
-                found.add(folder.resolve())
-            elif has_tensors or _looks_like_itda_config(folder / CONFIG_FILE):
-                missing = CONFIG_FILE if has_tensors else TENSOR_FILE
-                raise ITDAError(f"{folder} is an incomplete ITDA dictionary (no {missing}); train that layer again "
-                                "with 'itda train' or move the folder away")
-    if not found:
-        raise ITDAError(
-            f"no ITDA dictionaries (folders with {CONFIG_FILE} and {TENSOR_FILE}) under "
-            f"{', '.join(map(str, paths))}; train some with 'itda train --out DIR'"
-        )
-    return sorted(found)
-
-
-def group_dictionaries(folders: list[Path]) -> dict[str, dict[int, ITDA]]:
-    """Load the dictionaries and group them by parent folder: ``{label: {layer: ITDA}}``; labels are the
-    folder names, or longer paths where two groups would share a name."""
-    from itda_core.dictionary import ITDA
-
-    groups: dict[Path, dict[int, ITDA]] = {}
-    for folder in folders:
-        itda = ITDA.load(folder)
-        layers = groups.setdefault(folder.parent, {})
-        if itda.config.layer in layers:
-            raise ITDAError(
-                f"two dictionaries for layer {itda.config.layer} under {folder.parent}; pass them separately"
-            )
-        layers[itda.config.layer] = itda
-    parents = list(groups)
-    depth = 1
-    while True:
-        labels = ["/".join(p.parts[-depth:]) for p in parents]
-        if len(set(labels)) == len(labels) or depth >= max(len(p.parts) for p in parents):
-            break
-        depth += 1
-    return {label: dict(sorted(groups[p].items())) for label, p in zip(labels, parents, strict=True)}
-
-
 def _parse_layers(spec: str | None, groups: dict[str, dict[int, ITDA]]) -> list[int] | None:
+    """The layers ``--layers`` names, read against the deepest group (None: all)."""
     if spec is None:
         return None
     from itda_core.layers import parse_layers
@@ -118,6 +43,7 @@ def _parse_layers(spec: str | None, groups: dict[str, dict[int, ITDA]]) -> list[
 
 
 def _to_json(df: pd.DataFrame, shared: pd.DataFrame | None, kind: str, sources: dict[str, str]) -> str:
+    """The matrix (and its shared counts) as JSON, nan written as null."""
     def clean(v: float) -> float | None:
         return None if isinstance(v, float) and math.isnan(v) else v
 
@@ -134,89 +60,41 @@ def _to_json(df: pd.DataFrame, shared: pd.DataFrame | None, kind: str, sources: 
     return json.dumps(data, indent=2)
 
 
-PathsArg = Annotated[
-    list[Path] | None,
-    typer.Argument(help="Dictionary folders, or folders above them (searched recursively); with --store optional."),
-]
-StoreOpt = Annotated[
-    Path | None,
-    typer.Option(
-        help="Write Jaccard and the baselines (CKA, SVCCA, relative, R^2) into this store's similarities table "
-        "(for the dashboard), for every dictionary in it, or for the given dictionaries (which must be in it)."
-    ),
-]
-MeasuresOpt = Annotated[
-    str, typer.Option(help="With --store: 'all' or e.g. 'jaccard,cka,cka_normalised,svcca,relative,r2'.")
-]
-TokensOpt = Annotated[
-    int, typer.Option(help="With --store: first N tokens of the stored held-out text for the baselines (paper 100k).")
-]
-SplitOpt = Annotated[str, typer.Option(help="With --store: stored documents for the baselines: held_out, train, all.")]
-DeviceOpt = Annotated[str, typer.Option(help="With --store: auto, cpu, cuda or cuda:N.")]
-ModelLevelOpt = Annotated[
-    bool,
-    typer.Option(
-        "--model-level", help="One value per pair of models: Jaccard of the union of each model's layers."
-    ),
-]
-LayersOpt = Annotated[
-    str | None,
-    typer.Option(help="Only these layers, e.g. '1-11' or '0,4,8' (default: all; with --model-level 1..n-1)."),
-]
-MethodOpt = Annotated[
-    str,
-    typer.Option(help="auto (position keys for one tokenizer, character spans otherwise), keys or spans."),
-]
-SharedOpt = Annotated[bool, typer.Option("--shared", help="Also show the number of shared atoms per cell.")]
-OutOpt = Annotated[
-    Path | None,
-    typer.Option(
-        help="Save to this .csv or .json file instead of printing (CSV: shared counts go to NAME.shared.csv)."
-    ),
-]
-DigitsOpt = Annotated[int, typer.Option(help="Decimals when printing.")]
-AtomsOpt = Annotated[
-    str,
-    typer.Option(help="Which atoms count: 'evidence' (all but the initial atoms picked arbitrarily among rows "
-                 "seen once) or 'all' (the paper)."),
-]
-IndexOpt = Annotated[
-    str,
-    typer.Option(help="'corrected' (0 = the overlap expected by chance for these sizes, 1 = the most they can "
-                 "share) or 'raw' (|A n B| / |A u B|, the paper)."),
-]
-MinAtomsOpt = Annotated[
-    int,
-    typer.Option(help="A pair where either dictionary counts fewer atoms than this has no value (nan): a handful "
-                 "of atoms cannot say how alike two layers are. 0 = always a value."),
-]
+@dataclass
+class SimilarityTarget:
+    """What ``itda similarity`` compares and where the matrix goes (the CLI's part; which atoms count is
+    :class:`JaccardOptions`, the ``--store`` run's options :class:`StoreSimilarityConfig`)."""
+
+    paths: list[Path] | None = option(
+        None, argument=True,
+        help="Dictionary folders, or folders above them (searched recursively); with --store optional.")
+    model_level: bool = option(
+        False, help="One value per pair of models: Jaccard of the union of each model's layers.")
+    layers: str | None = option(
+        None, help="Only these layers, e.g. '1-11' or '0,4,8' (default: all; with --model-level 1..n-1).")
+    method: str = option("auto", help="auto (position keys for one tokenizer, character spans otherwise), keys or "
+                         "spans.")
+    shared: bool = option(False, help="Also show the number of shared atoms per cell.")
+    out: Path | None = option(
+        None, help="Save to this .csv or .json file instead of printing (CSV: shared counts go to NAME.shared.csv).")
+    digits: int = option(3, help="Decimals when printing.")
+    store: Path | None = option(
+        None, help="Write Jaccard and the baselines (CKA, SVCCA, relative, R^2) into this store's similarities "
+        "table (for the dashboard), for every dictionary in it, or for the given dictionaries (which must be in "
+        "it).")
 
 
-def _store_ids(store: Path, paths: list[Path]) -> list[int]:
-    """The store's dict_ids of the dictionaries under ``paths`` (each must have been written to the store)."""
-    from itda_core.dictionary import ITDA
-    from itda_core.store.connection import connect_readonly
-    from itda_core.store.reader import find_dictionary
-
-    folders = find_dictionaries(paths)
-    ids = []
-    with connect_readonly(store) as con:
-        for folder in folders:
-            dict_id = find_dictionary(con, ITDA.load(folder).config)
-            if dict_id is None:
-                raise ITDAError(f"{folder} is not in {store}; write it first (itda train --store {store})")
-            ids.append(dict_id)
-    return ids
+def _warn(message: str) -> None:
+    """A library warning (a skipped folder) as one line on stderr."""
+    typer.echo(f"warning: {message}", err=True)
 
 
-def _to_store(store: Path, paths: list[Path], measures: str, tokens: int, split: str, device: str,
-              options: JaccardOptions) -> None:
-    from itda_core.cli.bench import parse_measures
-    from itda_core.jobs.similarity import StoreSimilarityConfig, store_similarities
+def _to_store(store: Path, paths: list[Path], config: StoreSimilarityConfig) -> None:
+    """``itda similarity --store``: compute the measures for the store's (or the given) dictionaries."""
+    from itda_core.jobs.similarity import store_similarities
+    from itda_core.similarity.folders import store_ids
 
-    config = StoreSimilarityConfig(measures=parse_measures(measures), tokens=tokens, split=split, device=device,
-                                   jaccard=options)
-    report = store_similarities(store, _store_ids(store, paths) if paths else None, config)
+    report = store_similarities(store, store_ids(store, paths, _warn) if paths else None, config)
     typer.echo(report.summary())
 
 
@@ -224,39 +102,25 @@ def register(app: typer.Typer) -> None:
     """Add ``itda similarity`` to ``app``."""
 
     @app.command("similarity", help=HELP)
-    def similarity(
-        paths: PathsArg = None,
-        model_level: ModelLevelOpt = False,
-        layers: LayersOpt = None,
-        method: MethodOpt = "auto",
-        shared: SharedOpt = False,
-        out: OutOpt = None,
-        digits: DigitsOpt = 3,
-        store: StoreOpt = None,
-        measures: MeasuresOpt = "all",
-        tokens: TokensOpt = 20_000,
-        split: SplitOpt = "held_out",
-        device: DeviceOpt = "auto",
-        atoms: AtomsOpt = "evidence",  # JaccardOptions' defaults (kept literal so that --help imports no torch)
-        index: IndexOpt = "raw",
-        min_atoms: MinAtomsOpt = 32,
-    ) -> None:
-        from itda_core.similarity.jaccard import JaccardOptions
+    @from_configs
+    def similarity(target: SimilarityTarget, stored: StoreSimilarityConfig, options: JaccardOptions) -> None:
+        """Print or save a Jaccard matrix of saved dictionaries, or write the measures into a store."""
+        from itda_core.similarity.folders import find_dictionaries, group_dictionaries
         from itda_core.similarity.matrices import jaccard_matrix, labelled_matrix, model_jaccard_matrix
 
-        options = JaccardOptions(atoms=atoms, index=index, min_atoms=min_atoms)
-        if store is not None:
+        paths, model_level, method, out = target.paths, target.model_level, target.method, target.out
+        if target.store is not None:
             if out is not None or model_level:
                 raise ITDAError("--store writes into the store; run without --store for --out or --model-level")
-            _to_store(store, paths or [], measures, tokens, split, device, options)
+            _to_store(target.store, paths or [], dataclasses.replace(stored, jaccard=options))
             return
         if not paths:
             raise ITDAError("give dictionary folders (or --store PATH to compute for a store's dictionaries)")
         if out is not None and out.suffix.lower() not in (".csv", ".json"):
             raise ITDAError(f"--out must end in .csv or .json (got {out.name})")
-        folders = find_dictionaries(paths)
+        folders = find_dictionaries(paths, _warn)
         groups = group_dictionaries(folders)
-        chosen = _parse_layers(layers, groups)
+        chosen = _parse_layers(target.layers, groups)
         if model_level:
             kind = "model"
             result = model_jaccard_matrix(groups, chosen, method=method, return_shared=True, options=options)
@@ -288,16 +152,16 @@ def register(app: typer.Typer) -> None:
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
             if out.suffix.lower() == ".json":
-                out.write_text(_to_json(df, counts if shared else None, kind, sources))
+                out.write_text(_to_json(df, counts if target.shared else None, kind, sources))
             else:
                 df.to_csv(out)
-                if shared:
+                if target.shared:
                     counts.to_csv(out.with_suffix(".shared.csv"))
             shape = f"{df.shape[0]} x {df.shape[1]}, matched by {df.attrs['method']}"
             typer.echo(f"saved {kind} {options.label} matrix ({shape}) to {out}")
             return
         typer.echo(f"{options.label}, {kind} level, matched by {df.attrs['method']}:")
-        typer.echo(df.to_string(float_format=lambda v: f"{v:.{digits}f}"))
-        if shared:
+        typer.echo(df.to_string(float_format=lambda v: f"{v:.{target.digits}f}"))
+        if target.shared:
             typer.echo("\nshared atoms:")
             typer.echo(counts.to_string())

@@ -20,13 +20,12 @@ from typing import Any
 
 import pandas as pd
 
+from itda_core.config.similarity import ALL_MEASURES, DEFAULT_OPTIONS, JaccardOptions, StoreSimilarityConfig
 from itda_core.errors import ITDAError
-from itda_core.similarity.jaccard import DEFAULT_OPTIONS, JaccardOptions
 
 __all__ = ["JACCARD", "StoreSimilarityConfig", "StoreSimilarityReport", "method_name", "store_similarities"]
 
 JACCARD = "jaccard"
-BASELINES = ("cka", "cka_normalised", "svcca", "relative", "r2")
 
 
 def method_name(measure: str) -> str:
@@ -34,22 +33,6 @@ def method_name(measure: str) -> str:
     from itda_core.similarity.baselines import MEASURES
 
     return JACCARD if measure == JACCARD else MEASURES[measure].name
-
-
-@dataclass
-class StoreSimilarityConfig:
-    """Options of ``itda similarity --store`` (the baselines' activations and which measures to store)."""
-
-    measures: tuple[str, ...] = (JACCARD, *BASELINES)
-    tokens: int = 20_000  # first N held-out tokens per model for the baselines (the paper uses 100k)
-    split: str = "held_out"  # held_out / train / all: which stored documents feed the baselines
-    batch_size: int = 32
-    n_directions: int = 20
-    n_anchors: int = 300
-    anchor_seed: int = 0
-    device: str = "auto"
-    progress: bool = False
-    jaccard: JaccardOptions = DEFAULT_OPTIONS  # which atoms count and which index the stored value uses
 
 
 @dataclass
@@ -209,7 +192,6 @@ def store_similarities(store: str | Path, dict_ids: list[int] | None = None,
                        config: StoreSimilarityConfig | None = None) -> StoreSimilarityReport:
     """Compute Jaccard and the baselines between the store's dictionaries (all, or ``dict_ids``) and write them
     into ``similarities`` in one transaction (replacing earlier rows of the same pair and method)."""
-    from itda_core.similarity.layer_matching import ALL_MEASURES
     from itda_core.store.connection import connect_readonly, connect_write, transaction
 
     config = config or StoreSimilarityConfig()

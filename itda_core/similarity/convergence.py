@@ -16,26 +16,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from itda_core.config.similarity import SPLITS, ConvergenceConfig  # apart from torch (the CLI's help reads it)
 from itda_core.errors import ITDAError
 
 __all__ = ["ConvergenceConfig", "ConvergenceResult", "checkpoint_convergence", "checkpoint_label",
            "convergence_figure"]
-
-
-@dataclass
-class ConvergenceConfig:
-    """Options of a convergence run (they double as ``itda convergence`` options)."""
-
-    layers: list[int] | None = None  # None = every layer
-    tokens: int = 100_000
-    k: int = 40
-    threshold: float | None = None
-    seq_len: int = 128
-    batch_size: int = 32
-    corpus: str = "default"
-    split: str = "train"  # train / held_out / all
-    device: str = "auto"
-    progress: bool = False
 
 
 @dataclass
@@ -94,6 +79,8 @@ def checkpoint_convergence(checkpoints: Sequence[str], config: ConvergenceConfig
         raise ITDAError("loaded models and checkpoints differ in number")
     if config.tokens < 1:
         raise ITDAError(f"tokens must be positive (got {config.tokens})")
+    if config.split not in SPLITS:
+        raise ITDAError(f"split must be {', '.join(SPLITS)} (got {config.split!r})")
     start = time.perf_counter()
     if corpus is None:
         corpus = _corpus(LayerMatchingConfig(corpus=config.corpus, split=config.split))
@@ -116,7 +103,13 @@ def checkpoint_convergence(checkpoints: Sequence[str], config: ConvergenceConfig
     final_model = loaded[-1] if loaded is not None else load_model(final_name, device=config.device,
                                                                      revision=final_rev)
     depth = final_model.n_layers
-    layers = final_model.check_layers(list(config.layers) if config.layers is not None else list(range(depth)))
+    if isinstance(config.layers, str):  # a spec such as '0-5', read against the final checkpoint's depth
+        from itda_core.layers import parse_layers
+
+        chosen = parse_layers(config.layers, depth)
+    else:
+        chosen = list(config.layers) if config.layers is not None else list(range(depth))
+    layers = final_model.check_layers(chosen)
     cfg = TrainConfig(layers=layers, k=config.k, threshold=config.threshold, max_tokens=config.tokens,
                       seq_len=config.seq_len, batch_size=config.batch_size, progress=config.progress)
     with torch.no_grad():

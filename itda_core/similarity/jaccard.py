@@ -35,6 +35,15 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
+from itda_core.config.similarity import (  # the options live apart from torch (the CLI's help reads them)
+    ATOM_CHOICES,
+    DEFAULT_OPTIONS,
+    INDEX_CHOICES,
+    MAX_MIN_ATOMS,
+    JaccardOptions,
+    expected_shared,
+    jaccard_index,
+)
 from itda_core.dictionary import ITDA, ITDAConfig
 from itda_core.errors import ITDAError
 from itda_core.provenance import Provenance
@@ -43,6 +52,7 @@ __all__ = [
     "ATOM_CHOICES",
     "DEFAULT_OPTIONS",
     "INDEX_CHOICES",
+    "MAX_MIN_ATOMS",
     "POSITION_BITS",
     "AtomSet",
     "JaccardOptions",
@@ -72,49 +82,6 @@ METHODS = ("auto", "keys", "spans")
 
 # Span identity kinds (hashed together with their fields).
 _KIND_TOKEN, _KIND_EXACT, _KIND_START = 1, 2, 3
-
-ATOM_CHOICES = ("evidence", "all")
-INDEX_CHOICES = ("raw", "corrected")
-
-
-MAX_MIN_ATOMS = 1_000_000
-
-
-@dataclass(frozen=True)
-class JaccardOptions:
-    """Which atoms count and which index (see the module docstring): ``atoms`` "evidence" (every atom but the
-    arbitrary initial picks) or "all"; ``index`` "raw" (the paper's |A n B| / |A u B|) or "corrected" (for
-    chance and set sizes); ``min_atoms``: a pair where either set counts fewer atoms has no value (nan), since
-    a handful of atoms cannot say how alike two layers are (two 4-atom sets of repeated first tokens score 1)."""
-
-    atoms: str = "evidence"
-    index: str = "raw"
-    min_atoms: int = 32
-
-    def __post_init__(self) -> None:
-        if self.atoms not in ATOM_CHOICES:
-            raise ITDAError(f"unknown atom choice {self.atoms!r}; use one of {', '.join(ATOM_CHOICES)}")
-        if self.index not in INDEX_CHOICES:
-            raise ITDAError(f"unknown Jaccard index {self.index!r}; use one of {', '.join(INDEX_CHOICES)}")
-        if not isinstance(self.min_atoms, int) or not 0 <= self.min_atoms <= MAX_MIN_ATOMS:
-            raise ITDAError(f"min_atoms must be an integer from 0 to {MAX_MIN_ATOMS:,}, got {self.min_atoms!r}")
-
-    def too_few(self, n_a: int, n_b: int) -> bool:
-        """Whether a pair of these set sizes is below ``min_atoms`` (its value is then nan)."""
-        return min(n_a, n_b) < self.min_atoms
-
-    def value(self, shared: int, n_a: int, n_b: int, universe: int) -> float:
-        """The pair's Jaccard under these options from its counts (:func:`jaccard_index`), nan when
-        :meth:`too_few`."""
-        return float("nan") if self.too_few(n_a, n_b) else jaccard_index(shared, n_a, n_b, universe, self.index)
-
-    @property
-    def label(self) -> str:
-        """Short text for plots and tables, e.g. "Jaccard (corrected, evidence atoms)"."""
-        return f"Jaccard ({self.index}, {'all atoms' if self.atoms == 'all' else 'evidence atoms'})"
-
-
-DEFAULT_OPTIONS = JaccardOptions()
 
 
 # ---- tokenizer-independent facts about one token --------------------------------------------------------
@@ -413,34 +380,6 @@ def matched_pairs(a: ITDA | AtomSet, b: ITDA | AtomSet, method: str = "auto",
     order = np.lexsort((sa.position[ia], sa.doc_id[ia]))
     ia, ib = ia[order], ib[order]
     return sa.rows[ia], sb.rows[ib], method
-
-
-def _index(shared: int, n_a: int, n_b: int) -> float:
-    union = n_a + n_b - shared
-    return shared / union if union else float("nan")
-
-
-def expected_shared(n_a: int, n_b: int, universe: int) -> float:
-    """Atoms two sets of sizes n_a and n_b share on average when drawn at random from ``universe`` tokens (the
-    mean of the hypergeometric distribution); nan when the universe is unknown."""
-    return n_a * n_b / universe if universe > 0 else float("nan")
-
-
-def jaccard_index(shared: int, n_a: int, n_b: int, universe: int, index: str) -> float:
-    """The Jaccard value of a pair from its counts: "raw" |A n B| / |A u B|, or "corrected" (J - J0) / (Jmax -
-    J0) with J0 the raw index at the chance overlap :func:`expected_shared` and Jmax = min / max of the sizes
-    (see the module docstring); nan where undefined (empty sets, unknown universe, Jmax <= J0)."""
-    if index not in INDEX_CHOICES:
-        raise ITDAError(f"unknown Jaccard index {index!r}; use one of {', '.join(INDEX_CHOICES)}")
-    raw = _index(shared, n_a, n_b)
-    if index == "raw":
-        return raw
-    if not n_a or not n_b:
-        return float("nan")
-    chance = expected_shared(n_a, n_b, universe)
-    j0 = _index(chance, n_a, n_b) if chance == chance else float("nan")
-    jmax = min(n_a, n_b) / max(n_a, n_b)
-    return (raw - j0) / (jmax - j0) if jmax > j0 else float("nan")
 
 
 def pair_universe(sa: AtomSet, sb: AtomSet) -> int:

@@ -34,6 +34,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from itda_core.config.similarity import (  # the options live apart from torch (the CLI's help reads them)
+    ALL_MEASURES,
+    LAYER_MATCHING_MEASURES,
+    PROTOCOLS,
+    TIE_RULES,
+    LayerMatchingConfig,
+)
 from itda_core.errors import ITDAError
 
 __all__ = [
@@ -46,6 +53,7 @@ __all__ = [
     "LayerMatchingResult",
     "ModelRun",
     "argmax_layers",
+    "chosen_layers",
     "default_layers",
     "format_table",
     "matching_accuracy",
@@ -63,12 +71,6 @@ PAPER_MODELS = [
     "stanford-crfm/darkmatter-gpt2-small-x343",
     "stanford-crfm/expanse-gpt2-small-x777",
 ]
-# The measures shared with the baselines module (and ``itda similarity --store``, which validates against this).
-ALL_MEASURES = ("jaccard", "cka", "cka_normalised", "svcca", "relative", "r2")
-# What the benchmark scores: those plus the authors' linear regression (no intercept), computed only here.
-LAYER_MATCHING_MEASURES = (*ALL_MEASURES, "r2_no_intercept")
-PROTOCOLS = ("authors", "cross")
-TIE_RULES = ("lowest", "wrong")
 # Paper's accuracies, 5 seeds each of GPT-2 small / medium, beside the variant its code computed: its CKA is
 # the feature-normalised one and its linear regression has no intercept (layer_similarity.py).
 PAPER_ACCURACY: dict[str, tuple[float, float]] = {
@@ -87,55 +89,6 @@ MEASURE_LABELS = {
     "r2": "linear regression R^2, with intercept",
     "r2_no_intercept": "linear regression R^2, no intercept (the authors' code; the paper's figures)",
 }
-
-
-@dataclass
-class LayerMatchingConfig:
-    """Options of the benchmark (they double as ``itda bench layer-matching`` options)."""
-
-    tokens: int = 100_000  # activations streamed per model: dictionaries are built on all of them
-    baseline_tokens: int | None = None  # first N of those for the baselines; None = all (paper: 100k)
-    k: int = 40
-    threshold: float | None = None  # None -> the trainer's default (0.3 / d_model)
-    init_rule: str = "first"  # the trainer's tie rule among initial rows (value: the authors'; first)
-    seq_len: int = 128
-    batch_size: int = 32
-    corpus: str = "default"
-    split: str = "train"  # train / held_out / all: which part of the corpus supplies the prompts
-    layers: list[int] | None = None  # None = 1..n-1, the authors' (layer 0 is not scored)
-    measures: tuple[str, ...] = LAYER_MATCHING_MEASURES
-    protocol: str = "authors"  # which score is the headline ``accuracy``: authors (M x M pairs) or cross
-    ties: str = "lowest"  # a tied maximum goes to the lowest layer (authors), or "wrong"
-    # Extra keyword arguments for every Jaccard call (``jaccard_matrix(dicts_a, dicts_b, **jaccard_options)``,
-    # e.g. {"method": "keys"}); the single place they are used is ``_jaccard_matrices``.
-    jaccard_options: dict[str, Any] = field(default_factory=dict)
-    n_directions: int = 20  # SVCCA
-    n_anchors: int = 300  # relative representations
-    anchor_seed: int = 0
-    device: str = "auto"
-    progress: bool = False
-
-    def check(self) -> None:
-        """One-line errors for bad options."""
-        unknown = [m for m in self.measures if m not in LAYER_MATCHING_MEASURES]
-        if unknown:
-            raise ITDAError(f"unknown measure(s) {unknown}; use any of {', '.join(LAYER_MATCHING_MEASURES)}")
-        if not self.measures:
-            raise ITDAError("no measures to score")
-        if self.protocol not in PROTOCOLS:
-            raise ITDAError(f"protocol must be one of {', '.join(PROTOCOLS)} (got {self.protocol!r})")
-        if self.ties not in TIE_RULES:
-            raise ITDAError(f"ties must be one of {', '.join(TIE_RULES)} (got {self.ties!r})")
-        if not isinstance(self.jaccard_options, Mapping):
-            raise ITDAError("jaccard_options must be a mapping of keyword arguments")
-        if "options" in self.jaccard_options and {"atoms", "index", "min_atoms"} & set(self.jaccard_options):
-            raise ITDAError("jaccard_options: give either 'options' or 'atoms'/'index'/'min_atoms', not both")
-        if self.tokens < 2:
-            raise ITDAError(f"tokens must be at least 2 (got {self.tokens})")
-        if self.baseline_tokens is not None and self.baseline_tokens < 2:
-            raise ITDAError(f"baseline_tokens must be at least 2 (got {self.baseline_tokens})")
-        if self.split not in ("train", "held_out", "all"):
-            raise ITDAError(f"split must be train, held_out or all (got {self.split!r})")
 
 
 @dataclass
@@ -533,6 +486,17 @@ def default_layers(n_layers: int) -> list[int]:
     return list(range(1, n_layers))
 
 
+def chosen_layers(layers: Sequence[int] | str | None, n_layers: int) -> list[int]:
+    """The layers to score on a model of ``n_layers``: the given list, a spec such as '1-11' or 'all' read
+    against the depth (:func:`itda_core.layers.parse_layers`, as ``itda train --layers``), or by default the
+    authors' 1..n-1."""
+    from itda_core.layers import parse_layers
+
+    if layers is None:
+        return default_layers(n_layers)
+    return parse_layers(layers, n_layers) if isinstance(layers, str) else list(layers)
+
+
 def run_layer_matching(models: Sequence[Any], config: LayerMatchingConfig | None = None,
                        corpus: Any = None) -> LayerMatchingResult:
     """The whole benchmark: ``models`` are names for :func:`load_model` (HF ids, local folders, aliases) or
@@ -555,8 +519,7 @@ def run_layer_matching(models: Sequence[Any], config: LayerMatchingConfig | None
             raise ITDAError(f"layer matching needs models of one depth: {runs[0].name} has {runs[0].n_layers} "
                             f"layers, {model.name} has {model.n_layers}")
         if layers is None:
-            layers = model.check_layers(list(config.layers) if config.layers is not None
-                                        else default_layers(model.n_layers))
+            layers = model.check_layers(chosen_layers(config.layers, model.n_layers))
         if len(layers) < 2:
             raise ITDAError(f"layer matching needs at least two layers (scoring {layers} of {model.n_layers}; "
                             "the default leaves out layer 0)")
