@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from itda_core.config.evaluation import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS  # declared with the options
 from itda_core.corpus import Corpus, Document
 from itda_core.dictionary import ITDA
 from itda_core.errors import ITDAError
@@ -31,8 +32,6 @@ from itda_core.extraction import residual_stream, tokenize_documents
 from itda_core.models import LoadedModel
 from itda_core.progress import Progress
 
-DEFAULT_MAX_TOKENS = 10_000
-DEFAULT_BATCH_SIZE = 4  # documents per forward pass; small because logits are [batch, seq, vocab]
 ENCODER_NOTE = "encoder model: no next-token prediction, so no CE loss score; reconstruction metrics only"
 
 

@@ -9,10 +9,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from itda_core.config.evaluation import DEFAULT_BATCH_SIZE, DEFAULT_KS, DEFAULT_MAX_TOKENS  # with the options
 from itda_core.corpus import Corpus, Document
 from itda_core.dictionary import ITDA
 from itda_core.errors import ITDAError
-from itda_core.evaluation.run import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS, evaluate_many
+from itda_core.evaluation.run import evaluate_many
 from itda_core.extras import require
 from itda_core.models import LoadedModel
 
@@ -21,8 +22,6 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
 
 log = logging.getLogger(__name__)
-
-DEFAULT_KS = (10, 20, 40, 80)
 
 
 def default_sizes(n_atoms: int) -> list[int]:

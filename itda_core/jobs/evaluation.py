@@ -20,29 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from itda_core.config.evaluation import StoreEvalConfig  # apart from torch (the CLI's help reads it)
 from itda_core.corpus import Corpus, Document
 from itda_core.errors import ITDAError
-from itda_core.evaluation.run import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS, EvalResult, evaluate_many
+from itda_core.evaluation.run import EvalResult, evaluate_many
 from itda_core.models import LoadedModel
 
 log = logging.getLogger(__name__)
 
 # The EvalResult fields stored as rows (the dashboard shows one column per metric); the rest is in details.
 STORED_METRICS = ("ce_loss_score", "kl_div", "fvu", "mse", "cosine", "dead_fraction")
-
-
-@dataclass
-class StoreEvalConfig:
-    """How to evaluate the store's dictionaries (the options of ``itda eval``)."""
-
-    ks: list[int] | None = None  # L0 values to evaluate at; None = each dictionary's own k
-    max_tokens: int | None = DEFAULT_MAX_TOKENS  # counted held-out tokens, in document order; None = all
-    batch_size: int = DEFAULT_BATCH_SIZE
-    splice_special: bool = True
-    exclude_first: bool = False
-    device: str = "auto"
-    progress: bool = False
-    timeout: float = 600.0  # longest wait for the store's lock
 
 
 @dataclass
@@ -74,14 +61,38 @@ class StoreEvalReport:
         return "\n".join(lines)
 
 
-def _chosen(store: Path, model: str | None, layers: Sequence[int] | None, dict_ids: Sequence[int] | None) -> list[dict]:
-    """The store's dictionaries matching a model (name or id), layers and ids, as dicts of columns."""
+def _layers_of(spec: str, rows: list[dict]) -> set[tuple[str, int]]:
+    """The (model id, layer) pairs a layer spec ('all', '0-3', '-1', ... as ``itda train --layers``) names,
+    read against each model's depth; a model too shallow for it is left out, unless every model is."""
+    from itda_core.layers import parse_layers
+
+    depths: dict[str, int] = {}
+    for r in rows:
+        depth = int(r["n_layers"] or int(r["layer"]) + 1)  # a model row without its depth: the deepest layer seen
+        depths[r["model_id"]] = max(depths.get(r["model_id"], 0), depth)
+    wanted: set[tuple[str, int]] = set()
+    error: ITDAError | None = None
+    for model_id, depth in depths.items():
+        try:
+            wanted.update((model_id, layer) for layer in parse_layers(spec, depth))
+        except ITDAError as err:
+            error = err
+    if not wanted and error is not None:
+        raise error
+    return wanted
+
+
+def _chosen(store: Path, model: str | None, layers: Sequence[int] | str | None,
+            dict_ids: Sequence[int] | None) -> list[dict]:
+    """The store's dictionaries matching a model (name or id), layers (a list, or a spec read against each
+    model's depth) and ids, as dicts of columns."""
     from itda_core.store.connection import connect_readonly
 
     with connect_readonly(store) as con:
         cur = con.execute(
-            "SELECT dict_id, model_id, model_name, layer, corpus_id, seq_len, k, n_atoms, written "
-            "FROM dictionaries ORDER BY model_id, layer, dict_id"
+            "SELECT d.dict_id, d.model_id, d.model_name, d.layer, d.corpus_id, d.seq_len, d.k, d.n_atoms, "
+            "d.written, m.n_layers FROM dictionaries d LEFT JOIN models m USING (model_id) "
+            "ORDER BY d.model_id, d.layer, d.dict_id"
         )
         names = [c[0] for c in cur.description]
         rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
@@ -91,7 +102,13 @@ def _chosen(store: Path, model: str | None, layers: Sequence[int] | None, dict_i
         rows = [r for r in rows if model in (r["model_name"], r["model_id"])]
         if not rows:
             raise ITDAError(f"store {store} has no dictionaries of model {model!r}")
-    if layers is not None:
+    if isinstance(layers, str):
+        pairs = _layers_of(layers, rows)
+        rows = [r for r in rows if (r["model_id"], int(r["layer"])) in pairs]
+        if not rows:
+            raise ITDAError(f"store {store} has no dictionaries at layers {layers!r}" + (
+                f" of {model}" if model else ""))  # fmt: skip
+    elif layers is not None:
         wanted = {int(layer) for layer in layers}
         rows = [r for r in rows if int(r["layer"]) in wanted]
         if not rows:
@@ -170,14 +187,15 @@ def write_evaluations(
 def evaluate_store(
     store: str | Path,
     model: str | None = None,
-    layers: Sequence[int] | None = None,
+    layers: Sequence[int] | str | None = None,
     config: StoreEvalConfig | None = None,
     *,
     dict_ids: Sequence[int] | None = None,
     loader: Callable[[str], LoadedModel] | None = None,
 ) -> StoreEvalReport:
     """Evaluate the store's dictionaries (of ``model``, a name or model id, at ``layers``; all by default) on
-    the store's held-out documents and write the figures into its ``evaluations`` table.
+    the store's held-out documents and write the figures into its ``evaluations`` table. ``layers`` may be a
+    spec such as '0-3' or '-1', read against each model's depth (the grammar of ``itda train --layers``).
 
     ``loader(name) -> LoadedModel`` loads a model (default: :func:`itda_core.models.load_model` on
     ``config.device``). Dictionaries whose corpus has no held-out split, or whose model now loads with

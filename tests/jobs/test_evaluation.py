@@ -159,7 +159,22 @@ def test_cli_eval_store(tiny_store: dict, tmp_path: Path) -> None:
     res = CliRunner().invoke(_cli(), ["eval", "--store", str(store), "--sizes", "3"])
     assert res.exit_code != 0 and "--sizes is not available" in str(res.exception)
     res = CliRunner().invoke(_cli(), ["eval", "--store", str(store), "--layers", "x"])
-    assert res.exit_code != 0 and "cannot read --layers" in str(res.exception)
+    assert res.exit_code != 0 and "cannot read layers 'x'" in str(res.exception)
+
+
+def test_cli_eval_store_reads_layers_as_train_does(tiny_store: dict) -> None:
+    """One layer grammar: ``--layers 1-2`` and ``-1`` (the last layer) work for ``eval --store`` as for
+    ``itda train``, read against the model's depth (3 layers; dictionaries at 1 and 2)."""
+    store = str(tiny_store["path"])
+    common = ["eval", "--store", store, "--k", "1", "--max-tokens", "30", "--device", "cpu", "--no-progress"]
+    res = CliRunner().invoke(_cli(), [*common, "--layers", "0-2"])
+    assert res.exit_code == 0, res.output
+    assert "of 2 dictionaries" in res.output and " L1 " in res.output and " L2 " in res.output
+    res = CliRunner().invoke(_cli(), [*common, "--layers", "-1"])
+    assert res.exit_code == 0, res.output
+    assert "of 1 dictionaries" in res.output and " L2 " in res.output and " L1 " not in res.output
+    res = CliRunner().invoke(_cli(), [*common, "--layers", "0-5"])
+    assert res.exit_code != 0 and "out of range" in str(res.exception)
 
 
 # ---- PNG export ------------------------------------------------------------------------------------------
