@@ -1,174 +1,63 @@
-"""The queries the dashboard (and notebooks) run against a store. Each takes an open connection, usually
-from :func:`itda_core.store.connect_readonly`, so that one page can run several on one connection.
+"""The queries the dashboard (and notebooks) run against a store's atoms. Each takes an open connection,
+usually from :func:`itda_core.store.connect_readonly`, so that one page can run several on one connection.
 
-Contexts are rendered from the stored tokens and document text: a context is the target token with
-``window`` tokens each side, returned as ``before`` / ``token`` / ``after`` strings (slices of the
-document text by character span) plus the list of the window's token texts and the target's index in it.
+Atoms here (one atom's row and page, vectors, search by source token, top contexts, quantile samples,
+histograms, atoms shared across dictionaries); what a store holds (models, dictionaries, evaluations,
+summary) is :mod:`itda_core.store.catalog` and context rendering :mod:`itda_core.store.contexts`, both
+re-exported, so ``from itda_core.store import queries as Q`` reaches every query.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
 from typing import Any
 
 import duckdb
 import numpy as np
 import pandas as pd
 
-from itda_core.store.schema import SCHEMA_VERSION, first_row
+from itda_core.store.catalog import (
+    density_by_layer,
+    dictionary_details,
+    evaluation_values,
+    get_dictionary,
+    has_table,
+    list_dictionaries,
+    list_models,
+    store_summary,
+    stored_similarities,
+)
+from itda_core.store.contexts import codes_at, dictionary_keys, documents_with_tokens, render_contexts
+from itda_core.store.schema import INIT_COUNT_SQL, first_record, first_row
 
-
-def _records(
-    con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None
-) -> list[dict[str, Any]]:
-    """Rows of a query as dicts keyed by column name."""
-    cur = con.execute(sql, params or [])
-    names = [c[0] for c in cur.description]
-    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-
-
-def _one(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> dict[str, Any] | None:
-    """The first row of a query as a dict, or None."""
-    rows = _records(con, sql, params)
-    return rows[0] if rows else None
-
-
-# ---- models and dictionaries -----------------------------------------------------------------------------
-
-
-def list_models(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """Every model in the store with its number of dictionaries (and how many are indexed)."""
-    return con.execute("""
-        SELECT m.model_id, m.name, m.family, m.architecture, m.n_layers, m.d_model, m.tokenizer_id,
-               COUNT(d.dict_id) AS n_dictionaries,
-               COUNT(d.dict_id) FILTER (WHERE d.dict_id IN (SELECT dict_id FROM index_runs)) AS n_indexed,
-               COALESCE(SUM(d.n_atoms), 0) AS n_atoms
-        FROM models m LEFT JOIN dictionaries d USING (model_id)
-        GROUP BY ALL ORDER BY MIN(m.added), m.name""").df()
-
-
-def list_dictionaries(
-    con: duckdb.DuckDBPyConnection, model_id: str | None = None, model_name: str | None = None
-) -> pd.DataFrame:
-    """All dictionaries (of one model when ``model_id`` or ``model_name`` is given), by model and layer."""
-    where, params = [], []
-    if model_id is not None:
-        where.append("d.model_id = ?")
-        params.append(model_id)
-    if model_name is not None:
-        where.append("d.model_name = ?")
-        params.append(model_name)
-    clause = ("WHERE " + " AND ".join(where)) if where else ""
-    return con.execute(
-        f"""
-        SELECT d.dict_id, d.model_id, d.model_name, d.layer, d.site, d.corpus_id, d.train_corpus_id, d.k,
-               d.threshold, d.n_atoms, d.d_model, d.tokens_seen, d.seq_len, d.written,
-               r.dict_id IS NOT NULL AS indexed, r.n_tokens AS index_tokens
-        FROM dictionaries d LEFT JOIN index_runs r USING (dict_id)
-        {clause}
-        ORDER BY d.model_name, d.layer, d.dict_id""",
-        params,
-    ).df()
-
-
-def get_dictionary(con: duckdb.DuckDBPyConnection, dict_id: int) -> dict[str, Any] | None:
-    """One dictionary's row, with ``config`` and ``stats`` parsed and its index run (or None)."""
-    row = _one(con, "SELECT * FROM dictionaries WHERE dict_id = ?", [dict_id])
-    if row is None:
-        return None
-    row["config"] = json.loads(row["config"])
-    row["stats"] = json.loads(row["stats"]) if row["stats"] else {}
-    row["index"] = _one(con, "SELECT * FROM index_runs WHERE dict_id = ?", [dict_id])
-    return row
-
-
-# ---- rendering contexts ----------------------------------------------------------------------------------
-
-
-def _dict_keys(con: duckdb.DuckDBPyConnection, dict_id: int) -> tuple[str, str, int] | None:
-    """(corpus_id, tokenizer_id, seq_len) of a dictionary: what its positions refer to."""
-    row = first_row(
-        con, "SELECT corpus_id, tokenizer_id, seq_len FROM dictionaries WHERE dict_id = ?", [dict_id]
-    )
-    return None if row is None else (row[0], row[1], int(row[2]))
-
-
-def documents_with_tokens(
-    con: duckdb.DuckDBPyConnection, corpus_id: str, tokenizer_id: str, seq_len: int, doc_ids: Iterable[int]
-) -> tuple[dict[int, str], dict[int, dict[int, tuple[str, int, int]]]]:
-    """The texts of ``doc_ids`` and, per document, ``{position: (token_str, char_start, char_end)}`` under one
-    tokenisation: what every context window is cut from."""
-    ids = sorted({int(d) for d in doc_ids})
-    if not ids:
-        return {}, {}
-    in_list = ", ".join(str(d) for d in ids)
-    texts = dict(
-        con.execute(
-            f"SELECT doc_id, text FROM documents WHERE corpus_id = ? AND doc_id BETWEEN {ids[0]} AND "
-            f"{ids[-1]} AND doc_id IN ({in_list})",
-            [corpus_id],
-        ).fetchall()
-    )
-    rows = con.execute(
-        f"SELECT doc_id, position, token_str, char_start, char_end FROM tokens WHERE tokenizer_id = ? AND "
-        f"seq_len = ? AND corpus_id = ? AND doc_id BETWEEN {ids[0]} AND {ids[-1]} "
-        f"AND doc_id IN ({in_list}) ORDER BY doc_id, position",
-        [tokenizer_id, seq_len, corpus_id],
-    ).fetchall()
-    by_doc: dict[int, dict[int, tuple[str, int, int]]] = {}
-    for d, p, s, cs, ce in rows:
-        by_doc.setdefault(int(d), {})[int(p)] = (s, int(cs), int(ce))
-    return {int(d): t for d, t in texts.items()}, by_doc
-
-
-def render_contexts(
-    con: duckdb.DuckDBPyConnection, dict_id: int, hits: pd.DataFrame, window: int = 8
-) -> pd.DataFrame:
-    """``hits`` (with doc_id, position) plus before / token / after / tokens / target_index columns."""
-    out = hits.copy()
-    for col in ("before", "token", "after"):
-        out[col] = pd.Series([""] * len(out), dtype=object, index=out.index)
-    out["tokens"] = pd.Series([[] for _ in range(len(out))], dtype=object, index=out.index)
-    out["target_index"] = -1
-    keys = _dict_keys(con, dict_id)
-    if keys is None or out.empty:
-        return out
-    texts, by_doc = documents_with_tokens(con, *keys, out["doc_id"])
-    for i, (doc_id, pos) in enumerate(zip(out["doc_id"], out["position"], strict=True)):
-        doc_id, pos = int(doc_id), int(pos)
-        text, tokens = texts.get(doc_id, ""), by_doc.get(doc_id, {})
-        if pos not in tokens:
-            continue
-        lo, hi = max(0, pos - window), pos + window
-        window_pos = [p for p in range(lo, hi + 1) if p in tokens]
-        pieces = [_piece(text, *tokens[p]) for p in window_pos]
-        _, cs, ce = tokens[pos]
-        first = min((tokens[p][1] for p in window_pos if p < pos and tokens[p][2] > tokens[p][1]), default=cs)
-        last = max((tokens[p][2] for p in window_pos if p > pos and tokens[p][2] > tokens[p][1]), default=ce)
-        if ce <= cs:  # a special token covers no text: cut the text around it at its neighbours
-            cs = max(
-                (tokens[p][2] for p in window_pos if p < pos and tokens[p][2] > tokens[p][1]), default=first
-            )
-            ce = min(
-                (tokens[p][1] for p in window_pos if p > pos and tokens[p][2] > tokens[p][1]), default=last
-            )
-            ce = max(ce, cs)
-        idx = out.index[i]
-        out.at[idx, "before"] = text[first:cs] if cs >= first else ""
-        out.at[idx, "token"] = pieces[window_pos.index(pos)]
-        out.at[idx, "after"] = text[ce:last] if last >= ce else ""
-        out.at[idx, "tokens"] = pieces
-        out.at[idx, "target_index"] = window_pos.index(pos)
-    return out
-
-
-def _piece(text: str, token_str: str, start: int, end: int) -> str:
-    """A token's text in its document (special tokens: their own string)."""
-    return text[start:end] if end > start else token_str
-
-
-# ---- atoms -----------------------------------------------------------------------------------------------
+__all__ = [
+    "atom_list",
+    "atom_page_row",
+    "atom_vectors",
+    "atoms_brief",
+    "atoms_by_token",
+    "codes_at",
+    "coefficient_histogram",
+    "coefficient_scale",
+    "density_by_layer",
+    "dictionary_details",
+    "dictionary_keys",
+    "documents_with_tokens",
+    "evaluation_values",
+    "get_atom",
+    "get_dictionary",
+    "has_table",
+    "list_dictionaries",
+    "list_models",
+    "quantile_hits",
+    "quantile_samples",
+    "render_contexts",
+    "shared_atoms",
+    "shared_provenance",
+    "store_summary",
+    "stored_similarities",
+    "top_contexts",
+    "top_hits",
+]
 
 
 def get_atom(
@@ -177,7 +66,7 @@ def get_atom(
     """One atom: provenance, source token, add-error, activity stats and its source context (the training
     document with the token marked); the unit vector too with ``with_vector``."""
     cols = "a.*" if with_vector else "a.* EXCLUDE (vector)"
-    row = _one(
+    row = first_record(
         con,
         f"""
         SELECT {cols}, d.model_id, d.model_name, d.layer, d.corpus_id, doc.source AS doc_source,
@@ -255,16 +144,31 @@ def atoms_by_token(
     ).df()
 
 
-def top_contexts(
-    con: duckdb.DuckDBPyConnection, dict_id: int, atom: int, *, window: int = 8, limit: int = 20
-) -> pd.DataFrame:
-    """The atom's highest-coefficient held-out contexts: rank, doc_id, position, coef, rendered window."""
-    hits = con.execute(
+def top_hits(con: duckdb.DuckDBPyConnection, dict_id: int, atom: int, limit: int = 20) -> pd.DataFrame:
+    """The atom's highest-coefficient held-out tokens (rank, doc_id, position, coef), best first."""
+    return con.execute(
         f"SELECT rank, doc_id, position, coef FROM atom_top_contexts WHERE dict_id = ? AND atom = ? "
         f"ORDER BY rank LIMIT {int(limit)}",
         [dict_id, atom],
     ).df()
-    return render_contexts(con, dict_id, hits, window)
+
+
+def top_contexts(
+    con: duckdb.DuckDBPyConnection, dict_id: int, atom: int, *, window: int = 8, limit: int = 20
+) -> pd.DataFrame:
+    """The atom's highest-coefficient held-out contexts: rank, doc_id, position, coef, rendered window."""
+    return render_contexts(con, dict_id, top_hits(con, dict_id, atom, limit), window)
+
+
+def quantile_hits(con: duckdb.DuckDBPyConnection, dict_id: int, atom: int) -> pd.DataFrame:
+    """The atom's quantile samples (bin, q_lo, q_hi, bin_lo, bin_hi, bin_count, sample, doc_id, position, coef),
+    highest bin first, largest coefficient first within a bin."""
+    return con.execute(
+        "SELECT bin, q_lo, q_hi, bin_lo, bin_hi, bin_count, sample, doc_id, position, coef "
+        "FROM atom_quantiles "
+        "WHERE dict_id = ? AND atom = ? ORDER BY bin DESC, coef DESC, doc_id, position",
+        [dict_id, atom],
+    ).df()
 
 
 def quantile_samples(
@@ -272,13 +176,7 @@ def quantile_samples(
 ) -> pd.DataFrame:
     """Samples from each coefficient quantile bin (bin, q_lo, q_hi, bin_lo, bin_hi, bin_count, coef, context),
     highest bin first."""
-    hits = con.execute(
-        "SELECT bin, q_lo, q_hi, bin_lo, bin_hi, bin_count, sample, doc_id, position, coef "
-        "FROM atom_quantiles "
-        "WHERE dict_id = ? AND atom = ? ORDER BY bin DESC, coef DESC, doc_id, position",
-        [dict_id, atom],
-    ).df()
-    return render_contexts(con, dict_id, hits, window)
+    return render_contexts(con, dict_id, quantile_hits(con, dict_id, atom), window)
 
 
 def coefficient_histogram(con: duckdb.DuckDBPyConnection, dict_id: int, atom: int) -> pd.DataFrame:
@@ -287,6 +185,15 @@ def coefficient_histogram(con: duckdb.DuckDBPyConnection, dict_id: int, atom: in
         "SELECT bin, lo, hi, count FROM atom_histograms WHERE dict_id = ? AND atom = ? ORDER BY bin",
         [dict_id, atom],
     ).df()
+
+
+def coefficient_scale(con: duckdb.DuckDBPyConnection, dict_id: int, atom: int, q: float = 0.98) -> float | None:
+    """The ``q`` quantile of the atom's |coefficient| over its stored held-out codes (None without codes): where
+    a colour scale saturates, so that one extreme token (an attention sink) does not wash out the rest."""
+    row = first_row(
+        con, f"SELECT quantile_cont(abs(coef), {float(q)}) FROM codes WHERE dict_id = ? AND atom = ?", [dict_id, atom]
+    )
+    return None if row is None or row[0] is None else float(row[0])
 
 
 _SHARED = """
@@ -336,33 +243,42 @@ def shared_atoms(con: duckdb.DuckDBPyConnection, dict_a: int, dict_b: int) -> pd
     ).df()
 
 
-def density_by_layer(con: duckdb.DuckDBPyConnection, model_id: str | None = None) -> pd.DataFrame:
-    """Per indexed dictionary: atoms, atoms active on held-out text, and density quartiles."""
-    where = "WHERE d.model_id = ?" if model_id is not None else ""
-    return con.execute(
+def atom_page_row(con: duckdb.DuckDBPyConnection, dict_id: int, atom: int) -> dict[str, Any] | None:
+    """What an atom page shows of one atom: provenance, source token, add-error, init count, its dictionary's
+    model and layer, its source document (source, split, whole text) and activity stats; None when absent."""
+    return first_record(
+        con,
         f"""
-        SELECT d.dict_id, d.model_name, d.layer, d.n_atoms,
-               COUNT(*) FILTER (WHERE s.n_active > 0) AS active_atoms,
-               AVG(s.density) AS mean_density, quantile_cont(s.density, 0.5) AS median_density,
-               quantile_cont(s.density, 0.9) AS p90_density, MAX(s.density) AS max_density
-        FROM dictionaries d JOIN atom_stats s USING (dict_id)
-        {where}
-        GROUP BY ALL ORDER BY d.model_name, d.layer""",
-        [model_id] if model_id is not None else [],
+        SELECT a.dict_id, a.atom, a.doc_id, a.position, a.token_id, a.token_str, a.token_text, a.char_start,
+               a.char_end, a.add_error, {INIT_COUNT_SQL} AS init_count, d.model_id, d.model_name, d.layer,
+               d.corpus_id, doc.source AS doc_source, doc.split AS doc_split, doc.text AS doc_text, s.n_active,
+               s.density, s.mean_coef, s.min_coef, s.max_coef, s.mean_abs, s.n_negative
+        FROM atoms a JOIN dictionaries d USING (dict_id)
+        LEFT JOIN documents doc ON doc.corpus_id = d.corpus_id AND doc.doc_id = a.doc_id
+        LEFT JOIN atom_stats s ON s.dict_id = a.dict_id AND s.atom = a.atom
+        WHERE a.dict_id = ? AND a.atom = ?""",
+        [dict_id, atom],
+    )
+
+
+def atom_list(con: duckdb.DuckDBPyConnection, dict_id: int) -> pd.DataFrame:
+    """Every atom of a dictionary in insertion order: source token, document, position, add-error, init count
+    and activity (density, tokens active on, largest and mean |coefficient|)."""
+    return con.execute(
+        "SELECT a.atom, a.token_text, a.token_str, a.doc_id, a.position, a.add_error, "
+        f"{INIT_COUNT_SQL} AS init_count, s.density, s.n_active, s.max_coef, s.mean_abs "
+        "FROM atoms a LEFT JOIN atom_stats s ON s.dict_id = a.dict_id AND s.atom = a.atom "
+        "WHERE a.dict_id = ? ORDER BY a.atom",
+        [dict_id],
     ).df()
 
 
-def store_summary(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
-    """Counts for ``itda store-info``: schema version, corpora, models and dictionaries, table sizes."""
-    counts = {
-        t: int(con.execute(f"SELECT COUNT(*) FROM {t}").fetchall()[0][0])
-        for t in ("documents", "tokens", "dictionaries", "atoms", "codes", "index_runs")
-    }
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "corpora": _records(
-            con, "SELECT corpus_id, name, n_documents, held_out_fraction, split_seed FROM corpora"
-        ),
-        "models": list_models(con).to_dict("records"),
-        "counts": counts,
-    }
+def atoms_brief(con: duckdb.DuckDBPyConnection, dict_id: int, atoms: list[int]) -> pd.DataFrame:
+    """Source token, document, position and density of a few atoms of one dictionary."""
+    ids = ", ".join(str(int(a)) for a in atoms) or "NULL"
+    return con.execute(
+        "SELECT a.atom, a.token_text, a.token_str, a.doc_id, a.position, s.density "
+        "FROM atoms a LEFT JOIN atom_stats s ON s.dict_id = a.dict_id AND s.atom = a.atom "
+        f"WHERE a.dict_id = ? AND a.atom IN ({ids})",
+        [dict_id],
+    ).df()

@@ -249,6 +249,19 @@ def first_row(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None
     return rows[0] if rows else None
 
 
+def records(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+    """Rows of a query as dicts keyed by column name."""
+    cur = con.execute(sql, params or [])
+    names = [c[0] for c in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def first_record(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> dict[str, Any] | None:
+    """The first row of a query as a dict, or None."""
+    rows = records(con, sql, params)
+    return rows[0] if rows else None
+
+
 def table_names(con: duckdb.DuckDBPyConnection) -> set[str]:
     """Names of the tables in the main schema."""
     rows = con.execute(
