@@ -127,8 +127,8 @@ def bench_live(model_name: str, store: Path | None, repeats: int, n_tokens: int)
     import torch
 
     from itda_core.corpus import load_corpus
+    from itda_core.decompose import decompose
     from itda_core.models import load_model
-    from itda_dashboard import live
 
     start = time.perf_counter()
     model = load_model(model_name, device="cpu")
@@ -163,8 +163,8 @@ def bench_live(model_name: str, store: Path | None, repeats: int, n_tokens: int)
     cut = enc["offset_mapping"][n_tokens - specials - 1][1]
     text = text[:cut]
     got = len(model.tokenizer(text, add_special_tokens=True)["input_ids"])
-    live.decompose(model, itda, text)  # warm-up
-    runs = [live.decompose(model, itda, text).seconds for _ in range(repeats)]
+    decompose(model, itda, text)  # warm-up
+    runs = [decompose(model, itda, text).seconds for _ in range(repeats)]
     return {
         "model": model_name,
         "layer": layer,

@@ -1,5 +1,5 @@
-"""Shared page furniture: the page registry, links to atom pages, the "no store yet" message and
-tables of atoms that open an atom page when a row is selected."""
+"""Shared page furniture: the page registry, bounded address parameters, atom page addresses and links, the
+"no store yet" message and tables of atoms that open an atom page when a row is selected."""
 
 from __future__ import annotations
 
@@ -68,6 +68,46 @@ def url_params() -> dict[str, str]:
 def quoted(value: object) -> str:
     """Untrusted text (a URL parameter, a name from the store) for a message: clipped, markdown-escaped."""
     return md(clip(str(value)))
+
+
+def parse_id(value: Any) -> int | None:
+    """An id as typed or linked (``17``, `` #17 ``) as an int, or None when it is not a number."""
+    try:
+        return int(str(value).strip().lstrip("#"))
+    except (TypeError, ValueError):
+        return None
+
+
+def resolve_atom(params: dict[str, str], dicts: pd.DataFrame) -> tuple[int | None, int | None, list[str]]:
+    """(dict_id, atom, problems) of an atom page address (``dict=ID&atom=N`` or ``model=NAME&layer=L&atom=N``)
+    among the store's dictionaries ``dicts``; problems are shown, never raised."""
+    problems: list[str] = []
+    dict_id = None
+    if "dict" in params:
+        dict_id = parse_id(params["dict"])
+        if dict_id is None or dict_id not in set(dicts["dict_id"]):
+            problems.append(f"There is no dictionary {quoted(params['dict'])} in this store.")
+            dict_id = None
+    elif "model" in params:
+        model, layer = str(params["model"]), parse_id(params.get("layer"))
+        rows = dicts[(dicts["run"] == model) | (dicts["model"] == model) | (dicts["model_name"] == model)]
+        if layer is not None:
+            rows = rows[rows["layer"] == layer]
+        if rows.empty:
+            shown = f"{quoted(model)} layer {quoted(params.get('layer', '?'))}"
+            problems.append(f"No dictionary for model {shown}.")
+        else:
+            dict_id = int(rows.iloc[0]["dict_id"])
+    atom = None
+    if "atom" in params and dict_id is not None:
+        atom = parse_id(params["atom"])
+        n_atoms = int(dicts.loc[dicts["dict_id"] == dict_id, "n_atoms"].iloc[0])
+        if atom is None:
+            problems.append(f"Atom id {quoted(params['atom'])} is not a number.")
+        elif not 0 <= atom < n_atoms:
+            problems.append(f"Dictionary {dict_id} has atoms 0 to {n_atoms - 1}; there is no atom {quoted(atom)}.")
+            atom = None
+    return dict_id, atom, problems
 
 
 def require_store() -> data.StoreState:

@@ -14,6 +14,10 @@ import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from itda_dashboard.atom_data import Context
 
 NEWLINE = "↵"
 TAB = "⇥"
@@ -133,22 +137,30 @@ def legend_html(scale: float, what: str = "coefficient") -> str:
     )
 
 
-def pieces(text: str, spans: Sequence[tuple[int, int]], token_strs: Sequence[str]) -> list[tuple[str, str, bool]]:
-    """What each token of a window shows, as (gap, text, special): ``gap`` is the text between the previous
-    token and this one (a space a tokenizer leaves out of its offsets), ``text`` the characters from there to
-    the token's end (so the pieces of one split character, e.g. an emoji, show it once), and a token that
-    covers no characters (BOS, CLS) shows its own token string with ``special`` set."""
-    out: list[tuple[str, str, bool]] = []
-    covered: int | None = None
-    for (start, end), token in zip(spans, token_strs, strict=True):
-        if end <= start:
-            out.append(("", token, True))
-            continue
-        gap = text[covered:start] if covered is not None and covered < start else ""
-        lo = max(start, covered) if covered is not None else start
-        out.append((gap, text[lo:end] if end > lo else "", False))
-        covered = end if covered is None else max(covered, end)
-    return out
+def context_rows_html(contexts: Sequence[Context], scale: float) -> str:
+    """Contexts as an HTML table: coefficient, then the coloured token window."""
+    rows = []
+    for ctx in contexts:
+        cells = [
+            Cell(
+                piece,
+                value,
+                title=f"coefficient {value:+.3f}" if value is not None else "",
+                target=is_target,
+                special=special,
+                gap=gap,
+            )
+            for gap, piece, special, value, is_target in ctx.cells
+        ]
+        coef = "" if ctx.coef is None else f"{ctx.coef:+.3f}"
+        rows.append(
+            f'<tr><td style="padding:2px 8px;font-family:monospace;color:#555;vertical-align:top">{coef}</td>'
+            f'<td style="padding:2px 4px">{tokens_html(cells, scale)}</td>'
+            f'<td style="padding:2px 8px;color:#999;font-size:0.8em;vertical-align:top;white-space:nowrap">'
+            f"doc {ctx.doc_id}</td>"
+            "</tr>"
+        )
+    return '<table style="border-collapse:collapse;width:100%">' + "".join(rows) + "</table>"
 
 
 _MD_SPECIAL = set("\\`*_{}[]()#+-.!|<>~$:&")

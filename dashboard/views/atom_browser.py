@@ -9,14 +9,11 @@ atoms, and the same source token in other layers' and models' dictionaries.
 from __future__ import annotations
 
 import math
-from typing import Any
 
-import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
-from itda_dashboard import data, live, nav
-from itda_dashboard.render import Cell, highlight_html, label, legend_html, md, tokens_html
+from itda_dashboard import atom_data, data, figures, live, nav
+from itda_dashboard.render import Cell, context_rows_html, highlight_html, label, legend_html, md, tokens_html
 
 st.title("Atom browser")
 nav.require_store()
@@ -26,46 +23,8 @@ dicts = data.dictionaries()
 # ---- which dictionary and atom: from the URL, kept in sync with the widgets --------------------------------
 
 
-def _int(value: Any) -> int | None:
-    try:
-        return int(str(value).strip().lstrip("#"))
-    except (TypeError, ValueError):
-        return None
-
-
-def resolve(params: dict[str, str]) -> tuple[int | None, int | None, list[str]]:
-    """(dict_id, atom, problems) from query parameters; problems are shown, never raised."""
-    problems: list[str] = []
-    dict_id = None
-    if "dict" in params:
-        dict_id = _int(params["dict"])
-        if dict_id is None or dict_id not in set(dicts["dict_id"]):
-            problems.append(f"There is no dictionary {nav.quoted(params['dict'])} in this store.")
-            dict_id = None
-    elif "model" in params:
-        model, layer = str(params["model"]), _int(params.get("layer"))
-        rows = dicts[(dicts["run"] == model) | (dicts["model"] == model) | (dicts["model_name"] == model)]
-        if layer is not None:
-            rows = rows[rows["layer"] == layer]
-        if rows.empty:
-            shown = f"{nav.quoted(model)} layer {nav.quoted(params.get('layer', '?'))}"
-            problems.append(f"No dictionary for model {shown}.")
-        else:
-            dict_id = int(rows.iloc[0]["dict_id"])
-    atom = None
-    if "atom" in params and dict_id is not None:
-        atom = _int(params["atom"])
-        n_atoms = int(dicts.loc[dicts["dict_id"] == dict_id, "n_atoms"].iloc[0])
-        if atom is None:
-            problems.append(f"Atom id {nav.quoted(params['atom'])} is not a number.")
-        elif not 0 <= atom < n_atoms:
-            problems.append(f"Dictionary {dict_id} has atoms 0 to {n_atoms - 1}; there is no atom {nav.quoted(atom)}.")
-            atom = None
-    return dict_id, atom, problems
-
-
 params = nav.url_params()
-dict_id, atom_id, problems = resolve(params)
+dict_id, atom_id, problems = nav.resolve_atom(params, dicts)
 for problem in problems:
     st.warning(problem)
 
@@ -158,14 +117,14 @@ def show_search(text: str) -> None:
     text = text.strip()
     if not text:
         return
-    number = _int(text) if text.lstrip("#").isdigit() else None
+    number = nav.parse_id(text) if text.lstrip("#").isdigit() else None
     if number is not None and not everywhere:
         st.warning(f"{md(info['label'])} has atoms 0 to {int(info['n_atoms']) - 1}; there is no atom {number}.")
         return
     if len(text) > 200:
         st.warning("Search text is limited to 200 characters.")
         return
-    found = data.search_atoms(text, dict_id=None if everywhere else dict_id)
+    found = atom_data.search_atoms(text, dict_id=None if everywhere else dict_id)
     st.caption(
         f"{len(found)}{'+' if len(found) >= 500 else ''} atoms whose source token contains “{md(text)}”"
         + ("" if everywhere else f" in {md(info['label'])}")
@@ -203,7 +162,7 @@ def show_dictionary() -> None:
     c[2].metric("Threshold", f"{float(info['threshold']):.2e}")
     c[3].metric("d_model", int(info["d_model"]))
     c[4].metric("Indexed on", f"{int(info['index_tokens']):,} tokens" if info.get("indexed") else "not indexed")
-    table = data.atom_table(dict_id)
+    table = atom_data.atom_table(dict_id)
     if table["density"].notna().any():
         table = table.sort_values(["density", "atom"], ascending=[False, True], na_position="last")
     st.caption("Select a row to open its atom page (or use the link column to open it in a new tab).")
@@ -246,55 +205,6 @@ def show_dictionary() -> None:
 
 
 # ---- atom page -------------------------------------------------------------------------------------------
-
-
-def context_rows(contexts: list[data.Context], scale: float) -> str:
-    """Contexts as an HTML table: coefficient, then the coloured token window."""
-    rows = []
-    for ctx in contexts:
-        cells = [
-            Cell(
-                piece,
-                value,
-                title=f"coefficient {value:+.3f}" if value is not None else "",
-                target=is_target,
-                special=special,
-                gap=gap,
-            )
-            for gap, piece, special, value, is_target in ctx.cells
-        ]
-        coef = "" if ctx.coef is None else f"{ctx.coef:+.3f}"
-        rows.append(
-            f'<tr><td style="padding:2px 8px;font-family:monospace;color:#555;vertical-align:top">{coef}</td>'
-            f'<td style="padding:2px 4px">{tokens_html(cells, scale)}</td>'
-            f'<td style="padding:2px 8px;color:#999;font-size:0.8em;vertical-align:top;white-space:nowrap">'
-            f"doc {ctx.doc_id}</td>"
-            "</tr>"
-        )
-    return '<table style="border-collapse:collapse;width:100%">' + "".join(rows) + "</table>"
-
-
-def histogram_figure(hist: pd.DataFrame) -> go.Figure:
-    """The signed coefficient histogram, bars coloured by sign."""
-    centers = (hist["lo"] + hist["hi"]) / 2
-    colors = ["#d62728" if c > 0 else "#1f77b4" for c in centers]
-    fig = go.Figure(
-        go.Bar(
-            x=centers,
-            y=hist["count"],
-            width=(hist["hi"] - hist["lo"]) * 0.95,
-            marker_color=colors,
-            hovertemplate="coefficient %{x:.3f}<br>%{y} tokens<extra></extra>",
-        )
-    )
-    fig.update_layout(
-        height=220,
-        margin={"l": 10, "r": 10, "t": 10, "b": 10},
-        xaxis_title="coefficient",
-        yaxis_title="tokens",
-        bargap=0,
-    )
-    return fig
 
 
 def show_logit_effect(model_name: str) -> None:
@@ -343,7 +253,7 @@ def show_logit_effect(model_name: str) -> None:
 
 def show_atom() -> None:
     """The atom page."""
-    page = data.atom_page(dict_id, atom_id)
+    page = atom_data.atom_page(dict_id, atom_id)
     if page is None:
         st.warning(f"Atom {atom_id} of dictionary {dict_id} is not in the store (it may have been replaced).")
         return
@@ -354,7 +264,7 @@ def show_atom() -> None:
         f"Source token **{md(label(atom['token_text'] or '', markers=False))}**"
         f" (token id {atom['token_id']}, tokenizer string {md(label(atom['token_str'] or ''))})"
     )
-    initial = data.initial_note(atom.get("init_count"))
+    initial = atom_data.initial_note(atom.get("init_count"))
     if initial is not None:
         st.info(initial[0].upper() + initial[1:] + ".", icon=":material/flag:")
     nav_cols = st.columns([1, 1, 4])
@@ -411,7 +321,7 @@ def show_atom() -> None:
         elif hist.empty:
             st.caption("Never used when encoding the held-out text.")
         else:
-            st.plotly_chart(histogram_figure(hist), width="stretch", key=f"ab_hist_{dict_id}_{atom_id}")
+            st.plotly_chart(figures.histogram(hist), width="stretch", key=f"ab_hist_{dict_id}_{atom_id}")
 
     scale = page.scale
     tabs = st.tabs(["Top contexts", "Quantile samples", "Logit effect", "Nearest atoms", "Across dictionaries"])
@@ -421,7 +331,7 @@ def show_atom() -> None:
             st.html(
                 legend_html(scale, "tokens coloured by this atom's coefficient (saturating at the 98th percentile)")
             )
-            st.html(context_rows(contexts, scale))
+            st.html(context_rows_html(contexts, scale))
         else:
             st.caption("No held-out contexts (not indexed, or the atom was never used).")
     with tabs[1]:
@@ -434,11 +344,11 @@ def show_atom() -> None:
                 f"{b['lo']:+.3f} to {b['hi']:+.3f} "
                 f"({b['count']:,} tokens)"
             )
-            st.html(context_rows(b["contexts"], scale))
+            st.html(context_rows_html(b["contexts"], scale))
     with tabs[2]:
         show_logit_effect(str(info["model_name"]))
     with tabs[3]:
-        near = data.nearest_atoms(dict_id, atom_id, 12)
+        near = atom_data.nearest_atoms(dict_id, atom_id, 12)
         st.caption("Atoms of the same dictionary whose vectors are closest by cosine.")
         nav.atom_table(
             here=True,

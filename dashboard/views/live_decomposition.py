@@ -12,7 +12,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from itda_dashboard import data, live, nav
+from itda_core import decompose as D
+from itda_dashboard import atom_data, data, live, nav
 from itda_dashboard.render import Cell, escape, label, legend_html, md, quality_color, tokens_html
 
 SAMPLE = (
@@ -51,11 +52,11 @@ with st.form("live_form"):
         value=st.session_state.get("live_text", SAMPLE),
         height=120,
         key="live_input",
-        help=f"At most {live.MAX_CHARS:,} characters and {live.MAX_TOKENS} tokens.",
+        help=f"At most {D.MAX_CHARS:,} characters and {D.MAX_TOKENS} tokens.",
     )
     submitted = st.form_submit_button("Decompose", type="primary", key="live_go")
     st.caption(
-        f"Limit: {live.MAX_CHARS:,} characters and {live.MAX_TOKENS} tokens. Runs on "
+        f"Limit: {D.MAX_CHARS:,} characters and {D.MAX_TOKENS} tokens. Runs on "
         f"{live.device()}; the model is loaded once and kept for later runs."
     )
 if submitted:
@@ -65,7 +66,7 @@ if not text:
     st.caption("Type a text and press Decompose.")
     st.stop()
 
-problem = live.length_problem(text)
+problem = D.length_problem(text)
 if problem:
     st.error(problem)
     st.stop()
@@ -80,9 +81,9 @@ if live.load_error(model_name):
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def run_decomposition(name: str, dict_id: int, version: object, text: str, k: int) -> live.Decomposition:
+def run_decomposition(name: str, dict_id: int, version: object, text: str, k: int) -> D.Decomposition:
     """Decompose ``text`` (cached per model, dictionary version, text and k)."""
-    return live.decompose(live.get_model(name), live.cached_dictionary(dict_id), text, k)
+    return D.decompose(live.get_model(name), live.cached_dictionary(dict_id), text, k)
 
 
 try:
@@ -92,7 +93,7 @@ except Exception as err:  # the model cannot be loaded, too many tokens, another
     st.error(md(str(err).splitlines()[0]) if str(err) else type(err).__name__)
     st.stop()
 
-stats = live.summary(dec)
+stats = D.summary(dec)
 m = st.columns(5)
 m[0].metric("Tokens", f"{stats['tokens']}")
 m[1].metric("Mean cosine", f"{stats['mean_cosine']:.3f}")
@@ -105,8 +106,8 @@ m[4].metric(
     "pursuit, once the model is loaded (cached results show the first run's time).",
 )
 
-used = live.atoms_used(dec)
-atom_texts = data.atoms_info(dict_id, [int(a) for a in used["atom"].head(40)]) if len(used) else pd.DataFrame()
+used = D.atoms_used(dec)
+atom_texts = atom_data.atoms_info(dict_id, [int(a) for a in used["atom"].head(40)]) if len(used) else pd.DataFrame()
 
 
 _names: dict[int, str] = {}
@@ -143,7 +144,7 @@ if colour_by < 0:
     st.html(tokens_html(cells))
     st.caption("White: reconstructed well (cosine near 1); red: poorly (cosine 0.5 or less). Hover for values.")
 else:
-    values = live.atom_coefficients(dec, colour_by)
+    values = D.atom_coefficients(dec, colour_by)
     scale = float(np.abs(values).max()) or 1.0
     cells = [
         Cell(
@@ -181,11 +182,11 @@ token = int(
         help="The worst-reconstructed token is chosen first.",
     )
 )
-atoms = live.token_atoms(dec, token)
+atoms = D.token_atoms(dec, token)
 if atoms.empty:
     st.caption("This token was not encoded (the dictionary skips special tokens).")
 else:
-    info_rows = data.atoms_info(dict_id, [int(a) for a in atoms["atom"]])
+    info_rows = atom_data.atoms_info(dict_id, [int(a) for a in atoms["atom"]])
     _names.update({int(a): f"atom {int(a)} {label(str(t), markers=False)}" for a, t in info_rows["token_text"].items()})
     left, right = st.columns([3, 2])
     with left:

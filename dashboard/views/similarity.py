@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 from itda_core.similarity.jaccard import ATOM_CHOICES, DEFAULT_OPTIONS, INDEX_CHOICES
-from itda_dashboard import data, nav
+from itda_dashboard import data, figures, nav, similarity_data
 from itda_dashboard.render import escape, label, md
 
 ATOM_LABELS = {"evidence": "evidence atoms", "all": "all atoms"}
@@ -82,7 +81,7 @@ index_choice = opt_cols[1].radio(
     help="Chance-corrected: 0 = no more shared than two random sets of these sizes, 1 = the smaller set "
     "inside the larger, negative = fewer than chance. Raw: |A ∩ B| / |A ∪ B|, as in the paper.",
 )
-options = data.jaccard_options(atoms_choice, index_choice)
+options = similarity_data.jaccard_options(atoms_choice, index_choice)
 st.session_state["_sim_options"] = {"atoms": options.atoms, "index": options.index}
 view_params = {"atoms": options.atoms, "index": options.index}
 if params != view_params:
@@ -125,93 +124,6 @@ def value_text(x: float) -> str:
     return f"{x:.3f}" if np.isfinite(x) else "–"
 
 
-def heatmap(
-    z: np.ndarray,
-    x: list[str],
-    y: list[str],
-    customdata: np.ndarray,
-    hover: str,
-    *,
-    hover_text: np.ndarray | None = None,
-    title_x: str,
-    title_y: str,
-    zmax: float | None = None,
-    colorbar: str = "Jaccard",
-    diverging: bool = False,
-) -> go.Figure:
-    """A heatmap plus an invisible marker on every cell, so clicking a cell selects it (Streamlit's
-    selection events do not report heatmap cells). ``diverging``: a red-blue scale centred at 0 (the
-    chance-corrected Jaccard, which can be negative), saturating at +-1 or the largest |value| below 1;
-    else Viridis from 0 to ``zmax`` (default: the largest value)."""
-    xx, yy = np.meshgrid(np.arange(len(x)), np.arange(len(y)))
-    finite = np.isfinite(z)
-    if diverging:
-        largest = float(np.abs(z[finite]).max()) if finite.any() else 0.0
-        bound = min(1.0, largest) if largest > 0 else 1.0
-        scale = {"colorscale": "RdBu", "reversescale": True, "zmin": -bound, "zmax": bound, "zmid": 0.0}
-    else:
-        top = zmax if zmax is not None else (float(np.nanmax(z)) if finite.any() else 1.0)
-        scale = {"colorscale": "Viridis", "zmin": 0, "zmax": top}
-    fig = go.Figure()
-    fig.add_trace(
-        go.Heatmap(
-            z=z,
-            x=list(range(len(x))),
-            y=list(range(len(y))),
-            **scale,
-            colorbar={"title": {"text": colorbar}},
-            hoverinfo="skip",
-        )
-    )
-    n = max(len(x), len(y))
-    fig.add_trace(
-        go.Scatter(
-            x=xx.ravel(),
-            y=yy.ravel(),
-            mode="markers",
-            marker={"symbol": "square", "size": max(6, min(40, 520 // max(n, 1))), "color": "rgba(0,0,0,0)"},
-            customdata=customdata.reshape(-1, customdata.shape[-1]),
-            text=None if hover_text is None else np.asarray(hover_text).ravel().tolist(),
-            hovertemplate=hover,
-            showlegend=False,
-            selected={"marker": {"color": "rgba(255,255,255,0.55)"}},
-            unselected={"marker": {"opacity": 1}},
-        )
-    )
-    fig.update_layout(
-        height=max(360, min(720, 26 * len(y) + 140)),
-        margin={"l": 10, "r": 10, "t": 10, "b": 10},
-        xaxis={
-            "title": title_x,
-            "tickmode": "array",
-            "tickvals": list(range(len(x))),
-            "ticktext": x,
-            "showgrid": False,
-        },
-        yaxis={
-            "title": title_y,
-            "tickmode": "array",
-            "tickvals": list(range(len(y))),
-            "ticktext": y,
-            "autorange": "reversed",
-            "showgrid": False,
-        },
-        clickmode="event+select",
-        dragmode=False,
-    )
-    return fig
-
-
-def selected_cell(event: object) -> tuple[int, int] | None:
-    """(row, column) of the clicked cell, from a plotly selection event."""
-    points = getattr(getattr(event, "selection", None), "points", None) or []
-    for p in points:
-        x, y = p.get("x"), p.get("y")
-        if x is not None and y is not None:
-            return round(float(y)), round(float(x))
-    return None
-
-
 def _compare(a: str, b: str) -> None:
     """Show the layer x layer matrix of two models (button callback)."""
     st.session_state["sim_a"], st.session_state["sim_b"] = a, b
@@ -228,7 +140,7 @@ with tab_layers:
     run_b = c[1].selectbox("Columns: model", names, key="sim_b")
     layers_a, layers_b = sorted(runs[run_a]), sorted(runs[run_b])
     ids_a, ids_b = [runs[run_a][la] for la in layers_a], [runs[run_b][lb] for lb in layers_b]
-    baselines = data.stored_similarities()
+    baselines = similarity_data.stored_similarities()
     wanted = set(ids_a) | set(ids_b)
     methods = (
         sorted(set(baselines.loc[baselines["dict_a"].isin(wanted) & baselines["dict_b"].isin(wanted), "method"]))
@@ -244,7 +156,7 @@ with tab_layers:
     )
     if not methods:
         c[2].caption("No baseline measures stored for these layers.")
-    result = data.jaccard(ids_a, ids_b, options)
+    result = similarity_data.jaccard(ids_a, ids_b, options)
     if result["errors"]:
         st.warning("Some pairs cannot be compared (their cells are empty): " + md(result["errors"][0]))
     too_few_warning(result)
@@ -252,7 +164,7 @@ with tab_layers:
     if is_jaccard:
         z, zmax, bar = result["values"], None, colour_title(JACCARD)
     else:
-        z, zmax, bar = data.baseline(measure, ids_a, ids_b), None, measure
+        z, zmax, bar = similarity_data.baseline(measure, ids_a, ids_b), None, measure
     shared = result["shared"]
     custom = np.stack(
         [
@@ -269,7 +181,7 @@ with tab_layers:
         f"{escape(run_a)} L%{{customdata[3]}} × {escape(run_b)} L%{{customdata[4]}}<br>"
         f"{escape(JACCARD)} %{{text}}<br>%{{customdata[2]}} shared atoms<extra></extra>"
     )
-    fig = heatmap(
+    fig = figures.heatmap(
         z,
         [str(x) for x in layers_b],
         [str(y) for y in layers_a],
@@ -297,7 +209,7 @@ with tab_layers:
         + ". Click a cell (or pick the layers below) to list the atoms both share."
     )
 
-    cell = selected_cell(event)
+    cell = figures.selected_cell(event)
     pick_key = f"sim_pick_{run_a}_{run_b}"
     if cell is not None and st.session_state.get(pick_key + "_last") != cell:
         st.session_state[pick_key + "_last"] = cell
@@ -316,7 +228,7 @@ with tab_layers:
     row_layer = p[0].selectbox(f"{md(run_a)} layer", layers_a, key=pick_key + "_row")
     col_layer = p[1].selectbox(f"{md(run_b)} layer", layers_b, key=pick_key + "_col")
     dict_a, dict_b = runs[run_a][row_layer], runs[run_b][col_layer]
-    pairs = data.shared_pairs(dict_a, dict_b, options)
+    pairs = similarity_data.shared_pairs(dict_a, dict_b, options)
     i, j = layers_a.index(row_layer), layers_b.index(col_layer)
     value = result["values"][i, j]
     st.markdown(
@@ -361,7 +273,7 @@ with tab_models:
         "Each model's dictionaries for layers 1..n-1 pooled into one set (as in the paper; only the atoms that "
         "count under the choice above), then compared pairwise; across tokenizers atoms are matched by characters."
     )
-    mm = data.model_matrix({r: [runs[r][la] for la in sorted(runs[r])] for r in names}, options)
+    mm = similarity_data.model_matrix({r: [runs[r][la] for la in sorted(runs[r])] for r in names}, options)
     if mm["errors"]:
         st.warning("Some pairs cannot be compared (their cells are empty): " + md(mm["errors"][0]))
     too_few_warning(mm)
@@ -376,7 +288,7 @@ with tab_models:
         axis=-1,
     )
     st.markdown(f"**{JACCARD}**, model × model")
-    fig = heatmap(
+    fig = figures.heatmap(
         mm["values"],
         [escape(n) for n in names],  # tick labels: plotly reads HTML in them
         [escape(n) for n in names],
@@ -399,7 +311,7 @@ with tab_models:
     table = pd.DataFrame(mm["values"], index=pd.Index(names, name="model"), columns=names).round(4)
     st.dataframe(table, width="stretch")
     st.caption(f"{JACCARD}; empty: not comparable or undefined.")
-    cell = selected_cell(event)
+    cell = figures.selected_cell(event)
     if cell is not None:
         a, b = names[cell[0]], names[cell[1]]
         st.markdown(f"**{md(a)} × {md(b)}**: {int(mm['shared'][cell[0], cell[1]]):,} shared source tokens.")

@@ -11,32 +11,29 @@ import shutil
 import pytest
 
 from itda_dashboard.nav import MAX_PARAM_CHARS, MAX_PARAMS
-from tests.dashboard import test_apptest as base
-from tests.dashboard.test_apptest import _app, _no_exception, _texts
+from tests.dashboard.helpers import no_exception, run_page, texts
 
-tiny_store = base.tiny_store  # the session store of tiny models, and the environment that points at it
-store_env = base.store_env
 MESSAGE_CHARS = 400  # a warning may quote a clipped parameter, never the whole of a long one
 
 
 def _warnings(at) -> str:
-    text = _texts(at.warning).replace("\\", "")  # markdown escapes removed
+    text = texts(at.warning).replace("\\", "")  # markdown escapes removed
     assert len(text) < MESSAGE_CHARS * max(1, len(at.warning)), text[:500]
     return text
 
 
 @pytest.mark.parametrize("layers", ["0-10000000", f"0-{10**12}", f"{-(10**12)}--1", "1,5-99999999999"])
 def test_atom_map_huge_layer_range(store_env, layers):
-    at = _app("views/atom_map.py", {"model": "tiny-llama", "layers": layers})
-    _no_exception(at)
+    at = run_page("views/atom_map.py", {"model": "tiny-llama", "layers": layers})
+    no_exception(at)
     shown = _warnings(at)
     assert "Cannot read layers" in shown and "out of range" in shown and "layers 0-2" in shown
 
 
 def test_atom_map_overlong_layers_are_ignored(store_env):
     layers = ",".join(["1"] * 2000)  # 3,999 characters of valid layers
-    at = _app("views/atom_map.py", {"model": "tiny-llama", "layers": layers, "colour": "density"})
-    _no_exception(at)
+    at = run_page("views/atom_map.py", {"model": "tiny-llama", "layers": layers, "colour": "density"})
+    no_exception(at)
     shown = _warnings(at)
     assert "Ignored 1 address parameter(s) (layers)" in shown
     assert at.radio(key="map_colour").value == "density"  # the bounded parameters are still read
@@ -55,8 +52,8 @@ def test_atom_map_overlong_layers_are_ignored(store_env):
 def test_atom_browser_overlong_parameters(store_env, query):
     if query.get("dict") == "1":
         query = {**query, "dict": str(store_env["ids"][("llama", 0)])}
-    at = _app("views/atom_browser.py", query)
-    _no_exception(at)
+    at = run_page("views/atom_browser.py", query)
+    no_exception(at)
     shown = _warnings(at)
     assert "Ignored 1 address parameter(s)" in shown
     assert at.subheader or at.header  # the page still shows a dictionary
@@ -65,8 +62,8 @@ def test_atom_browser_overlong_parameters(store_env, query):
 
 def test_atom_browser_out_of_range_numbers_are_quoted_short(store_env):
     dict_id = store_env["ids"][("llama", 0)]
-    at = _app("views/atom_browser.py", {"dict": str(dict_id), "atom": "9" * (MAX_PARAM_CHARS - 1)})
-    _no_exception(at)
+    at = run_page("views/atom_browser.py", {"dict": str(dict_id), "atom": "9" * (MAX_PARAM_CHARS - 1)})
+    no_exception(at)
     shown = _warnings(at)
     assert "there is no atom" in shown and "…" in shown
 
@@ -74,8 +71,8 @@ def test_atom_browser_out_of_range_numbers_are_quoted_short(store_env):
 @pytest.mark.parametrize("page", ["views/atom_browser.py", "views/atom_map.py"])
 def test_too_many_parameters(store_env, page):
     query = {f"p{i}": "x" for i in range(MAX_PARAMS + 30)}
-    at = _app(page, query)
-    _no_exception(at)
+    at = run_page(page, query)
+    no_exception(at)
     assert "Ignored 30 address parameter(s)" in _warnings(at)
 
 
@@ -138,32 +135,32 @@ def _rendered(at) -> list[tuple[str, str, tuple[str, ...]]]:
 
 
 def _assert_literal(at) -> None:
-    _no_exception(at)
+    no_exception(at)
     bad = [(where, text[:200]) for where, text, marks in _rendered(at)
            if any(re.search(m, _outside_code(text) if marks is MARKDOWN_MARKS else text) for m in marks)]
     assert not bad, bad
 
 
 def test_hostile_model_name_is_shown_literally(hostile_store):
-    at = _app()  # overview
+    at = run_page()  # overview
     _assert_literal(at)
     assert any(HOSTILE in set(d.value.get("model", [])) for d in at.dataframe)  # tables show it as plain text
     dict_id = hostile_store["ids"][("llama", 1)]
-    at = _app("views/atom_browser.py", {"dict": str(dict_id)})  # a dictionary: heading, table
+    at = run_page("views/atom_browser.py", {"dict": str(dict_id)})  # a dictionary: heading, table
     _assert_literal(at)
     assert at.selectbox(key="ab_run").value == HOSTILE  # select boxes show options as plain text
     at.text_input(key="ab_search").set_value("99999").run()  # "<label> has atoms 0 to ..."
     _assert_literal(at)
-    at = _app("views/atom_browser.py", {"dict": str(dict_id), "atom": "0"})  # an atom page, its logit effect
+    at = run_page("views/atom_browser.py", {"dict": str(dict_id), "atom": "0"})  # an atom page, its logit effect
     _assert_literal(at)
     assert "example\\.invalid" in at.header[0].value
-    at = _app("views/live_decomposition.py")
+    at = run_page("views/live_decomposition.py")
     at.selectbox(key="live_run").set_value(HOSTILE).run()
     _assert_literal(at)
     at.button(key="live_go").click().run()  # the model cannot load under that name: the error quotes it
     _assert_literal(at)
-    at = _app("views/similarity.py")
+    at = run_page("views/similarity.py")
     _assert_literal(at)
-    at = _app("views/atom_map.py", {"model": HOSTILE, "layers": "0"})  # no stored map: the command to compute it
+    at = run_page("views/atom_map.py", {"model": HOSTILE, "layers": "0"})  # no stored map: the command to compute it
     _assert_literal(at)
-    assert "itda atom-map" in _texts(at.info)
+    assert "itda atom-map" in texts(at.info)

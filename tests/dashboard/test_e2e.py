@@ -65,7 +65,7 @@ def store(tmp_path_factory) -> Path:
     chosen = os.environ.get("ITDA_E2E_STORE")
     if chosen:
         return Path(chosen)
-    from tests.dashboard.test_apptest import build_tiny_store
+    from tests.stores import build_tiny_store
 
     return build_tiny_store(tmp_path_factory.mktemp("e2e"))["path"]
 

@@ -13,7 +13,7 @@ from itda_core.errors import ITDAError
 from itda_core.jobs.similarity import StoreSimilarityConfig, method_name, store_similarities
 from itda_core.similarity import baselines
 from itda_core.store.connection import connect_readonly
-from tests.dashboard.test_apptest import build_tiny_store
+from tests.stores import build_tiny_store
 from tests.tolerance import similarity_tol
 
 FAST = StoreSimilarityConfig(tokens=150, n_directions=4, n_anchors=20, device="cpu")
@@ -60,18 +60,18 @@ def test_store_similarities_match_dashboard(store, monkeypatch):
     assert _count(store["path"]) == counts
 
     monkeypatch.setenv("ITDA_STORE", str(store["path"]))
-    from itda_dashboard import data
+    from itda_dashboard import similarity_data
 
     ids = [store["ids"][("llama", layer)] for layer in range(3)]
-    assert method_name("cka") in set(data.stored_similarities()["method"])
-    assert "jaccard" not in set(data.stored_similarities()["method"].str.lower())
+    assert method_name("cka") in set(similarity_data.stored_similarities()["method"])
+    assert "jaccard" not in set(similarity_data.stored_similarities()["method"].str.lower())
     tol = _diagonal_tol(seen)
-    cka = data.baseline(method_name("cka"), ids, ids)
+    cka = similarity_data.baseline(method_name("cka"), ids, ids)
     assert np.isfinite(cka).all() and np.abs(np.diagonal(cka) - 1.0).max() <= tol
     assert np.array_equal(cka, cka.T)  # one stored row serves both orders
-    r2 = data.baseline(method_name("r2"), ids, ids)
+    r2 = similarity_data.baseline(method_name("r2"), ids, ids)
     assert np.isfinite(r2).all() and np.abs(np.diagonal(r2) - 1.0).max() <= tol
-    live = data.jaccard(ids, ids)["values"]
+    live = similarity_data.jaccard(ids, ids)["values"]
     with connect_readonly(store["path"]) as con:
         stored = dict(((a, b), v) for a, b, v in con.execute(
             "SELECT dict_a, dict_b, value FROM similarities WHERE method = 'jaccard'").fetchall())

@@ -17,7 +17,7 @@ from itda_core.cli.app import app
 from itda_core.store import queries as Q
 from itda_core.store.connection import StoreDamaged, connect_readonly, connect_write, transaction
 from itda_core.store.writer import write_dictionary
-from tests.dashboard.test_apptest import _app
+from tests.dashboard.helpers import run_page
 from tests.store.test_concurrency import synthetic_itda
 from tests.tiny import tiny_corpus, tiny_model
 
@@ -109,12 +109,12 @@ def _alerts(at: AppTest, page: str | None) -> list[str]:
 def test_every_dashboard_page_shows_an_alert(damaged, monkeypatch):
     monkeypatch.setenv("ITDA_STORE", str(damaged["early"]))  # the pages' store check fails
     for page in PAGES:
-        assert _alerts(_app(page), page), page
+        assert _alerts(run_page(page), page), page
 
 
 def test_late_damage_is_an_alert_not_a_traceback(damaged, monkeypatch):
     monkeypatch.setenv("ITDA_STORE", str(damaged["late"]))  # the store check passes, reading atoms fails
     for page in PAGES:
-        _alerts(_app(page), page)
-    atom_page = _app("views/atom_browser.py", {"dict": "1", "atom": "5"})
+        _alerts(run_page(page), page)
+    atom_page = run_page("views/atom_browser.py", {"dict": "1", "atom": "5"})
     assert _alerts(atom_page, "atom page")
