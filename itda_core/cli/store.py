@@ -6,6 +6,7 @@ Heavy imports happen inside the commands so that ``itda --help`` stays instant.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,10 +14,11 @@ import typer
 
 from itda_core.cli.derive import from_configs
 from itda_core.config.demo import DemoConfig
-from itda_core.errors import ITDAError
+from itda_core.config.index import IndexConfig
+from itda_core.options import DEVICE_HELP, option
+from itda_core.store.connection import DEFAULT_STORE
 
 StoreOpt = Annotated[Path, typer.Option(help="The DuckDB store file.")]
-DEFAULT_STORE_PATH = Path("data/itda.duckdb")
 
 
 def print_summary(store: Path) -> None:
@@ -46,48 +48,26 @@ def print_summary(store: Path) -> None:
     typer.echo(f"  rows: {counts['atoms']:,} atoms, {counts['tokens']:,} tokens, {counts['codes']:,} codes")
 
 
-def index_command(
-    store: StoreOpt = DEFAULT_STORE_PATH,
-    model: Annotated[
-        list[str] | None, typer.Option("--model", "-m", help="Only this model (name or id; repeatable).")
-    ] = None,
-    max_tokens: Annotated[
-        int, typer.Option(help="Held-out tokens to encode per model (0 = all held-out documents).")
-    ] = 8192,
-    top_n: Annotated[int, typer.Option(help="Top-activating contexts kept per atom.")] = 20,
-    quantiles: Annotated[int, typer.Option(help="Equal-probability coefficient bins per atom.")] = 10,
-    per_quantile: Annotated[int, typer.Option(help="Sample contexts kept per bin.")] = 5,
-    hist_bins: Annotated[int, typer.Option(help="Bins of the signed coefficient histogram.")] = 32,
-    reindex: Annotated[
-        bool, typer.Option(help="Index again dictionaries that already have an index.")
-    ] = False,
-    keep_codes: Annotated[bool, typer.Option(help="Also store the raw sparse codes (table 'codes').")] = True,
-    batch_size: Annotated[int, typer.Option(help="Documents per forward pass.")] = 32,
-    device: Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda or cuda:N.")] = "auto",
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-) -> None:
+@dataclass
+class IndexTarget:
+    """Which store and models ``itda index`` encodes with (the CLI's part)."""
+
+    store: Path = option(DEFAULT_STORE, help="The DuckDB store file.")
+    model: list[str] | None = option(None, short="-m", help="Only this model (name or id; repeatable).")
+    device: str = option("auto", help=DEVICE_HELP)
+
+
+@from_configs
+def index_command(target: IndexTarget, config: IndexConfig) -> None:
     """Encode the held-out documents with every stored dictionary (MP, the dictionary's k) and store per-atom
     top contexts, quantile samples, density and a signed coefficient histogram. One forward pass per model
     serves all its layers."""
-    from itda_core.jobs.index import IndexConfig, index_store
+    from itda_core.jobs.index import index_store
     from itda_core.models import load_model
 
-    if min(top_n, quantiles, per_quantile) < 1 or hist_bins < 2:
-        raise ITDAError("top-n, quantiles and per-quantile must be >= 1 and hist-bins >= 2")
-    config = IndexConfig(
-        max_tokens=max_tokens or None,
-        top_n=top_n,
-        n_quantiles=quantiles,
-        per_quantile=per_quantile,
-        hist_bins=hist_bins,
-        batch_size=batch_size,
-        keep_codes=keep_codes,
-        reindex=reindex,
-        progress=progress,
-    )
-    report = index_store(store, lambda name: load_model(name, device=device), config, models=model or None)
+    report = index_store(target.store, lambda name: load_model(name, device=target.device), config,
+                         models=target.model or None)
     typer.echo(report.summary())
-
 
 @from_configs
 def demo_build_command(config: DemoConfig) -> None:
@@ -100,7 +80,7 @@ def demo_build_command(config: DemoConfig) -> None:
     print_summary(config.store)
 
 def store_info_command(
-    store: StoreOpt = DEFAULT_STORE_PATH,
+    store: StoreOpt = DEFAULT_STORE,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
     upgrade: Annotated[
         bool, typer.Option(help="First bring a store of an older schema version up to this one, in place.")

@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from itda_core.config.index import IndexConfig
 from itda_core.corpus import Document
 from itda_core.dictionary import ITDA
 from itda_core.leftovers import INDEX_PREFIX, owned_folder, remove_stale_spills
@@ -47,23 +48,6 @@ from itda_core.store.held_out import IndexRun, held_out_documents, pending, writ
 from itda_core.store.reader import read_dictionary
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class IndexConfig:
-    """How much held-out text to encode and how much of each atom's activity to keep."""
-
-    max_tokens: int | None = 8192  # held-out tokens to encode (the density denominator); None = all
-    top_n: int = 20  # top-activating contexts kept per atom
-    n_quantiles: int = 10  # equal-probability bins of each atom's coefficients
-    per_quantile: int = 5  # samples kept per bin
-    hist_bins: int = 32  # signed histogram bins per atom
-    batch_size: int = 32  # documents per forward pass
-    encode_chunk: int = 4096  # tokens per MP call (bounds memory)
-    keep_codes: bool = True  # also store the raw sparse codes table
-    reindex: bool = False  # index dictionaries that already have an index
-    progress: bool = True
-    timeout: float = 600.0  # longest wait for the store's lock
 
 
 @dataclass
