@@ -1,5 +1,5 @@
-"""Each option of train, similarity, eval, layer matching and convergence is declared once, in a config field:
-the command's options are exactly the fields of the configs it takes, with their defaults and help, so a
+"""Each option of train, index, demo, similarity, eval, layer matching and convergence is declared once, in a
+config field: the command's options are exactly the fields of the configs it takes, with their defaults and help, so a
 second declaration could not drift from the first."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pytest
 import typer
 
 from itda_core.cli.app import app
+from itda_core.config.demo import DemoConfig
 from itda_core.config.similarity import (
     ALL_MEASURES,
     ConvergenceConfig,
@@ -22,7 +23,8 @@ from itda_core.config.similarity import (
 )
 from itda_core.config.train import TrainConfig
 
-COMMANDS = [("train",), ("similarity",), ("eval",), ("bench", "layer-matching"), ("convergence",)]
+COMMANDS = [("train",), ("index",), ("demo",), ("demo-build",), ("similarity",), ("eval",),
+            ("bench", "layer-matching"), ("convergence",)]
 
 
 def _command(path: tuple[str, ...]) -> Any:
@@ -74,6 +76,10 @@ def test_dictionary_options_come_from_train() -> None:
                 assert f.default == train[f.name].default, (config.__name__, f.name)
                 assert f.metadata["help"] == train[f.name].metadata["help"], (config.__name__, f.name)
     assert LayerMatchingConfig().init_rule == TrainConfig().init_rule
+    demo = {f.name: f for f in dataclasses.fields(DemoConfig)}
+    for name in ("k", "init_rule", "seq_len", "batch_size", "gram_memory_gib"):
+        assert demo[name].default == train[name].default, name
+        assert demo[name].metadata["help"] == train[name].metadata["help"], name
 
 
 def test_store_similarity_default_measures_are_the_stored_ones() -> None:
