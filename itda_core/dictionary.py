@@ -233,6 +233,8 @@ class ITDA:
                              f"{tuple(init_count.shape)}")
         self.init_count = init_count.to(device="cpu", dtype=torch.int32)
         self._gram: Tensor | HalfGram | None = None
+        # the atoms on the last other device encoded on, and the atoms' version then (kept for MP's reuse)
+        self._moved: tuple[Tensor, int] | None = None
 
     def __len__(self) -> int:
         return self.atoms.shape[0]
@@ -271,16 +273,25 @@ class ITDA:
 
         if x.shape[-1] != self.d_model:
             raise ITDAError(f"activations have width {x.shape[-1]} but this dictionary expects {self.d_model}")
-        atoms = self.atoms if self.atoms.device == x.device else self.atoms.to(x.device)
+        atoms = self._atoms_on(x.device)
         gram = self.gram() if method in ("auto", "gram") and atoms is self.atoms else None
         return matching_pursuit(x.to(atoms.dtype), atoms, k or self.config.k, gram=gram, method=method)
+
+    def _atoms_on(self, device: torch.device) -> Tensor:
+        """The atoms on ``device``: one copy per other device is kept, so that repeated encodes there reuse
+        their Gram matrix (matching pursuit recognises the same tensor) instead of building it every call."""
+        if self.atoms.device == device:
+            return self.atoms
+        version = -1 if self.atoms.is_inference() else self.atoms._version  # an in-place edit is a new copy
+        if self._moved is None or self._moved[0].device != device or self._moved[1] != version or version < 0:
+            self._moved = (self.atoms.to(device), version)
+        return self._moved[0]
 
     def decode(self, indices: Tensor, coefficients: Tensor) -> Tensor:
         """Reconstruction from MP codes."""
         from itda_core.mp import reconstruct
 
-        atoms = self.atoms if self.atoms.device == indices.device else self.atoms.to(indices.device)
-        return reconstruct(indices, coefficients, atoms)
+        return reconstruct(indices, coefficients, self._atoms_on(indices.device))
 
     def crop(self, n: int) -> ITDA:
         """The first ``n`` atoms in insertion order (how ITDAs are compared with fixed-width SAEs)."""

@@ -169,3 +169,16 @@ def test_commands_show_a_damaged_dictionary_as_one_line(tmp_path, trained, comma
         f"error: {path} is a damaged ITDA dictionary: dictionary.safetensors has no 'atoms' tensor; "
         "train it again with 'itda train' or restore the folder from a backup"
     ]
+
+
+
+def test_atoms_on_another_device_are_copied_once(trained):
+    # MP reuses a Gram matrix for a repeated atoms tensor; a fresh copy on every encode would defeat it.
+    # ("meta" stands in for a second device on CPU-only machines.)
+    _model, itda = trained
+    meta = torch.device("meta")
+    first = itda._atoms_on(meta)
+    assert first.device == meta and itda._atoms_on(meta) is first
+    assert itda._atoms_on(itda.atoms.device) is itda.atoms
+    itda.atoms.mul_(1)  # an in-place edit (values unchanged here) bumps the version: the copy is made again
+    assert itda._atoms_on(meta) is not first
