@@ -20,11 +20,11 @@ from itda_core.models import load_model
 from itda_core.similarity.layer_matching import (
     LAYER_MATCHING_MEASURES,
     LayerMatchingConfig,
-    _corpus,
     default_layers,
     run_model,
     score_runs,
 )
+from itda_core.similarity.layer_runs import benchmark_corpus as _corpus
 
 
 def main() -> None:

@@ -69,7 +69,8 @@ def checkpoint_convergence(checkpoints: Sequence[str], config: ConvergenceConfig
     loaded (same order, e.g. in tests). All checkpoints must have the same depth and tokenizer."""
     from itda_core.models import load_model
     from itda_core.similarity.jaccard import atom_set, shared_count
-    from itda_core.similarity.layer_matching import LayerMatchingConfig, _corpus
+    from itda_core.similarity.layer_matching import LayerMatchingConfig
+    from itda_core.similarity.layer_runs import benchmark_corpus as _corpus
     from itda_core.trainer import TrainConfig, Trainer
 
     config = config or ConvergenceConfig()

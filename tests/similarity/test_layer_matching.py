@@ -183,10 +183,10 @@ def test_blockwise_linear_measures_equal_direct_formulas(two_runs):
     """The benchmark's blockwise CKA / feature-normalised CKA / R^2 give the baselines module's values, self
     pairs included, and R^2 without intercept is the authors' pinv(X) Y fit."""
     from itda_core.similarity.baselines import baseline_matrix
-    from itda_core.similarity.layer_matching import _linear_matrices
+    from itda_core.similarity.layer_measures import linear_matrices
 
     runs, layers = two_runs
-    fast = _linear_matrices(runs, layers, ["cka", "cka_normalised", "r2", "r2_no_intercept"])
+    fast = linear_matrices(runs, layers, ["cka", "cka_normalised", "r2", "r2_no_intercept"])
     # Both sides are float64 computations of the same cross products of these n x d float32 activations
     # (tolerance.similarity_tol each); R^2's pseudo-inverses amplify by the Gram matrices' condition numbers
     # (centred for the intercept fit, raw for the authors' fit without one).
