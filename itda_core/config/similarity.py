@@ -187,7 +187,7 @@ class LayerMatchingConfig:
                            "(different models only); both are always printed.")
     ties: str = option("lowest", help="A tied maximum goes to the 'lowest' layer (the authors') or counts as "
                        "'wrong'.")
-    # the single place they are used is layer_matching._jaccard_matrices
+    # the single place they are used is itda_core.similarity.layer_measures.jaccard_matrices
     jaccard_options: dict[str, Any] = option(
         factory=dict, text=(parse_jaccard_options, lambda options: json.dumps(options) if options else ""),
         help="JSON object of extra keyword arguments for the Jaccard call, e.g. '{\"method\": \"keys\"}'.")
