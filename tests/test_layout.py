@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -108,6 +109,36 @@ def test_store_is_persistence_only():
         if name.startswith("itda_core.store"):
             bad = sorted(d for d in deps if any(d == r or d.startswith(r + ".") for r in runs_models))
             assert bad == [], f"{name} imports {bad}"
+
+
+# A SQL statement, or a call that runs one: the store's modules (itda_core/store/) hold all of them.
+SQL = re.compile(r"\b(?:SELECT|INSERT|UPDATE)\s|\bCREATE\s+(?:OR\s+REPLACE\s+)?(?:TEMP\s+)?TABLE\b|\bDELETE\s+FROM\b"
+                 r"|\.execute(?:many)?\(|\.sql\(")
+
+
+def _sql_outside_the_store(root: Path) -> list[str]:
+    """``path:line: text`` of every line with SQL in ``root``'s library outside its store, and in its dashboard."""
+    library = root / "itda_core"
+    paths = [p for p in library.rglob("*.py") if p.relative_to(library).parts[0] != "store"]
+    found = []
+    for path in sorted([*paths, *(root / "dashboard").rglob("*.py")]):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if SQL.search(line):
+                found.append(f"{path.relative_to(root)}:{number}: {line.strip()}")
+    return found
+
+
+def test_all_sql_is_in_the_store(tmp_path: Path):
+    assert _sql_outside_the_store(ROOT) == []
+    job = tmp_path / "itda_core" / "jobs" / "job.py"  # the check finds what it is for
+    job.parent.mkdir(parents=True)
+    (tmp_path / "itda_core" / "store").mkdir()
+    (tmp_path / "itda_core" / "store" / "q.py").write_text('con.execute("SELECT 1")\n', encoding="utf-8")
+    lines = ['con.execute("SELECT 1")', 'sql = "DELETE FROM t WHERE x = ?"', "q = f'INSERT INTO {t} VALUES (1)'",
+             'CREATE TABLE IF NOT EXISTS t (x INT)', "con.sql(text)", "con.executemany(q, rows)",
+             "UPDATE t SET x = 1", "# select the rows; update them"]
+    job.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert len(_sql_outside_the_store(tmp_path)) == len(lines) - 1
 
 
 def test_importing_the_library_loads_no_front_end():

@@ -24,6 +24,7 @@ from itda_core.errors import ITDAError
 from itda_core.jobs.index import IndexConfig, index_model, spread
 from itda_core.models import LoadedModel
 from itda_core.store.connection import connect_readonly
+from itda_core.store.recipes import Recipe, other_recipe_count, recipe_dictionaries, recipe_layers
 from itda_core.store.writer import write_dictionary
 
 
@@ -87,10 +88,10 @@ def train_corpus_id(config: DemoConfig) -> str:
     return f"{corpus_id_of(config)}:train:{config.held_out_fraction:g}:{config.split_seed}"
 
 
-# A demo dictionary counts when it was trained on the demo's documents (recorded since budgets are documents)
-# with the demo's initial-atom tie rule (recorded since the rule became an option).
-_SAME_RECIPE = ("(TRY_CAST(json_extract(d.config, '$.documents_seen') AS INTEGER) = ? "
-                "AND json_extract_string(d.config, '$.init_rule') = ?)")
+def recipe(config: DemoConfig) -> Recipe:
+    """How the demo's dictionaries are trained (split, k, seq_len, documents, tie rule): a stored dictionary
+    counts for the demo when it follows this recipe."""
+    return Recipe(train_corpus_id(config), config.k, config.seq_len, config.train_documents, config.init_rule)
 
 
 def _check_no_other_budget(config: DemoConfig) -> None:
@@ -100,13 +101,9 @@ def _check_no_other_budget(config: DemoConfig) -> None:
     if not Path(config.store).is_file():
         return
     with connect_readonly(config.store) as con:
-        row = con.execute(
-            "SELECT COUNT(*) FROM dictionaries d WHERE d.train_corpus_id = ? AND d.k = ? AND d.seq_len = ? "
-            f"AND NOT COALESCE({_SAME_RECIPE}, false)",
-            [train_corpus_id(config), config.k, config.seq_len, config.train_documents, config.init_rule],
-        ).fetchall()
-    if row and row[0][0]:
-        raise ITDAError(f"{config.store} holds {row[0][0]} demo dictionaries built another way (an older itda's "
+        others = other_recipe_count(con, recipe(config))
+    if others:
+        raise ITDAError(f"{config.store} holds {others} demo dictionaries built another way (an older itda's "
                         f"token budgets or tie rule: not {config.train_documents} documents with init_rule "
                         f"{config.init_rule!r}); build it again with `itda demo --rebuild` (or use another --store)")
 
@@ -116,24 +113,10 @@ def model_status(config: DemoConfig, name: str, model_id: str | None = None) -> 
     status = ModelProgress(name)
     if not Path(config.store).is_file():
         return status
-    key, params = ("m.model_id = ?", [model_id]) if model_id else ("m.name = ?", [name])
     with connect_readonly(config.store) as con:
-        rows = con.execute(
-            f"""
-            SELECT m.n_layers,
-                   COUNT(DISTINCT d.layer) AS present,
-                   COUNT(DISTINCT d.layer) FILTER (WHERE d.dict_id IN (SELECT dict_id FROM index_runs))
-                       AS indexed
-            FROM models m LEFT JOIN dictionaries d
-                 ON d.model_id = m.model_id AND d.train_corpus_id = ? AND d.k = ? AND d.seq_len = ?
-                 AND {_SAME_RECIPE}
-            WHERE {key}
-            GROUP BY m.model_id, m.n_layers
-            ORDER BY indexed DESC, present DESC""",
-            [train_corpus_id(config), config.k, config.seq_len, config.train_documents, config.init_rule, *params],
-        ).fetchall()
-    if rows:
-        status.n_layers, status.present, status.indexed = int(rows[0][0]), int(rows[0][1]), int(rows[0][2])
+        found = recipe_layers(con, recipe(config), name=name, model_id=model_id)
+    if found is not None:
+        status.n_layers, status.present, status.indexed = found
     return status
 
 
@@ -143,14 +126,8 @@ def _demo_dictionaries(
     """(dict_id, layer) of the demo's dictionaries (same train split, k and seq_len) of one model, by id or name."""
     if not Path(config.store).is_file():
         return []
-    column, value = ("m.model_id", model_id) if model_id is not None else ("m.name", name)
     with connect_readonly(config.store) as con:
-        rows = con.execute(
-            f"SELECT d.dict_id, d.layer FROM dictionaries d JOIN models m USING (model_id) WHERE {column} = ? "
-            f"AND d.train_corpus_id = ? AND d.k = ? AND d.seq_len = ? AND {_SAME_RECIPE} ORDER BY d.layer",
-            [value, train_corpus_id(config), config.k, config.seq_len, config.train_documents, config.init_rule],
-        ).fetchall()
-    return [(int(d), int(layer)) for d, layer in rows]
+        return recipe_dictionaries(con, recipe(config), model_id=model_id, name=name)
 
 
 def _map_atoms(config: DemoConfig, name: str, tag: str) -> int:

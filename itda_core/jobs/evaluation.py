@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from itda_core.config.evaluation import StoreEvalConfig  # apart from torch (the CLI's help reads it)
-from itda_core.corpus import Corpus, Document
+from itda_core.corpus import Corpus
 from itda_core.errors import ITDAError
 from itda_core.evaluation.run import EvalResult, evaluate_many
 from itda_core.models import LoadedModel
@@ -86,16 +86,11 @@ def _chosen(store: Path, model: str | None, layers: Sequence[int] | str | None,
             dict_ids: Sequence[int] | None) -> list[dict]:
     """The store's dictionaries matching a model (name or id), layers (a list, or a spec read against each
     model's depth) and ids, as dicts of columns."""
+    from itda_core.store.catalog import dictionary_layers
     from itda_core.store.connection import connect_readonly
 
     with connect_readonly(store) as con:
-        cur = con.execute(
-            "SELECT d.dict_id, d.model_id, d.model_name, d.layer, d.corpus_id, d.seq_len, d.k, d.n_atoms, "
-            "d.written, m.n_layers FROM dictionaries d LEFT JOIN models m USING (model_id) "
-            "ORDER BY d.model_id, d.layer, d.dict_id"
-        )
-        names = [c[0] for c in cur.description]
-        rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        rows = dictionary_layers(con)
     if not rows:
         raise ITDAError(f"store {store} holds no dictionaries; build some with `itda train --store {store}`")
     if model is not None:
@@ -124,23 +119,11 @@ def _chosen(store: Path, model: str | None, layers: Sequence[int] | str | None,
 def held_out_corpus(store: str | Path, corpus_id: str, timeout: float = 30.0) -> Corpus | None:
     """The store's held-out documents of ``corpus_id`` as the Corpus ``load_corpus(...).split(f, seed)[1]``
     gives (same documents, order, id and sha256); None when the corpus has no held-out split."""
+    from itda_core.store import evaluations
     from itda_core.store.connection import connect_readonly
 
     with connect_readonly(store, timeout=timeout) as con:
-        meta = con.execute(
-            "SELECT name, held_out_fraction, split_seed FROM corpora WHERE corpus_id = ?", [corpus_id]
-        ).fetchall()
-        if not meta or meta[0][1] is None:
-            return None
-        rows = con.execute(
-            "SELECT doc_id, text, source FROM documents WHERE corpus_id = ? AND split = 'held_out' ORDER BY doc_id",
-            [corpus_id],
-        ).fetchall()
-    if not rows:
-        return None
-    name, frac, seed = meta[0]
-    docs = [Document(int(d), t, s) for d, t, s in rows]
-    return Corpus(f"{name}:held_out", docs, f"{corpus_id}:held_out:{float(frac):g}:{int(seed or 0)}")
+        return evaluations.held_out_corpus(con, corpus_id)
 
 
 def evaluation_rows(dict_id: int, result: EvalResult) -> list[tuple[Any, ...]]:
@@ -162,26 +145,11 @@ def write_evaluations(
 
     ``written`` (the dictionary's ``written`` stamp when it was read) guards against a concurrent rewrite.
     Returns '' when written, else why not."""
-    from itda_core.store.connection import connect_write, transaction
-    from itda_core.store.schema import first_row
+    from itda_core.store.evaluations import replace_evaluations
 
     rows = [row for r in results for row in evaluation_rows(dict_id, r)]
-    with connect_write(store, timeout=timeout) as con, transaction(con):
-        now = first_row(con, "SELECT written FROM dictionaries WHERE dict_id = ?", [dict_id])
-        if now is None:
-            return "deleted while it was evaluated"
-        if written is not None and now[0] != written:
-            return "rewritten while it was evaluated (evaluate it again)"
-        for r in results:
-            con.execute(
-                "DELETE FROM evaluations WHERE dict_id = ? AND corpus_id = ? AND metric IN ("
-                + ", ".join("?" * len(STORED_METRICS))
-                + ") AND TRY_CAST(json_extract_string(details, '$.k') AS INTEGER) = ?",
-                [dict_id, r.corpus_id, *STORED_METRICS, r.k],
-            )
-        if rows:
-            con.executemany("INSERT INTO evaluations VALUES (?, ?, ?, ?, ?, ?, now())", rows)
-    return ""
+    replaced = [(r.corpus_id, r.k) for r in results]
+    return replace_evaluations(store, dict_id, rows, replaced, STORED_METRICS, written, timeout=timeout)
 
 
 def evaluate_store(

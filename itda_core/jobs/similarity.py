@@ -54,10 +54,10 @@ class StoreSimilarityReport:
 
 
 def _rows(con: Any, dict_ids: list[int] | None) -> pd.DataFrame:
-    df = con.execute(
-        "SELECT d.dict_id, d.model_id, d.layer, d.corpus_id, d.tokenizer_id, d.seq_len, d.skip_special_tokens, "
-        "m.name AS model_name, m.source FROM dictionaries d LEFT JOIN models m USING (model_id) ORDER BY d.dict_id"
-    ).df()
+    """The dictionaries to compare (all, or ``dict_ids``, each of which must be stored)."""
+    from itda_core.store.similarities import similarity_targets
+
+    df = similarity_targets(con)
     if dict_ids is not None:
         missing = sorted(set(dict_ids) - set(df["dict_id"].astype(int)))
         if missing:
@@ -71,9 +71,9 @@ def _rows(con: Any, dict_ids: list[int] | None) -> pd.DataFrame:
 def _corpus(con: Any, corpus_id: str, split: str):  # -> Corpus
     """The store's documents of ``corpus_id`` (the ``split`` part; all of them when that part is empty)."""
     from itda_core.corpus import Corpus, Document
+    from itda_core.store.similarities import corpus_documents
 
-    sql = "SELECT doc_id, text, source, split FROM documents WHERE corpus_id = ? ORDER BY doc_id"
-    docs = con.execute(sql, [corpus_id]).df()
+    docs = corpus_documents(con, corpus_id)
     part = docs if split == "all" else docs[docs["split"] == split]
     if part.empty:
         part, split = docs, "all"
@@ -192,7 +192,8 @@ def store_similarities(store: str | Path, dict_ids: list[int] | None = None,
                        config: StoreSimilarityConfig | None = None) -> StoreSimilarityReport:
     """Compute Jaccard and the baselines between the store's dictionaries (all, or ``dict_ids``) and write them
     into ``similarities`` in one transaction (replacing earlier rows of the same pair and method)."""
-    from itda_core.store.connection import connect_readonly, connect_write, transaction
+    from itda_core.store.connection import connect_readonly
+    from itda_core.store.similarities import replace_similarities
 
     config = config or StoreSimilarityConfig()
     bad = [m for m in config.measures if m not in ALL_MEASURES]
@@ -215,16 +216,7 @@ def store_similarities(store: str | Path, dict_ids: list[int] | None = None,
         raise ITDAError("nothing to write: " + (report.skipped[0] if report.skipped else "no comparable pairs"))
     frame = pd.DataFrame(found, columns=["dict_a", "dict_b", "method", "value", "details"])
     frame["details"] = [json.dumps({**d, "config": asdict(config)}, default=str) for d in frame["details"]]
-    with connect_write(store) as con, transaction(con):
-        con.register("_sim_in", frame)
-        con.execute(  # the same pair in either order: symmetric ones are stored once, R^2 both ways
-            "DELETE FROM similarities WHERE EXISTS (SELECT 1 FROM _sim_in n WHERE n.method = similarities.method "
-            "AND ((n.dict_a = similarities.dict_a AND n.dict_b = similarities.dict_b) OR "
-            "(n.dict_a = similarities.dict_b AND n.dict_b = similarities.dict_a)))"
-        )
-        con.execute("INSERT INTO similarities SELECT dict_a, dict_b, method, value, CAST(details AS JSON), now() "
-                    "FROM _sim_in")
-        con.unregister("_sim_in")
+    replace_similarities(store, frame)
     report.rows = dict(Counter(frame["method"]))
     report.seconds = time.perf_counter() - start
     return report

@@ -6,6 +6,7 @@ connection (usually from :func:`itda_core.store.connect_readonly`), so that a pa
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import duckdb
@@ -68,6 +69,28 @@ def dictionary_details(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
         "m.added AS model_added "
         "FROM dictionaries d LEFT JOIN models m USING (model_id)"
     ).df()
+
+
+def dictionary_ids(con: duckdb.DuckDBPyConnection, among: Sequence[int] | None = None) -> list[int]:
+    """The stored dict_ids in order (only those of ``among`` when given): what a job over every dictionary
+    walks through."""
+    ids = [int(r[0]) for r in con.execute("SELECT dict_id FROM dictionaries ORDER BY dict_id").fetchall()]
+    if among is None:
+        return ids
+    wanted = {int(d) for d in among}
+    return [d for d in ids if d in wanted]
+
+
+def dictionary_layers(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """Every dictionary (dict_id, model_id, model_name, layer, corpus_id, seq_len, k, n_atoms, written) with
+    its model's depth ``n_layers`` (None without a model row), by model id and layer: what choosing
+    dictionaries by model and layer spec needs."""
+    return records(
+        con,
+        "SELECT d.dict_id, d.model_id, d.model_name, d.layer, d.corpus_id, d.seq_len, d.k, d.n_atoms, "
+        "d.written, m.n_layers FROM dictionaries d LEFT JOIN models m USING (model_id) "
+        "ORDER BY d.model_id, d.layer, d.dict_id",
+    )
 
 
 def evaluation_values(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:

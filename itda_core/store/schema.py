@@ -177,6 +177,17 @@ TABLES: dict[str, str] = {
         created TIMESTAMP""",
 }
 
+# Tables a store gets from the first write that needs them, not from create_schema (so no schema version
+# change): a store written before one existed still reads, and readers check for the table first.
+LAZY_TABLES: dict[str, str] = {
+    "atom_umap": """
+    dict_id INTEGER,
+    atom INTEGER,
+    x FLOAT,
+    y FLOAT,
+    umap_params VARCHAR""",  # one row per atom of a stored map; rows of one map share umap_params (JSON)
+}
+
 # Tables whose rows belong to one dictionary (deleted with it when it is replaced).
 PER_DICTIONARY = (
     "atoms",
