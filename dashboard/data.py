@@ -24,10 +24,9 @@ import pandas as pd
 import streamlit as st
 
 from itda_core.store import queries as Q
-from itda_core.store.connection import DEFAULT_STORE, StoreBusy, StoreError, connect_readonly
+from itda_core.store.connection import DEFAULT_STORE, ENV_STORE, StoreBusy, StoreError, connect_readonly
 from itda_core.store.schema import SchemaMismatch
 
-ENV_STORE = "ITDA_STORE"
 TTL = 600  # seconds; the version key already invalidates on every write
 Version = tuple[int, int, int, int]
 
@@ -226,7 +225,7 @@ def density_by_layer() -> pd.DataFrame:
 
 @st.cache_data(ttl=TTL, show_spinner=False, max_entries=32)
 def _atom_map(path: str, v: Version, dict_ids: tuple[int, ...]) -> pd.DataFrame | None:
-    from itda_core.jobs.atom_maps import read_atom_map
+    from itda_core.store.atom_maps import read_atom_map
 
     with connect_readonly(path) as con:
         return read_atom_map(con, list(dict_ids))

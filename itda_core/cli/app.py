@@ -195,8 +195,9 @@ def demo(config: DemoConfig, serving: ServeOptions) -> None:
     import contextlib
     import os
 
-    from itda_core.cli.dashboard import ENV_STORE, child_process, serve_command_line
+    from itda_core.cli.dashboard import child_process, serve_command_line
     from itda_core.jobs.demo import build_demo
+    from itda_core.store.connection import ENV_STORE
 
     store, port = config.store, serving.port
     with contextlib.ExitStack() as stack:  # the dashboard stops with the demo on every exit path (SIGTERM too)

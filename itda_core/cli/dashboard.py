@@ -14,15 +14,17 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from itda_core.cli.derive import from_configs
+from itda_core.config.atom_maps import UmapParams
 from itda_core.errors import ITDAError
-
-DEFAULT_STORE_PATH = Path("data/itda.duckdb")
-ENV_STORE = "ITDA_STORE"  # read by dashboard/data.py
+from itda_core.options import option
+from itda_core.store.connection import DEFAULT_STORE, ENV_STORE
 
 
 def app_path() -> Path:
@@ -113,7 +115,7 @@ def child_process(command: list[str], env: dict[str, str] | None = None) -> Iter
 
 
 def serve_command(
-    store: Annotated[Path, typer.Option(help="The DuckDB store to browse (read-only).")] = DEFAULT_STORE_PATH,
+    store: Annotated[Path, typer.Option(help="The DuckDB store to browse (read-only).")] = DEFAULT_STORE,
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8501,
     address: Annotated[
         str,
@@ -142,57 +144,35 @@ def serve_command(
         raise typer.Exit(code)
 
 
-def atom_map_command(
-    store: Annotated[Path, typer.Option(help="The DuckDB store.")] = DEFAULT_STORE_PATH,
-    model: Annotated[
-        list[str] | None,
-        typer.Option("--model", "-m", help="Only this model (name, folder name or id; repeatable)."),
-    ] = None,
-    layers: Annotated[str | None, typer.Option(help="Only these layers, e.g. '10-12' or '0,5' (default: all).")] = None,
-    joint: Annotated[
-        bool, typer.Option(help="One map of the chosen layers together (per model) instead of one per layer.")
-    ] = False,
-    n_neighbors: Annotated[int, typer.Option(help="UMAP neighbours.")] = 15,
-    min_dist: Annotated[float, typer.Option(help="UMAP minimum distance.")] = 0.1,
-    seed: Annotated[int, typer.Option(help="Random seed (maps are reproducible).")] = 0,
-    recompute: Annotated[bool, typer.Option(help="Compute again maps that are already stored.")] = False,
-) -> None:
+@dataclass
+class AtomMapTarget:
+    """Which dictionaries ``itda atom-map`` maps, and how (the CLI's part; the UMAP settings are UmapParams)."""
+
+    store: Path = option(DEFAULT_STORE, help="The DuckDB store.")
+    model: list[str] | None = option(None, short="-m", help="Only this model (name, folder name or id; repeatable).")
+    layers: str | None = option(None, help="Only these layers, e.g. '10-12' or '0,5' (default: all).")
+    joint: bool = option(False, help="One map of the chosen layers together (per model) instead of one per layer.")
+    recompute: bool = option(False, help="Compute again maps that are already stored.")
+
+
+@from_configs
+def atom_map_command(target: AtomMapTarget, params: UmapParams) -> None:
     """Compute 2-D UMAP maps of dictionaries' atoms (cosine) and cache them in the store (table atom_umap),
     for the dashboard's atom map. Maps already stored and up to date are skipped."""
-    from itda_core.jobs.atom_maps import UmapParams, compute_atom_maps, has_map, store_atom_map
-    from itda_core.layers import parse_layers
-    from itda_core.store.connection import connect_readonly
+    from itda_core.jobs.atom_maps import choose_dictionaries, compute_atom_maps, has_map, store_atom_map
 
-    if n_neighbors < 2 or not 0 <= min_dist <= 1:
-        raise ITDAError("n-neighbors must be >= 2 and min-dist between 0 and 1")
-    params = UmapParams(n_neighbors=n_neighbors, min_dist=min_dist, seed=seed)
-    with connect_readonly(store) as con:
-        rows = con.execute(
-            "SELECT d.dict_id, d.model_id, d.model_name, d.layer, m.n_layers FROM dictionaries d "
-            "LEFT JOIN models m USING (model_id) ORDER BY d.model_name, d.layer, d.dict_id"
-        ).fetchall()
-    if model:
-        wanted = set(model)
-        rows = [r for r in rows if {r[1], r[2], Path(r[2]).name.removesuffix(".gguf")} & wanted]
-        if not rows:
-            raise ITDAError(f"no dictionaries of {', '.join(model)} in {store}")
-    groups: dict[str, list[int]] = {}
-    for dict_id, model_id, _name, layer, n_layers in rows:
-        if layers is not None and layer not in parse_layers(layers, int(n_layers or layer + 1)):
-            continue
-        groups.setdefault(model_id, []).append(int(dict_id))
-    ids = [d for g in groups.values() for d in g]
-    if not ids:
-        raise ITDAError(f"no dictionaries match in {store}")
-    if joint:
+    store = target.store
+    groups = choose_dictionaries(store, target.model, target.layers)
+    if target.joint:
         for model_id, group in groups.items():
-            if not recompute and has_map(store, group):
+            if not target.recompute and has_map(store, group):
                 typer.echo(f"{model_id}: joint map of {len(group)} dictionaries already stored")
                 continue
             n = store_atom_map(store, group, params)
             typer.echo(f"{model_id}: joint map of {len(group)} dictionaries, {n:,} atoms")
         return
-    done = compute_atom_maps(store, ids, params, recompute=recompute, log=typer.echo)
+    ids = [d for g in groups.values() for d in g]
+    done = compute_atom_maps(store, ids, params, recompute=target.recompute, log=typer.echo)
     typer.echo(f"mapped {len(done)} dictionaries ({len(ids) - len(done)} already up to date)")
 
 

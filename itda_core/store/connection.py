@@ -37,6 +37,7 @@ from itda_core.errors import ITDAError
 from itda_core.store.schema import check_schema
 
 DEFAULT_STORE = Path("data/itda.duckdb")
+ENV_STORE = "ITDA_STORE"  # the environment variable naming the store the dashboard shows (``itda serve`` sets it)
 
 _RETRYABLE = (
     "Could not set lock",

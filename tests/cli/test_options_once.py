@@ -1,4 +1,4 @@
-"""Each option of train, index, demo, similarity, eval, layer matching and convergence is declared once, in a
+"""Each option of train, index, demo, similarity, eval, layer matching, convergence and atom-map is declared once, in a
 config field: the command's options are exactly the fields of the configs it takes, with their defaults and help, so a
 second declaration could not drift from the first."""
 
@@ -24,7 +24,7 @@ from itda_core.config.similarity import (
 from itda_core.config.train import TrainConfig
 
 COMMANDS = [("train",), ("index",), ("demo",), ("demo-build",), ("similarity",), ("eval",),
-            ("bench", "layer-matching"), ("convergence",)]
+            ("bench", "layer-matching"), ("convergence",), ("atom-map",)]
 
 
 def _command(path: tuple[str, ...]) -> Any:
