@@ -19,8 +19,9 @@ from itda_core.options import default_of, option
 HELP = (
     "Evaluate a saved ITDA dictionary on held-out documents: CE loss score (H* - H0) / (H_orig - H0) with "
     "the residual stream after the dictionary's block replaced by its matching-pursuit reconstruction, KL to "
-    "the clean model, FVU, MSE, cosine, L0 and dead atoms. Special tokens (BOS/EOS/PAD/CLS/SEP) and padding "
-    "are never counted. Encoders get the reconstruction metrics only. With --store, evaluates the store's "
+    "the clean model, FVU, MSE, cosine, L0 and dead atoms. --ce-rule chooses the positions spliced, zero-ablated "
+    "and counted (default: as SAEBench); padding is never counted, special tokens never in the reconstruction "
+    "metrics. Encoders get the reconstruction metrics only. With --store, evaluates the store's "
     "dictionaries on its held-out documents and records the figures in the store (shown by the dashboard). "
     "See docs/evaluation.md."
 )
@@ -74,7 +75,7 @@ class EvalTarget:
     store: Path | None = option(
         None, help="Evaluate the dictionaries held in this store (choose them with --model and --layers) on the "
         "store's held-out documents, and write the figures into its evaluations table (replacing earlier ones "
-        "for the same metric, k and corpus). Give this or --dictionary.")
+        "for the same metric, CE rule, k and corpus). Give this or --dictionary.")
     layers: str = option(
         "all", help="With --store: layers to evaluate, as for 'itda train' ('all', '3', '0-3', '0,5,10-12', "
         "'-1'), read against each model's depth.")
@@ -142,7 +143,7 @@ def eval_command(target: EvalTarget, text: CorpusChoice, options: StoreEvalConfi
         max_tokens=options.max_tokens,
         seq_len=target.seq_len or itda.config.seq_len,
         batch_size=options.batch_size,
-        splice_special=options.splice_special,
+        ce_rule=options.ce_rule,
         exclude_first=options.exclude_first,
         progress=options.progress,
     )

@@ -4,6 +4,16 @@ The splice is a forward hook on ``model.blocks[layer]`` that returns a modified 
 a mask, the block's output (the residual stream after the block) is replaced by ``replace(x)``, where ``x``
 holds the original activations at those positions ([n, d]). Identity gives the clean run, ``torch.zeros_like``
 the zero-ablation, and an ITDA reconstruction the spliced run of the CE loss score.
+
+Which positions are spliced, zero-ablated and counted is the CE rule (:data:`itda_core.config.evaluation.CE_RULES`):
+
+- ``saebench`` (default), as SAEBench's core evaluation (``sae_bench/evals/core/main.py``, ``get_recons_loss``
+  with ``exclude_special_tokens_from_reconstruction=True``, as its run-all scripts call it): the reconstruction
+  replaces the real non-special positions, special tokens keep their original activation; the zero-ablation
+  covers every position; a prediction counts when its input token is not special (its target may be).
+- ``splice-special``: reconstruction and zero-ablation at every real position; a prediction counts when
+  neither its input nor its target is special.
+- ``skip-special``: special tokens keep their original activation in both runs; counted as ``splice-special``.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from itda_core.config.evaluation import DEFAULT_CE_RULE, check_ce_rule
 from itda_core.errors import ITDAError
 from itda_core.extraction import TokenizedBatch
 from itda_core.models import LoadedModel
@@ -55,30 +66,36 @@ class PositionMasks:
 
     ``real``: a token of the document (attention mask 1), never padding. ``special``: a real position holding
     a special token (added by the tokenizer, e.g. BOS/CLS/SEP, or a special token written in the text).
-    ``splice``: positions whose activation is replaced. ``tokens``: real, non-special positions inside the
-    ``max_tokens`` budget; the reconstruction metrics are over these. ``predict``: position t such that
-    ``tokens[t]`` and token t+1 is real and not special; the next-token losses are over these.
+    ``splice``: positions whose activation the spliced run replaces by its reconstruction. ``zero``: positions
+    the zero-ablated run sets to zero. ``tokens``: real, non-special positions inside the ``max_tokens``
+    budget; the reconstruction metrics are over these. ``predict``: position t such that ``tokens[t]`` and
+    token t+1 is real (and, except under the ``saebench`` rule, not special); the next-token losses are over
+    these. ``rule``: the CE rule that chose ``splice``, ``zero`` and ``predict``.
     """
 
     real: Tensor
     special: Tensor
     splice: Tensor
+    zero: Tensor
     tokens: Tensor
     predict: Tensor
+    rule: str = DEFAULT_CE_RULE
 
 
 def position_masks(
     model: LoadedModel,
     batch: TokenizedBatch,
     *,
-    splice_special: bool = True,
+    rule: str = DEFAULT_CE_RULE,
     exclude_first: bool = False,
     budget: int | None = None,
 ) -> PositionMasks:
-    """Masks for one tokenised batch. ``batch.keep`` must come from ``skip_special_tokens=True`` (it marks
-    the tokenizer's own special positions); ``budget`` caps the counted tokens, in document-major order, so
-    the counted set does not depend on the batch size. ``exclude_first`` also drops each document's first
-    position from the counted tokens (for models without BOS, whose first token is an attention sink)."""
+    """Masks for one tokenised batch under the CE ``rule``. ``batch.keep`` must come from
+    ``skip_special_tokens=True`` (it marks the tokenizer's own special positions); ``budget`` caps the counted
+    tokens, in document-major order, so the counted set does not depend on the batch size. ``exclude_first``
+    also drops each document's first position from the counted tokens (for models without BOS, whose first
+    token is an attention sink); it is still spliced."""
+    check_ce_rule(rule)
     ids = batch.input_ids
     real = batch.attention_mask.bool()
     special_ids = torch.tensor(special_token_ids(model.tokenizer), dtype=ids.dtype)
@@ -90,10 +107,13 @@ def position_masks(
         order = tokens.flatten().long().cumsum(0).view_as(tokens)
         tokens = tokens & (order <= max(budget, 0))
     next_ok = torch.zeros_like(real)
-    next_ok[:, :-1] = real[:, 1:] & ~special[:, 1:]
+    # SAEBench masks a prediction by its input token only; the other rules also drop special targets
+    next_ok[:, :-1] = real[:, 1:] if rule == "saebench" else real[:, 1:] & ~special[:, 1:]
     predict = tokens & next_ok if model.family == "decoder" else torch.zeros_like(real)
-    splice = real if splice_special else real & ~special
-    return PositionMasks(real=real, special=special, splice=splice, tokens=tokens, predict=predict)
+    splice = real if rule == "splice-special" else real & ~special
+    zero = real & ~special if rule == "skip-special" else real
+    return PositionMasks(real=real, special=special, splice=splice, zero=zero, tokens=tokens, predict=predict,
+                         rule=rule)
 
 
 def splice_hook(

@@ -16,7 +16,13 @@ from typing import Any
 
 import torch
 
-from itda_core.config.evaluation import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS  # declared with the options
+from itda_core.config.evaluation import (  # declared with the options
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CE_RULE,
+    DEFAULT_MAX_TOKENS,
+    LEGACY_CE_RULES,
+    check_ce_rule,
+)
 from itda_core.corpus import Corpus, Document
 from itda_core.dictionary import ITDA
 from itda_core.errors import ITDAError
@@ -57,7 +63,7 @@ class EvalResult:
     tokens: int  # tokens in the reconstruction metrics (real, non-special)
     ce_positions: int | None  # positions in the loss metrics (None for encoders)
     special_positions: int  # special-token positions (excluded) in the evaluated documents
-    splice_special: bool  # whether special-token positions were spliced too (they are never counted)
+    ce_rule: str  # which positions were spliced, zero-ablated and counted (CE_RULES; docs/evaluation.md)
     exclude_first: bool  # whether each document's first position was left out of the counts
     ce_clean: float | None  # H_orig, nats per token
     ce_spliced: float | None  # H*
@@ -88,9 +94,13 @@ class EvalResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalResult:
-        """Rebuild a result from :meth:`to_dict` output (unknown keys are ignored)."""
+        """Rebuild a result from :meth:`to_dict` output (unknown keys are ignored). A result written before
+        the CE rule was recorded gets the rule its ``splice_special`` flag stands for."""
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        if "ce_rule" not in values:
+            values["ce_rule"] = LEGACY_CE_RULES[bool(data.get("splice_special", True))]
+        return cls(**values)
 
     def summary(self) -> str:
         """A few human-readable lines."""
@@ -106,7 +116,8 @@ class EvalResult:
             lines.append(
                 f"CE loss score {f(self.ce_loss_score)}  (H_orig {f(self.ce_clean)}, "
                 f"H* {f(self.ce_spliced)}, "
-                f"H0 {f(self.ce_zero)} nats over {self.ce_positions:,} positions)  KL {f(self.kl_div)}"
+                f"H0 {f(self.ce_zero)} nats over {self.ce_positions:,} positions, rule {self.ce_rule})  "
+                f"KL {f(self.kl_div)}"
             )
         lines.append(
             f"FVU {f(self.fvu)}  MSE {f(self.mse, '.4g')}  cosine {f(self.cosine)}  L0 {f(self.l0, '.0f')} "
@@ -134,13 +145,15 @@ def evaluate_many(
     max_tokens: int | None = DEFAULT_MAX_TOKENS,
     seq_len: int = 128,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    splice_special: bool = True,
+    ce_rule: str = DEFAULT_CE_RULE,
     exclude_first: bool = False,
     full_size: int | None = None,
     check_model: bool = True,
     progress: bool = False,
 ) -> list[EvalResult]:
-    """Evaluate several (dictionary, k) settings of one layer in one pass, sharing the clean and zero runs."""
+    """Evaluate several (dictionary, k) settings of one layer in one pass, sharing the clean and zero runs.
+    ``ce_rule`` chooses the positions spliced, zero-ablated and counted (docs/evaluation.md)."""
+    check_ce_rule(ce_rule)
     if not settings:
         raise ITDAError("nothing to evaluate: no (dictionary, k) settings given")
     if seq_len < 2:
@@ -186,7 +199,7 @@ def evaluate_many(
             if tb.input_ids.numel() == 0:
                 continue
             masks = position_masks(
-                model, tb, splice_special=splice_special, exclude_first=exclude_first, budget=remaining
+                model, tb, rule=ce_rule, exclude_first=exclude_first, budget=remaining
             )
             n_tokens = int(masks.tokens.sum())
             if remaining is not None:
@@ -199,7 +212,7 @@ def evaluate_many(
                 clean_logp, targets = next_token_logprobs(logits, ids, masks.predict)
                 del logits
                 clean.update(cross_entropy(clean_logp, targets))
-                logits, _ = splice_forward(model, ids, att, layer, torch.zeros_like, masks.splice)
+                logits, _ = splice_forward(model, ids, att, layer, torch.zeros_like, masks.zero)
                 logp, _ = next_token_logprobs(logits, ids, masks.predict)
                 del logits
                 zero.update(cross_entropy(logp, targets), kl_divergence(clean_logp, logp))
@@ -249,7 +262,7 @@ def evaluate_many(
                 tokens=recon[i].tokens,
                 ce_positions=clean.positions if decoder else None,
                 special_positions=n_special,
-                splice_special=splice_special,
+                ce_rule=ce_rule,
                 exclude_first=exclude_first,
                 ce_clean=clean.ce if decoder else None,
                 ce_spliced=spliced[i].ce if decoder else None,
@@ -280,7 +293,7 @@ def evaluate(
     max_tokens: int | None = DEFAULT_MAX_TOKENS,
     seq_len: int = 128,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    splice_special: bool = True,
+    ce_rule: str = DEFAULT_CE_RULE,
     exclude_first: bool = False,
     check_model: bool = True,
     progress: bool = False,
@@ -293,7 +306,7 @@ def evaluate(
         max_tokens=max_tokens,
         seq_len=seq_len,
         batch_size=batch_size,
-        splice_special=splice_special,
+        ce_rule=ce_rule,
         exclude_first=exclude_first,
         check_model=check_model,
         progress=progress,

@@ -9,7 +9,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from itda_core.config.evaluation import DEFAULT_BATCH_SIZE, DEFAULT_KS, DEFAULT_MAX_TOKENS  # with the options
+from itda_core.config.evaluation import (  # declared with the options
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CE_RULE,
+    DEFAULT_KS,
+    DEFAULT_MAX_TOKENS,
+)
 from itda_core.corpus import Corpus, Document
 from itda_core.dictionary import ITDA
 from itda_core.errors import ITDAError
@@ -39,7 +44,7 @@ def sweep(
     max_tokens: int | None = DEFAULT_MAX_TOKENS,
     seq_len: int = 128,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    splice_special: bool = True,
+    ce_rule: str = DEFAULT_CE_RULE,
     exclude_first: bool = False,
     check_model: bool = True,
     progress: bool = False,
@@ -69,7 +74,7 @@ def sweep(
         max_tokens=max_tokens,
         seq_len=seq_len,
         batch_size=batch_size,
-        splice_special=splice_special,
+        ce_rule=ce_rule,
         exclude_first=exclude_first,
         full_size=len(itda),
         check_model=check_model,

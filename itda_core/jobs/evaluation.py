@@ -4,7 +4,10 @@
 chosen dictionary it runs :func:`~itda_core.evaluation.run.evaluate_many` (one pass over the held-out text
 per model and layer, the clean and zero-ablated runs shared by all dictionaries and k of that layer) and
 writes one ``evaluations`` row per metric: ``value`` is the figure, ``corpus_id`` the evaluated held-out
-split, ``n_tokens`` the counted tokens and ``details`` the whole :class:`EvalResult` as JSON (k included).
+split, ``n_tokens`` the counted tokens and ``details`` the whole :class:`EvalResult` as JSON (k and CE rule
+included). The metrics that depend on the CE rule (``ce_loss_score``, ``kl_div``) are named with it,
+``ce_loss_score:saebench``, so that figures of two rules are never one column; rows written before the rule
+was recorded are named so at the next write (their details' ``splice_special`` gives their rule).
 Each dictionary's rows are written in ONE transaction that first deletes its earlier rows for the same
 metric, k and corpus, so re-running replaces figures instead of piling them up; a dictionary rewritten
 while it was being evaluated is skipped (its figures would describe the old atoms).
@@ -30,6 +33,20 @@ log = logging.getLogger(__name__)
 
 # The EvalResult fields stored as rows (the dashboard shows one column per metric); the rest is in details.
 STORED_METRICS = ("ce_loss_score", "kl_div", "fvu", "mse", "cosine", "dead_fraction")
+# Those whose value depends on the CE rule (which positions are spliced, zero-ablated and counted): stored
+# under ``metric:rule``. The reconstruction metrics are over the same tokens under every rule.
+RULE_METRICS = ("ce_loss_score", "kl_div")
+
+
+def stored_metric(metric: str, ce_rule: str) -> str:
+    """The ``evaluations.metric`` of an EvalResult field: ``ce_loss_score:saebench`` for a metric that depends
+    on the CE rule, the field's name for the others."""
+    return f"{metric}:{ce_rule}" if metric in RULE_METRICS else metric
+
+
+def stored_metrics(ce_rule: str) -> list[str]:
+    """The ``evaluations.metric`` names one evaluation under ``ce_rule`` writes (when every value exists)."""
+    return [stored_metric(m, ce_rule) for m in STORED_METRICS]
 
 
 @dataclass
@@ -134,14 +151,16 @@ def evaluation_rows(dict_id: int, result: EvalResult) -> list[tuple[Any, ...]]:
     for metric in STORED_METRICS:
         value = getattr(result, metric)
         if value is not None:
-            rows.append((dict_id, metric, float(value), result.corpus_id, result.tokens, details))
+            rows.append((dict_id, stored_metric(metric, result.ce_rule), float(value), result.corpus_id,
+                         result.tokens, details))
     return rows
 
 
 def write_evaluations(
     store: str | Path, dict_id: int, results: Sequence[EvalResult], written: Any = None, timeout: float = 600.0
 ) -> str:
-    """Replace the dictionary's rows for the same metric, k and corpus by ``results``, in one transaction.
+    """Replace the dictionary's rows for the same metric (CE rule included), k and corpus by ``results``, in
+    one transaction; rows written before the rule was recorded get their rule in their metric's name.
 
     ``written`` (the dictionary's ``written`` stamp when it was read) guards against a concurrent rewrite.
     Returns '' when written, else why not."""
@@ -149,7 +168,9 @@ def write_evaluations(
 
     rows = [row for r in results for row in evaluation_rows(dict_id, r)]
     replaced = [(r.corpus_id, r.k) for r in results]
-    return replace_evaluations(store, dict_id, rows, replaced, STORED_METRICS, written, timeout=timeout)
+    metrics = sorted({m for r in results for m in stored_metrics(r.ce_rule)})
+    return replace_evaluations(store, dict_id, rows, replaced, metrics, written, timeout=timeout,
+                               rule_metrics=RULE_METRICS)
 
 
 def evaluate_store(
@@ -237,7 +258,7 @@ def _evaluate_targets(
         max_tokens=config.max_tokens,
         seq_len=seq_len,
         batch_size=config.batch_size,
-        splice_special=config.splice_special,
+        ce_rule=config.ce_rule,
         exclude_first=config.exclude_first,
         progress=config.progress,
     )
@@ -255,11 +276,14 @@ def _evaluate_targets(
 
 
 __all__ = [
+    "RULE_METRICS",
     "STORED_METRICS",
     "StoreEvalConfig",
     "StoreEvalReport",
     "evaluate_store",
     "evaluation_rows",
     "held_out_corpus",
+    "stored_metric",
+    "stored_metrics",
     "write_evaluations",
 ]

@@ -76,6 +76,7 @@ def test_cli_eval_writes_results(saved: dict[str, Path]) -> None:
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
     assert math.isfinite(data["ce_loss_score"]) and data["k"] == 4
+    assert data["ce_rule"] == "saebench"  # the default, recorded with the figure
     assert data["corpus_id"].endswith(data["dictionary_corpus_id"].split(":train:")[-1])
     assert "CE loss score" in res.output and "warning" not in res.output
 
@@ -99,6 +100,8 @@ def test_cli_eval_sweep(saved: dict[str, Path]) -> None:
         "--sweep",
         "--ks",
         "1,3",
+        "--ce-rule",
+        "skip-special",
         "--out",
         str(out),
         "--no-progress",
@@ -109,6 +112,7 @@ def test_cli_eval_sweep(saved: dict[str, Path]) -> None:
     assert res.exit_code == 0, res.output
     rows = json.loads(out.read_text())
     assert len(rows) == 2 * len(default_sizes(rows[0]["dictionary_full_size"]))
+    assert {r["ce_rule"] for r in rows} == {"skip-special"}
     assert (saved["root"] / "sweep_sweep.html").is_file()
 
 
@@ -131,8 +135,11 @@ def test_cli_eval_errors_and_help(saved: dict[str, Path]) -> None:
         "--plot",
         "--seq-len",
         "--batch-size",
-        "--splice-special",
+        "--ce-rule",
         "--exclude-first",
         "--device",
     ):
         assert option in res.output, option
+    assert "'saebench'" in res.output and "'splice-special'" in res.output and "'skip-special'" in res.output
+    res = CliRunner().invoke(cli(), ["eval", "--dictionary", str(saved["dictionary"]), "--ce-rule", "paper"])
+    assert res.exit_code != 0 and "paper" in res.output  # not one of the choices

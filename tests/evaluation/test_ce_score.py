@@ -59,7 +59,8 @@ def test_zero_ablation_matches_manual_hook(llama: LoadedModel, docs: Corpus) -> 
             ref = llama.model(input_ids=tb.input_ids, attention_mask=tb.attention_mask).logits
     finally:
         handle.remove()
-    ours, _ = splice_forward(llama, tb.input_ids, tb.attention_mask, LAYER, torch.zeros_like, masks.splice)
+    assert masks.zero.equal(real)  # the default (SAEBench's) zero-ablation: every position, BOS included
+    ours, _ = splice_forward(llama, tb.input_ids, tb.attention_mask, LAYER, torch.zeros_like, masks.zero)
     # the same batch after the same zeros: at most two float32 forwards of the later blocks (and the
     # unembedding) apart, per position relative to its logits' norm (zeroed rows give exactly zero logits)
     after = batch_forward_tol(llama, docs, llama.n_layers - LAYER)
@@ -100,7 +101,10 @@ def test_splice_hook_handles_tuple_outputs() -> None:
 
 
 # ---- what is counted -----------------------------------------------------------------------------------
-def test_special_tokens_are_excluded(llama: LoadedModel) -> None:
+@pytest.mark.parametrize("rule", ["saebench", "splice-special"])
+def test_special_tokens_are_excluded(llama: LoadedModel, rule: str) -> None:
+    """Special tokens never count as tokens, nor as the input of a prediction; SAEBench's rule (the default)
+    counts a prediction of a special target, the others do not."""
     texts = ["The capital of France is Paris.", "one <eos> two three four", "Short one."]
     corpus = Corpus("t", [Document(doc_id=i, text=t, source="t") for i, t in enumerate(texts)], "t-v1")
     special = set(special_token_ids(llama.tokenizer))
@@ -116,10 +120,11 @@ def test_special_tokens_are_excluded(llama: LoadedModel) -> None:
         assert is_special[0]  # the BOS this tokenizer adds
         n_special += sum(is_special)
         tokens += sum(not s for s in is_special)
-        positions += sum(not is_special[t] and not is_special[t + 1] for t in range(len(ids) - 1))
+        positions += sum(not is_special[t] and (rule == "saebench" or not is_special[t + 1])
+                         for t in range(len(ids) - 1))
         all_positions += len(ids) - 1
     assert sum(i == llama.tokenizer.eos_token_id for i in llama.tokenizer(texts[1])["input_ids"]) == 1
-    result = evaluate(llama, exact_itda(llama, corpus), corpus, k=1)
+    result = evaluate(llama, exact_itda(llama, corpus), corpus, k=1, ce_rule=rule)
     assert result.tokens == tokens
     assert result.ce_positions == positions
     assert result.special_positions == n_special
@@ -182,8 +187,9 @@ def batch_size_tol(model: LoadedModel, itda: ITDA, corpus: Corpus, k: int, max_t
     tb = tokenize_documents(model, corpus.documents, 128, skip_special_tokens=True)
     masks = position_masks(model, tb)
     ids, att = tb.input_ids, tb.attention_mask
-    logits = [splice_forward(model, ids, att, LAYER, replace, masks.splice)[0]
-              for replace in (None, torch.zeros_like, lambda h: itda.decode(*itda.encode(h, k)))]
+    logits = [splice_forward(model, ids, att, LAYER, replace, mask)[0]
+              for replace, mask in ((None, None), (torch.zeros_like, masks.zero),
+                                    (lambda h: itda.decode(*itda.encode(h, k)), masks.splice))]
     ce = ce_tol(model, corpus, logits, extra=eps)
     # sum |r|^2 moves by (2 eps + eps^2) sum |x|^2, sum |x - mean|^2 by 2 (2 eps_x + eps_x^2) sum |x|^2
     shift = 2 * (2 * eps_x + eps_x**2)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -15,7 +17,7 @@ from typer.testing import CliRunner
 
 from itda_core.errors import ITDAError
 from itda_core.evaluation import evaluate, save_figure
-from itda_core.jobs.evaluation import STORED_METRICS, StoreEvalConfig, evaluate_store, held_out_corpus
+from itda_core.jobs.evaluation import StoreEvalConfig, evaluate_store, held_out_corpus, stored_metrics
 from itda_core.models import LoadedModel
 from itda_core.store.connection import connect_readonly
 from tests.tiny import tiny_corpus, tiny_model
@@ -68,13 +70,15 @@ def test_evaluate_store_writes_and_replaces_rows(tiny_store: dict) -> None:
     d1 = tiny_store["ids"][1]
     assert list(report.results) == [d1] and not report.skipped
     rows = _rows(store)
-    assert {r[1] for r in rows} == set(STORED_METRICS) and {r[0] for r in rows} == {d1}
+    # the default rule, in the names of the metrics that depend on it
+    assert {r[1] for r in rows} == set(stored_metrics("saebench")) and {r[0] for r in rows} == {d1}
+    assert {"ce_loss_score:saebench", "kl_div:saebench", "fvu"} <= {r[1] for r in rows}
     assert {r[3] for r in rows} == {held.corpus_id} and {r[5] for r in rows} == {"4"}
     # the stored figures are those of a plain evaluation on the held-out split: the same documents, batches,
     # atoms (FLOAT[] in the store: the float32 bits) and k run the very same computation, and DOUBLE keeps it
     direct = evaluate(model, tiny_store["itdas"][1], tiny_store["held"], k=4, max_tokens=100)
     stored = {r[1]: r[2] for r in rows}
-    assert stored["ce_loss_score"] == direct.ce_loss_score
+    assert stored["ce_loss_score:saebench"] == direct.ce_loss_score
     assert stored["fvu"] == direct.fvu
     assert {r[4] for r in rows} == {direct.tokens}
     # evaluating again replaces the rows of the same metric, k and corpus
@@ -85,6 +89,48 @@ def test_evaluate_store_writes_and_replaces_rows(tiny_store: dict) -> None:
     after = _rows(store)
     assert len(after) == 2 * len(rows) and {r[5] for r in after} == {"2", "4"}
     assert "CE loss score" in report.summary()
+
+
+def test_rules_are_kept_apart_and_old_rows_named(tiny_store: dict, tmp_path: Path) -> None:
+    """Figures of two CE rules are two metrics; rows written before the rule was recorded still read, and the
+    next write names them with the rule their ``splice_special`` stands for."""
+    from itda_core.store.catalog import evaluation_values
+    from itda_core.store.connection import connect_write
+
+    store, model = tmp_path / "old.duckdb", tiny_store["model"]
+    shutil.copy(tiny_store["path"], store)
+    d1, d2 = tiny_store["ids"][1], tiny_store["ids"][2]
+    corpus_id = tiny_store["held"].corpus_id
+    with connect_write(store) as con:
+        con.execute("DELETE FROM evaluations")
+        for dict_id, flag, metric, value in [(d1, True, "ce_loss_score", 0.5), (d1, True, "kl_div", 0.25),
+                                             (d2, False, "ce_loss_score", 0.75), (d2, None, "kl_div", 0.125)]:
+            details = {"k": 4, "corpus_id": corpus_id} | ({} if flag is None else {"splice_special": flag})
+            con.execute("INSERT INTO evaluations VALUES (?, ?, ?, ?, 10, ?, now())",
+                        [dict_id, metric, value, corpus_id, json.dumps(details)])
+    with connect_readonly(store) as con:  # a store written before reads as it is
+        assert sorted(evaluation_values(con)["metric"]) == ["ce_loss_score", "ce_loss_score", "kl_div", "kl_div"]
+    config = StoreEvalConfig(max_tokens=60, progress=False)
+    evaluate_store(store, model.name, [1], config, loader=lambda _n: model)
+    evaluate_store(store, model.name, [1], dataclasses.replace(config, ce_rule="skip-special"),
+                   loader=lambda _n: model)
+    with connect_readonly(store) as con:
+        rows = con.execute("SELECT dict_id, metric, value, json_extract_string(details, '$.ce_rule') "
+                           "FROM evaluations").fetchall()
+    names = {(d, m) for d, m, _, _ in rows}
+    # the old rows, named by their rule (splice_special true or absent: 'splice-special'; false: 'skip-special')
+    assert {(d1, "ce_loss_score:splice-special"), (d1, "kl_div:splice-special"),
+            (d2, "ce_loss_score:skip-special"), (d2, "kl_div:splice-special")} <= names
+    assert not {m for _, m in names} & {"ce_loss_score", "kl_div"}
+    # the new rows of dictionary 1: both rules side by side, each recorded in details
+    for rule in ("saebench", "skip-special"):
+        mine = [(v, r) for d, m, v, r in rows if d == d1 and m == f"ce_loss_score:{rule}"]
+        assert len(mine) == 1 and mine[0][1] == rule
+    assert len([m for d, m, _, _ in rows if d == d1 and m == "fvu"]) == 1  # the same under every rule: replaced
+    old = [v for d, m, v, _ in rows if (d, m) == (d2, "ce_loss_score:skip-special")]
+    assert old == [0.75]  # an old figure keeps its value; another rule's new figure does not replace it
+    with connect_readonly(store) as con:
+        assert "ce_loss_score:saebench" in set(evaluation_values(con)["metric"])
 
 
 def test_evaluate_store_errors(tiny_store: dict, tmp_path: Path) -> None:
@@ -112,21 +158,22 @@ def test_dashboard_overview_shows_stored_evaluations(tiny_store: dict, monkeypat
     tables = [df.value for df in at.dataframe if "dict_id" in df.value.columns]
     assert tables, "no dictionaries table on the overview page"
     table = tables[0]
-    assert "eval_ce_loss_score" in table.columns and "eval_fvu" in table.columns
+    assert "eval_ce_loss_score:saebench" in table.columns and "eval_fvu" in table.columns
     row = table[table["dict_id"] == tiny_store["ids"][2]].iloc[0]
     with connect_readonly(store) as con:
         want = con.execute(
-            "SELECT value FROM evaluations WHERE dict_id = ? AND metric = 'ce_loss_score'", [tiny_store["ids"][2]]
+            "SELECT value FROM evaluations WHERE dict_id = ? AND metric = 'ce_loss_score:saebench'",
+            [tiny_store["ids"][2]]
         ).fetchall()[0][0]
-    assert row["eval_ce_loss_score"] == want  # the overview shows the stored DOUBLE itself
+    assert row["eval_ce_loss_score:saebench"] == want  # the overview shows the stored DOUBLE itself
     own = table[table["dict_id"] == tiny_store["ids"][1]].iloc[0]
     with connect_readonly(store) as con:
         by_k = dict(con.execute(
             "SELECT json_extract_string(details, '$.k'), value FROM evaluations "
-            "WHERE dict_id = ? AND metric = 'ce_loss_score'", [tiny_store["ids"][1]]
+            "WHERE dict_id = ? AND metric = 'ce_loss_score:saebench'", [tiny_store["ids"][1]]
         ).fetchall())  # fmt: skip
     assert set(by_k) == {"2", "4"} and by_k["2"] != by_k["4"]  # two distinct rows, so the next check tells
-    assert own["eval_ce_loss_score"] == by_k["4"]
+    assert own["eval_ce_loss_score:saebench"] == by_k["4"]
 
 
 def _cli() -> typer.Typer:
