@@ -43,10 +43,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,7 +51,7 @@ import torch
 from safetensors.numpy import save_file
 
 from itda_core.errors import ITDAError
-from itda_core.leftovers import current_owner, owned_folder, remove_stale
+from itda_core.export.folders import check_out, staged
 from itda_core.store.connection import connect_readonly
 from itda_core.store.exports import code_arrays, export_source, token_arrays
 
@@ -107,7 +103,7 @@ def export_delphi(
                         f"not {signs!r} / {layout!r}")
     if n_splits < 1 or (ctx_len is not None and ctx_len < 1) or activation_dtype not in ("float16", "float32"):
         raise ITDAError("n_splits and ctx_len must be >= 1 and activation_dtype float16 or float32")
-    _check_out(out, overwrite)
+    check_out(out, overwrite)
     with connect_readonly(Path(store)) as con:
         src = export_source(con, int(dict_id))
         if src is None:
@@ -157,7 +153,7 @@ def export_delphi(
             "document_offsets": grid["documents"],
         },
     }
-    with _staged(out, overwrite) as tmp:
+    with staged(out, overwrite) as tmp:
         folder = tmp / name
         folder.mkdir(parents=True)
         for start, stop in itertools.pairwise(bounds):
@@ -230,41 +226,3 @@ def _place(
     return {"tokens": grid.reshape(n_rows, width), "filled": filled.reshape(n_rows, width),
             "code_row": flat[at] // width, "code_col": flat[at] % width,
             "documents": [[int(d), offsets.get(int(d), 0), int(c)] for d, c in zip(doc_ids, counts, strict=True)]}
-
-
-# ---- writing a folder atomically (as in itda_core.export.neuronpedia) ---------------------------------------
-
-
-def _check_out(out: Path, overwrite: bool) -> None:
-    """Refuse to replace an existing non-empty ``out`` unless ``overwrite``."""
-    if overwrite or not (out.exists() or out.is_symlink()):
-        return
-    if out.is_file() or out.is_symlink() or any(out.iterdir()):
-        raise ITDAError(f"{out} exists and is not empty: pass overwrite=True to replace it")
-
-
-def _remove(path: Path) -> None:
-    """Remove a file or folder if present."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-@contextmanager
-def _staged(out: Path, overwrite: bool) -> Iterator[Path]:
-    """A temporary folder beside ``out`` (named after this process, so a later run removes it if this one is
-    killed) that replaces ``out`` when the block succeeds; on failure ``out`` is left as it was."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(out.parent, f".{out.name}.*-h*")
-    tmp = owned_folder(out.parent, f".{out.name}.tmp-")
-    try:
-        yield tmp
-        _check_out(out, overwrite)
-        old = out.parent / f".{out.name}.old-{current_owner().tag}"
-        if out.exists() or out.is_symlink():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        _remove(old)
-    finally:
-        _remove(tmp)

@@ -38,10 +38,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -51,7 +48,7 @@ import pandas as pd
 
 from itda_core.decompose import logit_effect
 from itda_core.errors import ITDAError
-from itda_core.leftovers import current_owner, owned_folder, remove_stale
+from itda_core.export.folders import check_out, staged
 from itda_core.store.connection import connect_readonly
 from itda_core.store.contexts import documents_with_tokens, render_contexts
 from itda_core.store.exports import atom_rows, code_arrays, export_source, histogram_rows, quantile_rows, top_hit_rows
@@ -120,7 +117,7 @@ def export_neuronpedia(
         raise ITDAError(f"batch_size must be 1-{MAX_BATCH} (the most Neuronpedia's upload-batch takes)")
     if top_n < 1 or n_logits < 1:
         raise ITDAError("top_n and n_logits must be >= 1")
-    _check_out(out, overwrite)
+    check_out(out, overwrite)
     src, features, vectors = _read(Path(store), int(dict_id), top_n, quantiles, window, format,
                                    include_vectors or model is not None)
     if include_vectors:
@@ -130,7 +127,7 @@ def export_neuronpedia(
     np_model = neuronpedia_model or Path(str(src["model_name"])).name.lower()
     source = f"{src['layer']}-{source_set}"
     batches = [features[i : i + batch_size] for i in range(0, len(features), batch_size)]
-    with _staged(out, overwrite) as tmp:
+    with staged(out, overwrite) as tmp:
         for i, batch in enumerate(batches):
             if format == "api":
                 payload = {"modelId": np_model, "source": source, "features": [_api(f) for f in batch]}
@@ -322,41 +319,3 @@ def _saedashboard(f: _Feature, src: dict[str, Any]) -> dict[str, Any]:
 def _write_json(path: Path, data: Any) -> None:
     """One JSON file (UTF-8, no NaN: Neuronpedia's importers are strict JSON)."""
     path.write_text(json.dumps(data, ensure_ascii=False, allow_nan=False), encoding="utf-8")
-
-
-# ---- writing a folder atomically ----------------------------------------------------------------------------
-
-
-def _check_out(out: Path, overwrite: bool) -> None:
-    """Refuse to replace an existing non-empty ``out`` unless ``overwrite``."""
-    if overwrite or not (out.exists() or out.is_symlink()):
-        return
-    if out.is_file() or out.is_symlink() or any(out.iterdir()):
-        raise ITDAError(f"{out} exists and is not empty: pass overwrite=True to replace it")
-
-
-def _remove(path: Path) -> None:
-    """Remove a file or folder if present."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-@contextmanager
-def _staged(out: Path, overwrite: bool) -> Iterator[Path]:
-    """A temporary folder beside ``out`` (named after this process, so a later run removes it if this one is
-    killed) that replaces ``out`` when the block succeeds; on failure ``out`` is left as it was."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(out.parent, f".{out.name}.*-h*")
-    tmp = owned_folder(out.parent, f".{out.name}.tmp-")
-    try:
-        yield tmp
-        _check_out(out, overwrite)
-        old = out.parent / f".{out.name}.old-{current_owner().tag}"
-        if out.exists() or out.is_symlink():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        _remove(old)
-    finally:
-        _remove(tmp)

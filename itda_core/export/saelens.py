@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from torch import Tensor
 
 from itda_core.dictionary import ITDA, ITDAConfig
 from itda_core.errors import ITDAError
+from itda_core.export.folders import check_out, staged
 
 SAELENS_FORMAT = "6.54.0"  # the sae-lens version whose cfg.json this writes (>= 6.0: no pre-6 conversion on load)
 CFG_FILE = "cfg.json"  # sae_lens.constants.SAE_CFG_FILENAME
@@ -122,23 +122,14 @@ def saelens_config(
     }
 
 
-def _replace(target: Path, write: Any) -> None:
-    """Write a file through a temporary name and rename it, so a failed export leaves no half-written file."""
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def export_saelens(
     itda: ITDA, out: str | Path, *, hook_name: str | None = None, context_size: int | None = None,
     model_name: str | None = None, prepend_bos: bool | None = None, dataset_path: str | None = None,
-    dtype: str = "float32", device: str = "cpu", metadata: dict[str, Any] | None = None,
+    dtype: str = "float32", device: str = "cpu", metadata: dict[str, Any] | None = None, overwrite: bool = False,
 ) -> Path:
     """Write ``out/`` (cfg.json + sae_weights.safetensors) for ``sae_lens.SAE.load_from_disk``: a matching-pursuit
-    SAE whose encode gives this dictionary's k-step codes (signed via ``[D; -D]``); returns ``out``."""
+    SAE whose encode gives this dictionary's k-step codes (signed via ``[D; -D]``); returns ``out``. A non-empty
+    ``out`` is replaced only with ``overwrite``, and only once the new folder is complete."""
     _check(itda, dtype)
     out = Path(out)
     cfg = saelens_config(itda, hook_name=hook_name, context_size=context_size, model_name=model_name,
@@ -150,12 +141,13 @@ def export_saelens(
         raise ITDAError(f"the SAELens metadata cannot be written as JSON ({err})") from err
     atoms = itda.atoms.detach().to(device="cpu", dtype=DTYPES[dtype])
     tensors = {"W_dec": torch.cat([atoms, -atoms]).contiguous(), "b_dec": torch.zeros(itda.d_model, dtype=atoms.dtype)}
-    if out.exists() and not out.is_dir():
+    if out.exists() and not out.is_dir() and not overwrite:
         raise ITDAError(f"{out} is a file; give the SAELens export a folder")
+    check_out(out, overwrite)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        _replace(out / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-        _replace(out / CFG_FILE, lambda p: p.write_text(text, encoding="utf-8"))
+        with staged(out, overwrite) as tmp:
+            save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+            (tmp / CFG_FILE).write_text(text, encoding="utf-8")
     except (OSError, SafetensorError) as err:  # safetensors reports I/O errors as its own error type
         raise ITDAError(f"cannot write the SAELens export to {out} ({getattr(err, 'strerror', None) or err})") from err
     return out

@@ -236,3 +236,14 @@ def test_smollm2_layer15_held_out_codes(tmp_path: Path) -> None:
     # ITDA's near-duplicate atoms make near-ties on real activations (docs/method.md: 13 of 400 tokens in one
     # review), and every divergent token was checked to be one; most tokens have none
     assert figures["exact_fraction"] >= 0.9
+
+
+def test_a_folder_with_files_is_replaced_only_when_asked(tiny_setup: tuple[ITDA, torch.Tensor], tmp_path: Path) -> None:
+    itda, out = tiny_setup[0], tmp_path / "sae"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ITDAError, match="not empty"):
+        export_saelens(itda, out)
+    assert (out / "notes.txt").read_text() == "mine"
+    export_saelens(itda, out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["cfg.json", "sae_weights.safetensors"]
