@@ -7,8 +7,7 @@ The public API is small and imported lazily, so that `itda --help` stays instant
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from itda_core.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -40,8 +39,4 @@ _EXPORTS = {
 __all__ = [*sorted(_EXPORTS), "__version__"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'itda_core' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

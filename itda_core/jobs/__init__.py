@@ -4,8 +4,7 @@ and the demo. Jobs read and write through :mod:`itda_core.store`, which is persi
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from itda_core.lazy import lazy_exports
 
 _EXPORTS = {
     "IndexConfig": "itda_core.jobs.index",
@@ -23,9 +22,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    """Import the public names lazily (torch and the models load only when a job runs)."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'itda_core.jobs' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -8,8 +8,7 @@ similarity, atom maps, the demo) lives in :mod:`itda_core.jobs`.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from itda_core.lazy import lazy_exports
 
 _EXPORTS = {
     "DEFAULT_STORE": "itda_core.store.connection",
@@ -29,9 +28,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    """Import the public names lazily (duckdb and torch load only when used)."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'itda_core.store' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
