@@ -145,7 +145,8 @@ def test_importing_the_library_loads_no_front_end():
     code = (
         "import sys, itda_core, itda_core.trainer, itda_core.similarity, itda_core.store, itda_core.store.queries, "
         "itda_core.jobs, itda_core.jobs.index, itda_core.evaluation, itda_core.dictionary, itda_core.mp\n"
-        "heavy = {'typer', 'streamlit', 'plotly', 'umap', 'kaleido', 'itda_dashboard', 'itda_core.cli'}\n"
+        "heavy = {'typer', 'streamlit', 'plotly', 'umap', 'kaleido', 'ray', 'nnsight', 'accelerate', 'itda_dashboard', "
+        "'itda_core.cli'}\n"
         "print(sorted(m for m in sys.modules if m in heavy or m.split('.')[0] in heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
