@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -120,11 +120,13 @@ class Trainer:
         stops = config.early_stop and stop_fraction(self.threshold, model.d_model) is not None
         self.report = TrainReport(error_sample=ERROR_SAMPLE if stops else 1)
 
-    def run(self, on_batch: Callable[[ActivationBatch], None] | None = None) -> dict[int, ITDA]:
+    def run(self, on_batch: Callable[[ActivationBatch], None] | None = None,
+            source: Iterable[ActivationBatch] | None = None) -> dict[int, ITDA]:
         """Stream the corpus once, grow every layer's dictionary, return {layer: ITDA}. ``on_batch`` sees every
-        extracted batch first (e.g. to keep activations for similarity baselines without a second pass)."""
+        extracted batch first (e.g. to keep activations for similarity baselines without a second pass).
+        ``source`` gives the batches instead of running the model (e.g. an activation cache's)."""
         cfg = self.config
-        stream = extract(
+        stream = iter(source) if source is not None else extract(
             self.model,
             self.corpus,
             self.layers,
@@ -166,7 +168,8 @@ class Trainer:
             log.warning("interrupted: keeping the %d tokens processed so far", report.tokens)
         finally:
             bar.close()
-            stream.close()
+            if hasattr(stream, "close"):
+                stream.close()
         report.wall_seconds = time.perf_counter() - start
         if report.tokens == 0:
             raise ITDAError("no activations were processed; is the corpus empty?")

@@ -1,5 +1,6 @@
 """The ``itda`` app: its commands come from one module per command group (train, inputs, store, similarity,
-evaluate, dashboard, export, bench, convergence). Heavy imports happen inside commands so that ``--help`` is instant."""
+evaluate, dashboard, export, extract, bench, convergence). Heavy imports happen inside commands so that ``--help``
+is instant."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ def _register_commands() -> None:
     from itda_core.cli import dashboard as dashboard_commands
     from itda_core.cli import evaluate as evaluate_commands
     from itda_core.cli import export as export_commands
+    from itda_core.cli import extract as extract_commands
     from itda_core.cli import inputs as input_commands
     from itda_core.cli import similarity as similarity_commands
     from itda_core.cli import store as store_commands
@@ -39,6 +41,7 @@ def _register_commands() -> None:
     store_commands.register(app)
     dashboard_commands.register(app)
     export_commands.register(app)
+    extract_commands.register(app)
     bench_commands.register(app)
     convergence_commands.register(app)
 

@@ -10,6 +10,7 @@ import typer
 
 from itda_core.cli.derive import from_configs
 from itda_core.cli.options import CorpusChoice, ModelChoice, TrainOutput
+from itda_core.config.extract import ActivationInput
 from itda_core.config.train import TrainConfig
 from itda_core.layers import parse_layers
 from itda_core.options import CORPUS_HELP, DEVICE_HELP
@@ -21,8 +22,13 @@ if TYPE_CHECKING:
 
 
 @from_configs
-def train(source: ModelChoice, text: CorpusChoice, output: TrainOutput, options: TrainConfig) -> None:
-    """Train ITDA dictionaries for one or more layers from a single pass over the corpus."""
+def train(source: ModelChoice, text: CorpusChoice, output: TrainOutput, options: TrainConfig,
+          cache: ActivationInput) -> None:
+    """Train ITDA dictionaries for one or more layers from a single pass over the corpus (or an activation cache)."""
+    if cache.activations is not None:
+        from itda_core.cli.extract import train_from_activations
+
+        return train_from_activations(cache.activations, output, options)
     from itda_core.corpus import load_corpus
     from itda_core.models import load_model
     from itda_core.trainer import Trainer

@@ -24,7 +24,7 @@ from itda_core.config.similarity import (
 from itda_core.config.train import TrainConfig
 
 COMMANDS = [("train",), ("index",), ("demo",), ("demo-build",), ("similarity",), ("eval",),
-            ("bench", "layer-matching"), ("convergence",), ("atom-map",), ("export",)]
+            ("bench", "layer-matching"), ("convergence",), ("atom-map",), ("export",), ("extract",)]
 
 
 def _command(path: tuple[str, ...]) -> Any:
