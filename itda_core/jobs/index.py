@@ -10,7 +10,9 @@ Design (bounded memory, short locks, exact summaries):
 2. Then, one dictionary at a time: load it from the store, encode its layer's activations in chunks with
    MP (the dictionary's own k, through :meth:`ITDA.encode`; one Gram matrix in memory at a time), sum the
    coefficients of an atom chosen at several MP steps for the same token, drop zeros, and append the
-   sparse codes (doc_id, position, atom, coef) to a Parquet file.
+   sparse codes (doc_id, position, atom, coef) to a Parquet file. The same pass sums the reconstruction's
+   FVU and cosine over the non-special tokens (:mod:`itda_core.jobs.index_quality`), written to the
+   ``evaluations`` table after the index: ``itda eval``'s figures on these tokens, for free.
 3. In ONE transaction per dictionary (:mod:`itda_core.store.held_out`), DuckDB reads that file and
    computes every summary with window functions (:mod:`itda_core.store.quantiles`): density, top contexts,
    quantile samples, a signed histogram. The raw codes are kept too (``codes`` table, optional) so
@@ -40,6 +42,8 @@ import torch
 from itda_core.config.index import IndexConfig
 from itda_core.corpus import Document
 from itda_core.dictionary import ITDA
+from itda_core.evaluation.accumulate import QualityAccumulator
+from itda_core.jobs.index_quality import counted_rows, write_quality
 from itda_core.leftovers import INDEX_PREFIX, owned_folder, remove_stale_spills
 from itda_core.models import LoadedModel
 from itda_core.progress import Progress
@@ -163,6 +167,7 @@ def _index_group(
         files = {layer: open(tmp / f"layer{layer}.f32", "wb") for layer in layers}  # noqa: SIM115
         doc_col: list[np.ndarray] = []
         pos_col: list[np.ndarray] = []
+        tok_col: list[np.ndarray] = []  # token ids: which rows count in the quality figures
         t0 = time.perf_counter()
         try:
             for batch in extract(
@@ -179,6 +184,7 @@ def _index_group(
                     files[layer].write(batch.acts[layer].float().cpu().numpy().tobytes())
                 doc_col.append(batch.provenance.doc_id.numpy().astype(np.int32))
                 pos_col.append(batch.provenance.position.numpy().astype(np.int32))
+                tok_col.append(batch.provenance.token_id.numpy())
         finally:
             for f in files.values():
                 f.close()
@@ -192,6 +198,7 @@ def _index_group(
                 report.skipped[t.dict_id] = "no held-out tokens"
             return
         n_docs = len(np.unique(doc_ids))
+        counted = counted_rows(model, np.concatenate(tok_col))
         bar = Progress(total=len(targets), unit="dict", desc=f"index {model.name}", enabled=config.progress)
         try:
             for target in targets:
@@ -203,12 +210,15 @@ def _index_group(
                 )
                 codes_path = tmp / f"codes{target.dict_id}.parquet"
                 t1 = time.perf_counter()
-                _encode_to_parquet(store, target, acts, doc_ids, positions, codes_path, config)
+                quality = _encode_to_parquet(store, target, acts, doc_ids, positions, codes_path, config, counted)
                 t2 = time.perf_counter()
                 report.encode_seconds += t2 - t1
                 status = _write_index(
                     store, target, codes_path, corpus_id, n_docs, n_tokens, config, seconds=t2 - t1
                 )
+                if not status:
+                    status = write_quality(store, target.dict_id, quality, corpus_id, target.k, n_tokens,
+                                           config.max_tokens, target.written, timeout=config.timeout)
                 report.write_seconds += time.perf_counter() - t2
                 if status:
                     report.skipped[target.dict_id] = status
@@ -244,18 +254,23 @@ def _encode_to_parquet(
     positions: np.ndarray,
     path: Path,
     config: IndexConfig,
-) -> None:
-    """MP-encode one dictionary's layer activations chunk by chunk into a Parquet file of sparse codes."""
+    counted: np.ndarray | None = None,
+) -> QualityAccumulator:
+    """MP-encode one dictionary's layer activations chunk by chunk into a Parquet file of sparse codes; returns
+    the reconstruction sums (FVU, cosine) of the ``counted`` rows (all rows when None)."""
     with connect_readonly(store, timeout=config.timeout) as con:
         itda: ITDA = read_dictionary(con, target.dict_id)
     schema = pa.schema(
         [("atom", pa.int32()), ("doc_id", pa.int32()), ("position", pa.int32()), ("coef", pa.float32())]
     )
+    quality = QualityAccumulator()
     with pq.ParquetWriter(str(path), schema) as writer:
         for start in range(0, len(doc_ids), config.encode_chunk):
             stop = min(start + config.encode_chunk, len(doc_ids))
             x = torch.from_numpy(np.array(acts[start:stop]))
             idx, coef = itda.encode(x, target.k)
+            keep = slice(None) if counted is None else torch.from_numpy(counted[start:stop])
+            quality.add(x[keep], itda.decode(idx, coef)[keep])
             rows, atoms, sums = sparse_codes(idx, coef, len(itda))
             writer.write_table(
                 pa.table(
@@ -269,6 +284,7 @@ def _encode_to_parquet(
                 )
             )
     del itda
+    return quality
 
 
 def _write_index(
