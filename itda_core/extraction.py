@@ -7,7 +7,7 @@ the output: only real token positions are returned, each with its document, posi
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -51,6 +51,11 @@ class ActivationBatch:
         return len(self.provenance)
 
 
+# What computes the residual stream of a tokenised batch: (model, input_ids, attention_mask, layers) -> {layer:
+# [b, t, d]}. In process it is residual_stream; itda_core.models.remote gives one that runs through nnsight (NDIF).
+Forward = Callable[[LoadedModel, Tensor, Tensor, Sequence[int]], dict[int, Tensor]]
+
+
 class _StopForward(Exception):
     """Raised from the deepest hook to end the forward pass early."""
 
@@ -58,8 +63,9 @@ class _StopForward(Exception):
 def residual_stream(
     model: LoadedModel, input_ids: Tensor, attention_mask: Tensor, layers: Sequence[int]
 ) -> dict[int, Tensor]:
-    """Residual stream after each block in ``layers`` ([b, t, d] each), from one forward pass of the base
-    model that stops after the deepest of them. Never computes logits."""
+    """Residual stream after each block in ``layers`` ([b, t, d] each, on ``model.device`` even when a device map
+    spreads the blocks over devices or offloads them), from one forward pass of the base model that stops after
+    the deepest of them. Never computes logits."""
     wanted = sorted(set(layers))
     if not wanted:
         return {}
@@ -69,7 +75,7 @@ def residual_stream(
     def make_hook(layer: int):
         def hook(_module, _inputs, output):
             hidden = output[0] if isinstance(output, tuple) else output
-            captured[layer] = hidden.detach()
+            captured[layer] = hidden.detach().to(model.device)
             if layer == deepest:
                 raise _StopForward
 
@@ -131,13 +137,15 @@ def extract(
     max_tokens: int | None = None,
     progress: bool = True,
     max_documents: int | None = None,
+    forward: Forward | None = None,
 ) -> Iterator[ActivationBatch]:
     """Stream :class:`ActivationBatch` es over ``corpus`` for ``layers`` (block indices, 0-based).
 
     Memory stays bounded by one batch however large the corpus; ``max_tokens`` stops early (possibly inside a
     document), ``max_documents`` after that many whole documents (what comparisons across tokenizers need:
     the same text for every model). Activations are float32 on CPU (the model's dtype on CUDA) and stay on
-    the model's device.
+    the model's device. ``forward`` replaces the in-process forward pass (:func:`residual_stream`), e.g. by a
+    remote one: tokenisation, batching and provenance stay the same.
     """
     if seq_len < 1:
         raise ITDAError(f"seq_len must be at least 1 (got {seq_len})")
@@ -163,7 +171,7 @@ def extract(
             tb = tokenize_documents(model, docs, seq_len, skip_special_tokens)
             if len(tb.provenance) == 0:
                 continue
-            hidden = residual_stream(model, tb.input_ids, tb.attention_mask, wanted)
+            hidden = (forward or residual_stream)(model, tb.input_ids, tb.attention_mask, wanted)
             keep = tb.keep.to(model.device)
             acts = {layer: h[keep] for layer, h in hidden.items()}
             prov = tb.provenance

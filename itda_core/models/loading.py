@@ -19,6 +19,15 @@ from itda_core.errors import ITDAError
 from itda_core.models.embedded import EMBEDDED_MODELS, cache_root, embedded_source
 from itda_core.models.gguf_cache import cached_gguf_folder
 from itda_core.models.hub import check_hub_id
+from itda_core.models.placement import (
+    check_device_map,
+    config_depth,
+    execution_device,
+    guard_head,
+    map_uses_gpu,
+    quiet_skipped_blocks,
+    truncated_config,
+)
 
 Family = Literal["decoder", "encoder"]
 
@@ -62,6 +71,8 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     source: str  # where the weights were read from
+    up_to_layer: int | None = None  # loaded only blocks 0..up_to_layer (n_layers stays the model's full depth)
+    device_map: dict[str, Any] | None = None  # accelerate's placement of the modules, when one was asked for
 
     def site_name(self, layer: int) -> str:
         """TransformerLens-style name of the residual stream after block ``layer``."""
@@ -72,6 +83,10 @@ class LoadedModel:
         bad = [layer for layer in layers if not 0 <= layer < self.n_layers]
         if bad:
             raise ITDAError(f"layer(s) {bad} out of range for {self.name}, which has layers 0-{self.n_layers - 1}")
+        cut = [layer for layer in layers if layer >= len(self.blocks)]
+        if cut:
+            raise ITDAError(f"layer(s) {cut} of {self.name} were not loaded (loaded up to layer {self.up_to_layer}); "
+                            f"load it with up_to_layer >= {max(cut)} or whole")
         if not layers:
             raise ITDAError("no layers given; pass e.g. --layers 0-3 or --layers 5,7")
         return sorted(set(layers))
@@ -91,9 +106,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """float32 by default; half precision only on CUDA (it is slow and inexact on CPU)."""
+    """float32 by default; ``auto``: bfloat16 on CUDA, float32 on CPU; half precision only on CUDA (it is slow and
+    inexact on CPU)."""
     if dtype is None:
         return torch.float32
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, str):
         table = {
             "float32": torch.float32,
@@ -104,7 +122,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
             "fp16": torch.float16,
         }
         if dtype not in table:
-            raise ITDAError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+            raise ITDAError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
         dtype = table[dtype]
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ITDAError(f"unsupported dtype {dtype}; use float32, bfloat16 or float16")
@@ -159,8 +177,10 @@ def wrap_model(
     source: str,
     device: torch.device,
     dtype: torch.dtype,
+    n_layers: int | None = None,
 ) -> LoadedModel:
-    """Wrap an already-built transformers model (used by :func:`load_model` and by tests with tiny models)."""
+    """Wrap an already-built transformers model (used by :func:`load_model` and by tests with tiny models);
+    ``n_layers`` is the full depth when ``model`` holds only the first blocks (a truncated load)."""
     config = model.config
     arch = str(getattr(config, "model_type", type(model).__name__))
     family: Family = "encoder" if arch in ENCODER_TYPES else "decoder"
@@ -180,7 +200,7 @@ def wrap_model(
         blocks=blocks,
         family=family,
         architecture=arch,
-        n_layers=len(blocks),
+        n_layers=n_layers if n_layers is not None else len(blocks),
         d_model=_d_model(config),
         device=device,
         dtype=dtype,
@@ -197,8 +217,12 @@ def _from_folder(
     dtype: torch.dtype,
     trust_remote_code: bool,
     revision: str | None = None,
+    up_to_layer: int | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    offload_dir: str | Path | None = None,
 ) -> LoadedModel:
-    """Load config, tokenizer and weights with transformers, turning its errors into one clear line."""
+    """Load config, tokenizer and weights with transformers, turning its errors into one clear line; only blocks
+    0..``up_to_layer`` when it is given, placed by ``device_map`` (offloading to ``offload_dir``) when that is."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
@@ -208,7 +232,17 @@ def _from_folder(
         config = AutoConfig.from_pretrained(folder, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
         auto = AutoModel if getattr(config, "model_type", "") in ENCODER_TYPES else AutoModelForCausalLM
-        model = auto.from_pretrained(folder, dtype=dtype, **kwargs)
+        depth = config_depth(config)
+        if up_to_layer is not None:
+            config = truncated_config(config, up_to_layer)
+        placement: dict[str, Any] = {}
+        if device_map is not None:
+            placement["device_map"] = device_map
+            if offload_dir is not None:
+                Path(offload_dir).mkdir(parents=True, exist_ok=True)
+                placement["offload_folder"] = str(offload_dir)
+        with quiet_skipped_blocks(up_to_layer is not None):
+            model = auto.from_pretrained(folder, config=config, dtype=dtype, **placement, **kwargs)
     except OSError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ITDAError(
@@ -219,8 +253,18 @@ def _from_folder(
         first = str(err).strip().splitlines()[0]
         hint = " (pass trust_remote_code=True if you trust it)" if "trust_remote_code" in str(err) else ""
         raise ITDAError(f"could not load model {name!r}: {first[:300]}{hint}") from err
-    model.to(device)
-    return wrap_model(model, tokenizer, name=name, model_id=model_id, source=str(folder), device=device, dtype=dtype)
+    placed = getattr(model, "hf_device_map", None) if device_map is not None else None
+    if placed is None:
+        model.to(device)
+    else:
+        device = execution_device(model)
+    if up_to_layer is not None:
+        guard_head(model, up_to_layer, depth)
+    loaded = wrap_model(model, tokenizer, name=name, model_id=model_id, source=str(folder), device=device,
+                        dtype=dtype, n_layers=depth)
+    loaded.up_to_layer = up_to_layer
+    loaded.device_map = dict(placed) if placed is not None else None
+    return loaded
 
 
 def _exists(path: Path, *, folder: bool = False) -> bool:
@@ -240,16 +284,30 @@ def load_model(
     revision: str | None = None,
     trust_remote_code: bool = False,
     cache_dir: str | Path | None = None,
+    up_to_layer: int | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    offload_dir: str | Path | None = None,
 ) -> LoadedModel:
     """Load an embedded alias (``smollm2-135m``, ``gemma3-270m``, ``minilm-l6``), a local ``.gguf`` file,
     a local model folder or a Hugging Face model id. GGUF weights are converted once to a safetensors
-    cache so that later loads take seconds."""
-    dev = resolve_device(device)
+    cache so that later loads take seconds.
+
+    ``up_to_layer=N`` loads only blocks 0..N (for extraction, training and indexing, which never need logits; the
+    model keeps its identity and full ``n_layers``, so its dictionaries equal a full load's). ``device_map``
+    (``auto``, ``balanced``, ``sequential`` or a {module: GPU index, 'cpu' or 'disk'} dict) lets accelerate
+    place the modules, offloading to ``offload_dir``; ``device`` then stays ``auto``."""
+    device_map = check_device_map(device_map, offload_dir, device)
+    mapped = device_map is not None and map_uses_gpu(device_map)
+    dev = resolve_device(device) if device_map is None else torch.device("cuda" if mapped else "cpu")
     dt = resolve_dtype(dtype, dev)
+    if up_to_layer is not None and up_to_layer < 0:
+        raise ITDAError(f"up_to_layer must be a layer index >= 0 (got {up_to_layer})")
     cache = Path(cache_dir).expanduser() / "models" if cache_dir else None
+    place = {"up_to_layer": up_to_layer, "device_map": device_map, "offload_dir": offload_dir}
     if name in EMBEDDED_MODELS:
         folder, model_id = embedded_source(name, cache)
-        return _from_folder(str(folder), name=name, model_id=model_id, device=dev, dtype=dt, trust_remote_code=False)
+        return _from_folder(str(folder), name=name, model_id=model_id, device=dev, dtype=dt, trust_remote_code=False,
+                            **place)
     path = Path(name).expanduser()
     if name.endswith(".gguf"):
         if not path.is_file():
@@ -262,6 +320,7 @@ def load_model(
             device=dev,
             dtype=dt,
             trust_remote_code=trust_remote_code,
+            **place,
         )
     if _exists(path, folder=True):
         if not (path / "config.json").is_file():
@@ -273,6 +332,7 @@ def load_model(
             device=dev,
             dtype=dt,
             trust_remote_code=trust_remote_code,
+            **place,
         )
     if _exists(path) or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ITDAError(
@@ -284,7 +344,8 @@ def load_model(
         raise ITDAError(f"unknown model {name!r}; did you mean the embedded alias {close[0]!r}?")
     check_hub_id(name, revision)
     loaded = _from_folder(
-        name, name=name, model_id="", device=dev, dtype=dt, trust_remote_code=trust_remote_code, revision=revision
+        name, name=name, model_id="", device=dev, dtype=dt, trust_remote_code=trust_remote_code, revision=revision,
+        **place,
     )
     commit = getattr(loaded.model.config, "_commit_hash", None) or revision or "main"
     loaded.model_id = f"hf:{name}@{commit}"
