@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from itda_core.config.train import TrainConfig
+from itda_core.errors import ITDAError
 from itda_core.options import COMMA_LIST, DEVICE_HELP, default_of, help_of, option
 from itda_core.store.connection import DEFAULT_STORE
 
@@ -51,6 +52,10 @@ class DemoConfig:
     seq_len: int = _train("seq_len", cli=False)  # type: ignore[assignment]
     batch_size: int = _train("batch_size")  # type: ignore[assignment]
     gram_memory_gib: float = _train("gram_memory_gib")  # type: ignore[assignment]
+    ce_layers: int = option(
+        3, help="Layers of each causal model whose CE loss score the demo computes, evenly spaced (the quartiles "
+        "of its depth for 3; 0 = none). Encoders have no CE loss score; FVU and cosine come with every index.")
+    ce_tokens: int = option(1024, help="Held-out tokens per layer for the demo's CE loss score.")
     atom_maps: bool = option(True, help="Compute and cache each dictionary's UMAP atom map after indexing.")
     rebuild: bool = option(False, help="Delete the store first and build everything again.")
     progress: bool = option(True, help="Show progress bars.")
@@ -59,3 +64,10 @@ class DemoConfig:
         None, help="name -> LoadedModel (default: load_model).", cli=False)
     corpus: Corpus | None = option(None, help="The FULL corpus (default: load_corpus('default')).", cli=False)
     log: Callable[[str], None] = option(_stderr, help="Where progress lines go.", cli=False)
+
+    def __post_init__(self) -> None:
+        """Bound the CE loss score's budget (a layer count and tokens per layer)."""
+        if not 0 <= self.ce_layers <= 1024:
+            raise ITDAError(f"ce-layers must be between 0 and 1024 (got {self.ce_layers})")
+        if not 1 <= self.ce_tokens <= 10_000_000:
+            raise ITDAError(f"ce-tokens must be between 1 and 10,000,000 (got {self.ce_tokens})")

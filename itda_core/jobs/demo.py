@@ -10,6 +10,11 @@ resumable at (model, layer) granularity: whatever is already in the store (match
 options) is kept, only the missing layers are trained and only unindexed dictionaries are indexed. A
 complete store is recognised from the store alone, without loading any model, so a later launch returns in
 well under a second.
+
+Quality: indexing stores every dictionary's FVU and cosine on the held-out tokens it encodes
+(:mod:`itda_core.jobs.index_quality`); the CE loss score needs three more forward passes per layer, so the demo
+computes it for ``ce_layers`` evenly spaced layers of each causal model on ``ce_tokens`` held-out tokens
+(:func:`ce_layers_of`; ``itda eval --store`` computes the others). Encoders predict no next token: no CE score.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class ModelProgress:
     indexed: int = 0
     trained: int = 0
     newly_indexed: int = 0
+    ce_scored: int = 0  # layers whose CE loss score this run computed
     seconds: float = 0.0
 
     @property
@@ -63,7 +69,9 @@ class DemoReport:
         lines = []
         for m in self.models:
             did = (
-                f"trained {m.trained}, indexed {m.newly_indexed} in {m.seconds:.0f} s"
+                f"trained {m.trained}, indexed {m.newly_indexed}"
+                + (f", CE loss score of {m.ce_scored} layers" if m.ce_scored else "")
+                + f" in {m.seconds:.0f} s"
                 if (m.trained or m.newly_indexed)
                 else "already complete"
                 if m.complete
@@ -145,6 +153,46 @@ def _map_atoms(config: DemoConfig, name: str, tag: str) -> int:
     done = len(compute_atom_maps(config.store, todo))
     config.log(f"{tag}: {done} atom map(s) stored in {time.perf_counter() - start:.0f} s")
     return done
+
+
+def ce_layers_of(n_layers: int, count: int) -> list[int]:
+    """``count`` evenly spaced layers of a model of ``n_layers`` (the interior points: the quartiles for 3), all of
+    them when ``count`` >= ``n_layers``, none for 0."""
+    if count <= 0 or n_layers <= 0:
+        return []
+    if count >= n_layers:
+        return list(range(n_layers))
+    return sorted({round((i + 1) * (n_layers - 1) / (count + 1)) for i in range(count)})
+
+
+def score_layers(config: DemoConfig, model: LoadedModel, tag: str) -> int:
+    """Compute (and store) the CE loss score of the demo dictionaries of ``model`` at :func:`ce_layers_of`'s
+    layers that have none yet, on ``config.ce_tokens`` held-out tokens; returns how many were scored."""
+    from itda_core.config.evaluation import DEFAULT_CE_RULE, StoreEvalConfig
+    from itda_core.jobs.evaluation import evaluate_store, stored_metric
+    from itda_core.store.evaluations import evaluated
+
+    if model.family != "decoder":
+        if config.ce_layers:
+            config.log(f"{tag}: an encoder, so no CE loss score (FVU and cosine come with the index)")
+        return 0
+    layers = set(ce_layers_of(model.n_layers, config.ce_layers))
+    ids = [d for d, layer in _demo_dictionaries(config, model_id=model.model_id) if layer in layers]
+    if not ids:
+        return 0
+    with connect_readonly(config.store) as con:
+        done = evaluated(con, ids, stored_metric("ce_loss_score", DEFAULT_CE_RULE))
+    todo = [d for d in ids if d not in done]
+    if not todo:
+        return 0
+    config.log(f"{tag}: CE loss score of {len(todo)} layer(s) on {config.ce_tokens:,} held-out tokens")
+    start = time.perf_counter()
+    report = evaluate_store(config.store, dict_ids=todo, loader=lambda _name: model, config=StoreEvalConfig(
+        max_tokens=config.ce_tokens, device=config.device, progress=config.progress))  # fmt: skip
+    for d, why in report.skipped.items():
+        config.log(f"{tag}: no CE loss score for dictionary {d}: {why}")
+    config.log(f"{tag}: {len(report.results)} CE loss score(s) stored in {time.perf_counter() - start:.0f} s")
+    return len(report.results)
 
 
 def delete_store(path: str | Path) -> None:
@@ -240,8 +288,9 @@ def build_demo(config: DemoConfig | None = None) -> DemoReport:
                 max_tokens=config.index_tokens, batch_size=config.batch_size, progress=config.progress
             ),
         )
+        scored = score_layers(config, model, tag)
         done = model_status(config, name, model.model_id)
-        done.trained, done.newly_indexed = trained, len(part.indexed)
+        done.trained, done.newly_indexed, done.ce_scored = trained, len(part.indexed), scored
         done.seconds = time.perf_counter() - t0
         report.models.append(done)
         log(f"{tag}: ready to browse ({done.present} layers, {done.indexed} indexed, {done.seconds:.0f} s)")

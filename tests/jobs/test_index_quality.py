@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from itda_core.errors import ITDAError
 from itda_core.evaluation.ce_score import special_token_ids
 from itda_core.evaluation.metrics import ReconstructionStats
 from itda_core.extraction import extract
@@ -139,3 +140,42 @@ def test_index_figures_agree_with_eval_and_neither_deletes_the_other(indexed: di
     with connect_readonly(store) as con:
         n_rows = con.execute("SELECT count(*) FROM evaluations WHERE metric = 'fvu'").fetchall()[0][0]
     assert n_rows == 2 * len(LAYERS)  # one of each source per dictionary: nothing piled up
+
+
+def test_ce_layers_of() -> None:
+    from itda_core.jobs.demo import ce_layers_of
+
+    for n in (1, 2, 3, 12, 18, 30):
+        for count in (0, 1, 3, 5):
+            layers = ce_layers_of(n, count)
+            assert layers == sorted(set(layers)) and all(0 <= layer < n for layer in layers)
+            assert len(layers) == min(count, n)
+    assert ce_layers_of(30, 3) == [7, 14, 22]  # the quartiles of 0..29
+    assert ce_layers_of(3, 1) == [1]
+
+
+def test_demo_scores_a_few_layers_of_causal_models(tmp_path: Path) -> None:
+    from itda_core.jobs.demo import DemoConfig, build_demo, score_layers
+
+    models = {"tiny-llama": ("llama", 3), "tiny-bert": ("bert", 2)}
+    lines: list[str] = []
+    config = DemoConfig(store=tmp_path / "itda.duckdb", models=list(models), train_documents=10, index_tokens=150,
+                        held_out_fraction=0.25, k=4, batch_size=8, progress=False, atom_maps=False, ce_layers=1,
+                        ce_tokens=60, loader=lambda name: tiny_model(models[name][0], n_layers=models[name][1]),
+                        corpus=tiny_corpus(n_copies=4), log=lines.append)  # fmt: skip
+    report = build_demo(config)
+    assert [m.ce_scored for m in report.models] == [1, 0]
+    with connect_readonly(config.store) as con:
+        rows = con.execute(
+            "SELECT d.model_name, d.layer, e.metric, e.n_tokens, json_extract_string(e.details, '$.source') "
+            "FROM evaluations e JOIN dictionaries d USING (dict_id)"
+        ).fetchall()
+    ce = [(name, layer, n) for name, layer, metric, n, _ in rows if metric == "ce_loss_score:saebench"]
+    assert ce == [("tiny-llama", 1, 60)]  # the middle layer only, on the budget's tokens
+    fvu = sorted((name, layer) for name, layer, metric, _, source in rows if metric == "fvu" and source == "index")
+    assert fvu == [("tiny-bert", 0), ("tiny-bert", 1), ("tiny-llama", 0), ("tiny-llama", 1), ("tiny-llama", 2)]
+    assert any("an encoder, so no CE loss score" in line for line in lines)
+    # scored layers are not scored again
+    assert score_layers(config, tiny_model("llama", n_layers=3), "again") == 0
+    with pytest.raises(ITDAError, match="ce-tokens"):
+        DemoConfig(ce_tokens=0)
