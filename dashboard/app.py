@@ -1,9 +1,10 @@
 """The ITDA dashboard: ``itda serve`` or ``streamlit run dashboard/app.py -- --store data/itda.duckdb``.
 
 Pages (one module each under ``views/``): Overview, Atom browser (with shareable atom pages
-``atoms?dict=ID&atom=N``), Live decomposition, Similarity and Atom map. The store is only ever read,
-through short read-only connections, so training and indexing can run at the same time. The folder installs
-as the package ``itda_dashboard`` (``pip install -e ".[dashboard]"``), which is how the pages import each other.
+``atoms?dict=ID&atom=N``), Live decomposition, Similarity, Atom map and Diff (``diff?a=ID&b=ID``: what one
+dictionary has and another lacks). The store is only ever read, through short read-only connections, so
+training and indexing can run at the same time. The folder installs as the package ``itda_dashboard``
+(``pip install -e ".[dashboard]"``), which is how the pages import each other.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ PAGES = {
     "live": ("views/live_decomposition.py", "Live decomposition", ":material/bolt:"),
     "similarity": ("views/similarity.py", "Similarity", ":material/grid_on:"),
     "map": ("views/atom_map.py", "Atom map", ":material/scatter_plot:"),
+    "diff": ("views/diff.py", "Diff", ":material/difference:"),
 }
 
 # Bounds on the address bar: ids, model names and layer lists are far shorter; anything longer is ignored.

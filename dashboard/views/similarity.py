@@ -236,6 +236,8 @@ with tab_layers:
         f"({options.index}, {ATOM_LABELS[options.atoms]}), {len(pairs):,} shared atoms"
         + (f" (matched by {pairs.attrs.get('method')})" if len(pairs) else "")
     )
+    st.page_link(nav.page("diff"), label="What each has that the other lacks (diff)", icon=":material/difference:",
+                 query_params={"a": str(dict_a), "b": str(dict_b), "atoms": options.atoms, "index": options.index})
     if pairs.attrs.get("error"):
         st.caption("Not comparable: " + md(str(pairs.attrs["error"])))
     if len(pairs):

@@ -145,16 +145,13 @@ class DictionaryDiff:
         return grouped.sort_values(["count", "group"], ascending=[False, True], kind="stable").reset_index(drop=True)
 
     def token_table(self) -> pd.DataFrame:
-        """One row per token group of either dictionary: atoms only in A, shared (counted on A's side; on B's
-        side for groups only B holds), only in B; most differing first."""
-        counted = self.atoms[self.atoms["status"] != NOT_COUNTED]
-        key = np.where(counted["status"] == SHARED, counted["side"].map({"a": "shared_a", "b": "shared_b"}),
-                       counted["side"].map({"a": "only_a", "b": "only_b"}))
-        table = pd.crosstab(counted["group"], key).reindex(columns=["only_a", "shared_a", "shared_b", "only_b"],
-                                                            fill_value=0)
-        out = pd.DataFrame({"group": table.index, "only_a": table["only_a"].to_numpy(),
-                            "shared": np.maximum(table["shared_a"], table["shared_b"]).to_numpy(),
-                            "only_b": table["only_b"].to_numpy()})
+        """One row per token group of either dictionary: atoms only in A, shared pairs (by A's token text, so the
+        column adds up to :attr:`shared`), only in B; the largest difference first."""
+        counted = self.atoms[(self.atoms["status"] != NOT_COUNTED)
+                             & ~((self.atoms["side"] == "b") & (self.atoms["status"] == SHARED))]
+        key = np.where(counted["status"] == SHARED, "shared", counted["side"].map({"a": "only_a", "b": "only_b"}))
+        table = pd.crosstab(counted["group"], key).reindex(columns=["only_a", "shared", "only_b"], fill_value=0)
+        out = pd.DataFrame({"group": table.index, **{c: table[c].to_numpy() for c in table.columns}})
         diff = (out["only_a"] - out["only_b"]).abs()
         return out.assign(_d=diff).sort_values(["_d", "group"], ascending=[False, True], kind="stable").drop(
             columns="_d").reset_index(drop=True)
