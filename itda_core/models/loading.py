@@ -131,7 +131,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return dtype
 
 
-def _folder_model_id(folder: Path) -> str:
+def folder_model_id(folder: Path) -> str:
     """Stable id for a local folder: its name plus a hash of its weight files' names and sizes and the config."""
     digest = hashlib.sha256()
     for path in sorted(folder.glob("*")):
@@ -328,7 +328,7 @@ def load_model(
         return _from_folder(
             str(path),
             name=name,
-            model_id=_folder_model_id(path),
+            model_id=folder_model_id(path),
             device=dev,
             dtype=dt,
             trust_remote_code=trust_remote_code,
