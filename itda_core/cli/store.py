@@ -16,6 +16,7 @@ import typer
 from itda_core.cli.derive import from_configs
 from itda_core.config.demo import DemoConfig
 from itda_core.config.index import IndexConfig
+from itda_core.config.loading import LoadingConfig
 from itda_core.options import DEVICE_HELP, option
 from itda_core.store.connection import DEFAULT_STORE
 
@@ -59,15 +60,19 @@ class IndexTarget:
 
 
 @from_configs
-def index_command(target: IndexTarget, config: IndexConfig) -> None:
+def index_command(target: IndexTarget, config: IndexConfig, loading: LoadingConfig) -> None:
     """Encode the held-out documents with every stored dictionary (MP, the dictionary's k) and store per-atom
     top contexts, quantile samples, density and a signed coefficient histogram. One forward pass per model
     serves all its layers."""
     from itda_core.jobs.index import index_store
-    from itda_core.models import load_model
+    from itda_core.models.choice import load_up_to
+    from itda_core.store.held_out import pending
 
-    report = index_store(target.store, lambda name: load_model(name, device=target.device), config,
-                         models=target.model or None)
+    deepest: dict[str, int] = {}  # per model, the deepest layer to index: a truncated load stops there
+    for r in pending(target.store, reindex=config.reindex) if loading.truncate else []:
+        deepest[r["model_name"]] = max(deepest.get(r["model_name"], 0), int(r["layer"]))
+    report = index_store(target.store, lambda name: load_up_to(name, deepest.get(name), target.device, loading),
+                         config, models=target.model or None)
     typer.echo(report.summary())
 
 @from_configs

@@ -11,7 +11,9 @@ import typer
 from itda_core.cli.derive import from_configs
 from itda_core.cli.options import CorpusChoice, ModelChoice, TrainOutput
 from itda_core.config.extract import ActivationInput
+from itda_core.config.loading import LoadingConfig, RemoteConfig
 from itda_core.config.train import TrainConfig
+from itda_core.errors import ITDAError
 from itda_core.layers import parse_layers
 from itda_core.options import CORPUS_HELP, DEVICE_HELP
 
@@ -23,26 +25,38 @@ if TYPE_CHECKING:
 
 @from_configs
 def train(source: ModelChoice, text: CorpusChoice, output: TrainOutput, options: TrainConfig,
-          cache: ActivationInput) -> None:
+          cache: ActivationInput, loading: LoadingConfig, remote: RemoteConfig) -> None:
     """Train ITDA dictionaries for one or more layers from a single pass over the corpus (or an activation cache)."""
     if cache.activations is not None:
         from itda_core.cli.extract import train_from_activations
 
+        if remote.remote:
+            raise ITDAError("--activations trains from a cache, --remote from NDIF's forward passes: choose one")
         return train_from_activations(cache.activations, output, options)
     from itda_core.corpus import load_corpus
-    from itda_core.models import load_model
+    from itda_core.extraction import extract
+    from itda_core.models.choice import load_for_layers, open_remote
     from itda_core.trainer import Trainer
 
     if output.store is not None:  # before loading and training: a locked or read-only store fails now, not after
         from itda_core.store.connection import check_writable
 
         check_writable(output.store)
-    lm = load_model(source.model, device=source.device)
-    options.layers = parse_layers(output.layers, lm.n_layers)
+    nn_source = open_remote(source.model, source.device, loading) if remote.remote else None
+    if nn_source is not None:
+        lm = nn_source.lm
+        options.layers = parse_layers(output.layers, lm.n_layers)
+    else:
+        lm, options.layers = load_for_layers(source.model, output.layers, source.device, loading)
     full_corpus = load_corpus(text.corpus, split=text.hf_split, text_field=text.text_field)
     train_part, _held = full_corpus.split(output.held_out)
     trainer = Trainer(lm, train_part, options)
-    dictionaries = trainer.run()
+    batches = None
+    if nn_source is not None:  # the batches of NDIF's forward passes, tokenised and numbered as in process
+        batches = extract(lm, train_part, trainer.layers, options.seq_len, options.batch_size,
+                          skip_special_tokens=options.skip_special_tokens, max_tokens=options.max_tokens,
+                          progress=False, max_documents=options.max_documents, forward=nn_source.forward)
+    dictionaries = trainer.run(source=batches)
     folder = output.out / lm.name.replace("/", "--").replace(".gguf", "")
     for itda in dictionaries.values():
         itda.save(folder / itda.config.site)

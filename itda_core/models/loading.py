@@ -302,38 +302,35 @@ def load_model(
     dt = resolve_dtype(dtype, dev)
     if up_to_layer is not None and up_to_layer < 0:
         raise ITDAError(f"up_to_layer must be a layer index >= 0 (got {up_to_layer})")
+    where, model_id, trusted = locate_model(name, revision=revision, trust_remote_code=trust_remote_code,
+                                            cache_dir=cache_dir)
+    loaded = _from_folder(where, name=name, model_id=model_id, device=dev, dtype=dt, trust_remote_code=trusted,
+                          revision=revision if not model_id else None, up_to_layer=up_to_layer,
+                          device_map=device_map, offload_dir=offload_dir)
+    if not model_id:  # a hub id: identified by the commit it resolved to
+        commit = getattr(loaded.model.config, "_commit_hash", None) or revision or "main"
+        loaded.model_id = f"hf:{name}@{commit}"
+    return loaded
+
+
+def locate_model(name: str, *, revision: str | None = None, trust_remote_code: bool = False,
+                 cache_dir: str | Path | None = None) -> tuple[str, str, bool]:
+    """(folder or hub id to read, model id ('' for a hub id: its commit is known once read), trust_remote_code) for
+    an embedded alias, a .gguf file (converted once into a cached folder), a model folder or a hub id."""
     cache = Path(cache_dir).expanduser() / "models" if cache_dir else None
-    place = {"up_to_layer": up_to_layer, "device_map": device_map, "offload_dir": offload_dir}
     if name in EMBEDDED_MODELS:
         folder, model_id = embedded_source(name, cache)
-        return _from_folder(str(folder), name=name, model_id=model_id, device=dev, dtype=dt, trust_remote_code=False,
-                            **place)
+        return str(folder), model_id, False
     path = Path(name).expanduser()
     if name.endswith(".gguf"):
         if not path.is_file():
             raise ITDAError(f"GGUF file {path} does not exist")
         folder, sha = cached_gguf_folder(path, cache or cache_root() / "models", label=path.stem)
-        return _from_folder(
-            str(folder),
-            name=name,
-            model_id=f"gguf:{path.stem}@sha256:{sha[:16]}",
-            device=dev,
-            dtype=dt,
-            trust_remote_code=trust_remote_code,
-            **place,
-        )
+        return str(folder), f"gguf:{path.stem}@sha256:{sha[:16]}", trust_remote_code
     if _exists(path, folder=True):
         if not (path / "config.json").is_file():
             raise ITDAError(f"{path} is a folder without config.json; point to a transformers model folder")
-        return _from_folder(
-            str(path),
-            name=name,
-            model_id=folder_model_id(path),
-            device=dev,
-            dtype=dt,
-            trust_remote_code=trust_remote_code,
-            **place,
-        )
+        return str(path), folder_model_id(path), trust_remote_code
     if _exists(path) or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ITDAError(
             f"{name!r} is not a model folder, a .gguf file, a hub id or an embedded alias "
@@ -343,10 +340,22 @@ def load_model(
     if close:
         raise ITDAError(f"unknown model {name!r}; did you mean the embedded alias {close[0]!r}?")
     check_hub_id(name, revision)
-    loaded = _from_folder(
-        name, name=name, model_id="", device=dev, dtype=dt, trust_remote_code=trust_remote_code, revision=revision,
-        **place,
-    )
-    commit = getattr(loaded.model.config, "_commit_hash", None) or revision or "main"
-    loaded.model_id = f"hf:{name}@{commit}"
-    return loaded
+    return name, "", trust_remote_code
+
+
+def model_depth(name: str, *, revision: str | None = None, trust_remote_code: bool = False,
+                cache_dir: str | Path | None = None) -> int:
+    """How many blocks a model has, from its config alone (no weights read): what a truncated load needs to know
+    before it can choose the deepest layer of a spec such as 'middle' or '-1'."""
+    from transformers import AutoConfig
+
+    where, model_id, trusted = locate_model(name, revision=revision, trust_remote_code=trust_remote_code,
+                                            cache_dir=cache_dir)
+    kwargs: dict[str, Any] = {"trust_remote_code": trusted}
+    if revision and not model_id:
+        kwargs["revision"] = revision
+    try:
+        return config_depth(AutoConfig.from_pretrained(where, **kwargs))
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ITDAError(f"could not read the config of {name!r}: {first[:300]}") from err

@@ -156,3 +156,19 @@ def test_nnsight_needs_the_whole_model(llama_folder):
     cut = load_model(str(llama_folder), device="cpu", up_to_layer=1)
     with pytest.raises(ITDAError, match="needs the whole model"):
         nnsight_source(cut)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    ([], "is a local folder"),
+    (["--device-map", "auto"], "--device-map place a local load"),
+    (["--dtype", "float32"], "--dtype place a local load"),
+])
+def test_itda_train_remote_refusals(llama_folder, tmp_path, flags, message):
+    from typer.testing import CliRunner
+
+    from itda_core.cli.app import app
+
+    result = CliRunner().invoke(app, ["train", "--model", str(llama_folder), "--remote", "--no-progress",
+                                      "--out", str(tmp_path / "out"), *flags])
+    assert result.exit_code != 0
+    assert isinstance(result.exception, ITDAError) and message in str(result.exception)

@@ -169,3 +169,70 @@ def test_dtype_auto_is_float32_on_cpu_bfloat16_on_cuda():
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
     assert resolve_dtype(None, torch.device("cuda")) == torch.float32  # the library's default is unchanged
+
+
+def _train_cli(folder, out, *flags):
+    import json
+
+    from typer.testing import CliRunner
+
+    from itda_core.cli.app import app
+    from tests.tiny import TEXTS
+
+    corpus = out.parent / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS * 6))
+    return CliRunner().invoke(app, ["train", "--model", str(folder), "--corpus", str(corpus), "--layers", "0,2",
+                                    "--k", "4", "--max-tokens", "300", "--batch-size", "4", "--seq-len", str(SEQ_LEN),
+                                    "--out", str(out), "--no-progress", *flags])
+
+
+def test_itda_train_truncates_and_offloads_with_the_full_loads_dictionaries(llama_folder, tmp_path, monkeypatch):
+    import itda_core.models.choice as choice
+    from itda_core.dictionary import ITDA
+
+    seen: list[dict] = []
+    real = choice.load_model
+    monkeypatch.setattr(choice, "load_model", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    runs = {"full": ["--no-truncate"], "cut": [], "offload": ["--device-map", "auto", "--offload-dir",
+                                                             str(tmp_path / "off")]}
+    atoms = {}
+    for label, flags in runs.items():
+        result = _train_cli(llama_folder, tmp_path / label, *flags)
+        assert result.exit_code == 0, result.output
+        folders = sorted(next((tmp_path / label).iterdir()).iterdir())
+        atoms[label] = [ITDA.load(p).atoms for p in folders]
+    assert [kw["up_to_layer"] for kw in seen] == [None, 2, 2]
+    assert seen[2]["device_map"] == "auto" and seen[2]["dtype"] == "auto"
+    for label in ("cut", "offload"):
+        assert all(torch.equal(a, b) for a, b in zip(atoms["full"], atoms[label], strict=True))
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--offload-dir", "x"], "--offload-dir needs --device-map"),
+    (["--device-map", "anywhere"], "unknown --device-map 'anywhere'"),
+    (["--device-map", "auto", "--device", "cpu"], "use --device auto with a device map"),
+])
+def test_itda_train_refuses_bad_loading_options(llama_folder, tmp_path, flags, message):
+    result = _train_cli(llama_folder, tmp_path / "out", *flags)
+    assert result.exit_code != 0
+    assert isinstance(result.exception, ITDAError) and message in str(result.exception)
+    assert not (tmp_path / "out").exists()
+
+
+def test_itda_index_loads_up_to_the_deepest_stored_layer(llama_folder, tmp_path, monkeypatch):
+    import itda_core.models.choice as choice
+    from typer.testing import CliRunner
+
+    from itda_core.cli.app import app
+
+    store = tmp_path / "store.duckdb"
+    assert _train_cli(llama_folder, tmp_path / "out", "--store", str(store)).exit_code == 0
+    seen: list[dict] = []
+    real = choice.load_model
+    monkeypatch.setattr(choice, "load_model", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    for flags in ([], ["--no-truncate", "--reindex"]):
+        result = CliRunner().invoke(app, ["index", "--store", str(store), "--max-tokens", "200", "--no-progress",
+                                          *flags])
+        assert result.exit_code == 0, result.output
+        assert "indexed 2" in result.output
+    assert [kw["up_to_layer"] for kw in seen] == [2, None]
