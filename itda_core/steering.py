@@ -1,0 +1,248 @@
+"""Steering a causal LM with a direction (an ITDA atom) added to the residual stream, beside the plain run.
+
+:func:`steer_generate` continues one prompt twice in one batch of two rows: row 0 as the model would, row 1
+with ``strength x typical_norm x direction`` added to the output of block ``layer`` (the site the dictionary
+was built on, ``blocks.{layer}.hook_resid_post``) at every position, prompt and generated, by a forward hook
+that is removed in a ``finally``. ``typical_norm`` is the median residual norm at that layer over the
+prompt's own tokens, leaving out special tokens (BOS) and the first position: in many causal LMs it is an
+attention sink (SmolLM2-135M's first token has a norm ~150x the median from layer 12 on). Positions whose
+norm exceeds :data:`OUTLIER_RATIO` x the typical norm (that sink, massive activations) are not steered, nor
+are special tokens: adding to them changes little and only their own huge value.
+
+Sampling is explicit and seeded (a ``torch.Generator`` on the model's device, never the global RNG, which
+other threads of a server share): temperature, top-k and top-p as transformers' logits warpers apply them,
+then inverse-CDF sampling with ONE uniform number per step shared by both rows, so the two runs draw the
+same random numbers (where the steered distribution equals the plain one they pick the same token) and both
+continuations are deterministic for a seed. Greedy decoding takes the argmax.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from itda_core.errors import ITDAError
+
+if TYPE_CHECKING:
+    from itda_core.models import LoadedModel
+
+MAX_PROMPT_CHARS = 2000  # longer prompts are refused, never truncated silently
+MAX_PROMPT_TOKENS = 128  # special tokens included
+MAX_NEW_TOKENS = 64
+MAX_STRENGTH = 8.0  # |strength|, in units of the typical residual norm at the layer
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 2.0
+MAX_TOP_K = 1000  # 0 turns top-k off
+MAX_SEED = 2**32 - 1
+OUTLIER_RATIO = 4.0  # positions with a norm above this many typical norms are not steered
+
+
+@dataclass
+class SteeringResult:
+    """Two continuations of one prompt, plain and steered, with what was added and where."""
+
+    prompt: str
+    unsteered: str  # the generated text only (not the prompt)
+    steered: str
+    unsteered_ids: list[int]
+    steered_ids: list[int]
+    norm: float  # the typical residual norm at the layer (median over the prompt's measured tokens)
+    strength: float
+    layer: int
+    added_norm: float  # |strength| x norm: the length of the vector added at each steered position
+    prompt_tokens: int
+    measured: int  # prompt positions the norm was measured on
+    skipped: list[int] = field(default_factory=list)  # prompt positions not steered (special, outliers)
+    settings: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def check_settings(
+    prompt: str, strength: float, max_new_tokens: int, temperature: float, top_k: int, top_p: float, seed: int
+) -> None:
+    """Raise one clear ITDAError for the first setting out of its bounds."""
+    if not prompt.strip():
+        raise ITDAError("type a prompt to continue")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ITDAError(f"the prompt has {len(prompt):,} characters; at most {MAX_PROMPT_CHARS:,} fit: shorten it")
+    if not np.isfinite(strength) or abs(strength) > MAX_STRENGTH:
+        raise ITDAError(f"strength {strength} is out of range; use -{MAX_STRENGTH:g} to {MAX_STRENGTH:g} typical norms")
+    if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise ITDAError(f"new tokens must be 1 to {MAX_NEW_TOKENS} (got {max_new_tokens})")
+    if not MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE:
+        raise ITDAError(f"temperature must be {MIN_TEMPERATURE} to {MAX_TEMPERATURE} (got {temperature})")
+    if not 0 <= top_k <= MAX_TOP_K:
+        raise ITDAError(f"top-k must be 0 (off) to {MAX_TOP_K} (got {top_k})")
+    if not 0 < top_p <= 1:
+        raise ITDAError(f"top-p must be in (0, 1] (got {top_p})")
+    if not 0 <= seed <= MAX_SEED:
+        raise ITDAError(f"seed must be 0 to {MAX_SEED} (got {seed})")
+
+
+def _unit(direction: Tensor | np.ndarray, d_model: int) -> Tensor:
+    """The direction as a float32 unit vector of the model's width, or a clear error."""
+    v = torch.as_tensor(np.asarray(direction), dtype=torch.float32).reshape(-1)
+    if v.numel() != d_model:
+        raise ITDAError(f"the direction has {v.numel()} values but the model's residual stream has {d_model}")
+    norm = float(v.norm())
+    if not np.isfinite(norm) or norm == 0:
+        raise ITDAError("the direction is zero or not finite; steer with an atom of the dictionary")
+    return v / norm
+
+
+def _prompt_ids(model: LoadedModel, prompt: str) -> tuple[list[int], list[bool]]:
+    """Token ids of the prompt (special tokens added, as in training) and which are special."""
+    enc = model.tokenizer(prompt, add_special_tokens=True, return_special_tokens_mask=True)
+    ids, special = list(enc["input_ids"]), [bool(x) for x in enc["special_tokens_mask"]]
+    if len(ids) > MAX_PROMPT_TOKENS:
+        raise ITDAError(f"the prompt has {len(ids)} tokens; at most {MAX_PROMPT_TOKENS} are taken. Shorten it.")
+    measurable = [i for i, s in enumerate(special) if not s and i > 0]
+    if not measurable:
+        raise ITDAError("the prompt is too short to measure the typical norm: type at least two tokens")
+    return ids, special
+
+
+def _eos_ids(model: LoadedModel) -> set[int]:
+    """Token ids that end a continuation (the generation config's, else the tokenizer's)."""
+    eos = getattr(getattr(model.model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = getattr(model.tokenizer, "eos_token_id", None)
+    if eos is None:
+        return set()
+    return {int(e) for e in (eos if isinstance(eos, list | tuple) else [eos])}
+
+
+def _warpers(temperature: float, top_k: int, top_p: float) -> list[Any]:
+    """transformers' logits warpers for these sampling settings (the ones ``generate`` applies)."""
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    out: list[Any] = []
+    if temperature != 1.0:
+        out.append(TemperatureLogitsWarper(temperature))
+    if top_k:
+        out.append(TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        out.append(TopPLogitsWarper(top_p))
+    return out
+
+
+def _next_tokens(logits: Tensor, seen: Tensor, warpers: list[Any], gen: torch.Generator | None) -> Tensor:
+    """The next token of each row: argmax (``gen`` None), or inverse-CDF sampling with one shared uniform."""
+    if gen is None:
+        return logits.argmax(dim=-1)
+    scores = logits.float()
+    for warp in warpers:
+        scores = warp(seen, scores)
+    cdf = torch.softmax(scores, dim=-1).cumsum(dim=-1)
+    u = torch.rand((), generator=gen, device=logits.device)
+    picked = torch.searchsorted(cdf, (u * cdf[:, -1:]).contiguous(), right=True).squeeze(-1)
+    return picked.clamp_max(logits.shape[-1] - 1)
+
+
+class _Steer:
+    """The forward hook: measures the typical norm on the prompt pass, then adds the vector to row 1."""
+
+    def __init__(self, unit: Tensor, strength: float, special: list[bool]) -> None:
+        self.unit, self.strength = unit, strength
+        self.special = torch.tensor(special, dtype=torch.bool)
+        self.norm: float | None = None
+        self.skipped: list[int] = []
+        self.measured = 0
+
+    def __call__(self, _module: Any, _inputs: Any, output: Any) -> Any:
+        hidden = output[0] if isinstance(output, tuple) else output
+        norms = hidden[1].float().norm(dim=-1)  # [t]: row 1's own residual before steering
+        if self.norm is None:  # the prompt pass: rows 0 and 1 are still equal here
+            special = self.special.to(hidden.device)
+            measure = ~special
+            measure[0] = False
+            self.measured = int(measure.sum())
+            self.norm = float(norms[measure].quantile(0.5))
+            steer = ~special & (norms <= OUTLIER_RATIO * self.norm)
+            self.skipped = torch.nonzero(~steer).flatten().tolist()
+        else:  # one generated position
+            steer = norms <= OUTLIER_RATIO * self.norm
+        delta = (self.strength * self.norm) * self.unit.to(device=hidden.device, dtype=hidden.dtype)
+        added = torch.zeros_like(hidden)
+        added[1] = steer.to(hidden.dtype)[:, None] * delta
+        hidden = hidden + added
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+def steer_generate(
+    model: LoadedModel,
+    prompt: str,
+    direction: Tensor | np.ndarray,
+    layer: int,
+    strength: float,
+    *,
+    max_new_tokens: int = 30,
+    sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+) -> SteeringResult:
+    """Continue ``prompt`` plainly and with ``strength x typical norm x unit(direction)`` added after block
+    ``layer``, with the same settings and seed (greedy, or sampled with temperature / top-k / top-p)."""
+    if model.family != "decoder":
+        raise ITDAError(f"steering needs a causal language model; {model.name} is an encoder")
+    check_settings(prompt, strength, max_new_tokens, temperature, top_k, top_p, seed)
+    model.check_layers([layer])
+    unit = _unit(direction, model.d_model)
+    ids, special = _prompt_ids(model, prompt)
+    start = time.perf_counter()
+    eos = _eos_ids(model)
+    warpers = _warpers(temperature, top_k, top_p) if sample else []
+    gen = torch.Generator(device=model.device).manual_seed(int(seed)) if sample else None
+    hook = _Steer(unit, float(strength), special)
+    handle = model.blocks[layer].register_forward_hook(hook)
+    seen = torch.tensor([ids, ids], dtype=torch.long, device=model.device)
+    step_input, past = seen, None
+    out: list[list[int]] = [[], []]
+    done = [False, False]
+    try:
+        with torch.inference_mode():
+            for _ in range(max_new_tokens):
+                result = model.model(input_ids=step_input, cache=past, use_cache=True, logits_to_keep=1)
+                past = result.cache
+                nxt = _next_tokens(result.logits[:, -1, :], seen, warpers, gen)
+                for row in (0, 1):
+                    if not done[row]:
+                        out[row].append(int(nxt[row]))
+                        done[row] = int(nxt[row]) in eos
+                if all(done):
+                    break
+                step_input = nxt[:, None]
+                seen = torch.cat([seen, step_input], dim=1)
+    finally:
+        handle.remove()
+    assert hook.norm is not None
+    decode = model.tokenizer.decode
+    return SteeringResult(
+        prompt=prompt,
+        unsteered=decode(out[0], skip_special_tokens=True),
+        steered=decode(out[1], skip_special_tokens=True),
+        unsteered_ids=out[0],
+        steered_ids=out[1],
+        norm=hook.norm,
+        strength=float(strength),
+        layer=int(layer),
+        added_norm=abs(float(strength)) * hook.norm,
+        prompt_tokens=len(ids),
+        measured=hook.measured,
+        skipped=hook.skipped,
+        settings={
+            "max_new_tokens": max_new_tokens,
+            "sample": sample,
+            "temperature": temperature,
+            "top_k": top_k,
+            "top_p": top_p,
+            "seed": seed,
+        },
+        seconds=time.perf_counter() - start,
+    )
