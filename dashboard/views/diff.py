@@ -8,6 +8,7 @@ are in the address, so a diff can be shared: ``diff?a=ID&b=ID&atoms=evidence|all
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 from itda_core.errors import ITDAError
@@ -188,47 +189,61 @@ def show_groups(diff: DictionaryDiff, side: str, status: str) -> None:
     )
     st.caption(f"Tokens {(page - 1) * GROUPS_PER_PAGE + 1:,}–{(page - 1) * GROUPS_PER_PAGE + len(shown):,} of "
                f"{len(groups):,} ({int(groups['count'].sum()):,} atoms), most atoms first.")
-    wanted = [a for atoms in shown["atoms"] for a in atoms[:ATOMS_PER_GROUP]]
-    hits = diff_data.top_contexts(dict_id, wanted, CONTEXTS_PER_ATOM)
     side_rows = diff.atoms[diff.atoms["side"] == side].set_index("atom")
     for i, (group, count, atoms) in enumerate(zip(shown["group"], shown["count"], shown["atoms"], strict=True)):
-        with st.expander(f"{label(str(group), markers=False)} · {count:,} atom{'s' if count != 1 else ''}",
-                         expanded=i == 0):
-            for atom in atoms[:ATOMS_PER_GROUP]:
-                row = side_rows.loc[atom]
-                text = f"{names[dict_id]} atom {atom}"
-                if status == SHARED:
-                    text += f" (↔ {names[other]} atom {int(row['match'])})"
-                nav.atom_link(dict_id, int(atom), text)
-                st.caption(f"source: document {int(row['doc_id'])}, position {int(row['position'])}")
-                if hits.get(int(atom)):
-                    st.html(contexts_html(hits[int(atom)]))
-                else:
-                    st.caption("No held-out contexts (not indexed, or never used).")
+        box = st.expander(f"{label(str(group), markers=False)} · {count:,} atom{'s' if count != 1 else ''}",
+                          expanded=i == 0, key=f"diff_x_{dict_id}_{other}_{status}_{page}_{i}", on_change="rerun")
+        if box.open is False:  # lazy: a closed group's atoms and contexts are not read nor sent
+            continue
+        with box:
+            show_atoms(diff, side, status, side_rows, atoms)
             if count > ATOMS_PER_GROUP:
                 st.caption(f"And {count - ATOMS_PER_GROUP:,} more atoms of this token (ids in the table, all in "
                            "the CSV).")
 
 
-tabs = st.tabs([f"Only in A ({len(found.only_a):,})", f"Only in B ({len(found.only_b):,})",
-                f"Shared ({found.shared:,})", "By token"])  # fmt: skip
-with tabs[0]:
-    st.caption(f"Atoms of {md(name_a)} with no match in {md(name_b)}.")
-    show_groups(found, "a", ONLY)
-with tabs[1]:
-    st.caption(f"Atoms of {md(name_b)} with no match in {md(name_a)}.")
-    show_groups(found, "b", ONLY)
-with tabs[2]:
-    st.caption(f"Atoms of {md(name_a)} matched in {md(name_b)} (grouped by A's token).")
-    show_groups(found, "a", SHARED)
-with tabs[3]:
-    table = found.token_table()
-    st.dataframe(
-        table.head(MAX_TOKEN_ROWS).assign(group=[label(str(g), markers=False) for g in table["group"].head(
-            MAX_TOKEN_ROWS)]).rename(columns={"group": "token", "only_a": "only A", "only_b": "only B"}),
-        hide_index=True,
-        width="stretch",
-        key="diff_tokens",
-    )
-    st.caption(f"{min(len(table), MAX_TOKEN_ROWS):,} of {len(table):,} tokens, the largest difference first "
-               "(shared: matched pairs, by A's token text).")
+def show_atoms(diff: DictionaryDiff, side: str, status: str, side_rows: pd.DataFrame, atoms: list[int]) -> None:
+    """The first atoms of a group: a link to each atom page (and its match, for shared atoms), its source and
+    its stored top contexts."""
+    dict_id, other = (diff.dict_a, diff.dict_b) if side == "a" else (diff.dict_b, diff.dict_a)
+    chosen = [int(a) for a in atoms[:ATOMS_PER_GROUP]]
+    hits = diff_data.top_contexts(dict_id, chosen, CONTEXTS_PER_ATOM)
+    for atom in chosen:
+        row = side_rows.loc[atom]
+        text = f"{names[dict_id]} atom {atom}"
+        if status == SHARED:
+            text += f" (↔ {names[other]} atom {int(row['match'])})"
+        nav.atom_link(dict_id, atom, text)
+        st.caption(f"source: document {int(row['doc_id'])}, position {int(row['position'])}")
+        if hits.get(atom):
+            st.html(contexts_html(hits[atom]))
+        else:
+            st.caption("No held-out contexts (not indexed, or never used).")
+
+
+# lazy tabs: only the open one's lists are built and sent (fixed labels keep the choice across pairs)
+tabs = st.tabs(["Only in A", "Only in B", "Shared", "By token"], key="diff_tab", on_change="rerun")
+if tabs[0].open is not False:
+    with tabs[0]:
+        st.caption(f"{len(found.only_a):,} atoms of {md(name_a)} with no match in {md(name_b)}.")
+        show_groups(found, "a", ONLY)
+if tabs[1].open is not False:
+    with tabs[1]:
+        st.caption(f"{len(found.only_b):,} atoms of {md(name_b)} with no match in {md(name_a)}.")
+        show_groups(found, "b", ONLY)
+if tabs[2].open is not False:
+    with tabs[2]:
+        st.caption(f"{found.shared:,} atoms of {md(name_a)} matched in {md(name_b)} (grouped by A's token).")
+        show_groups(found, "a", SHARED)
+if tabs[3].open is not False:
+    with tabs[3]:
+        table = found.token_table()
+        st.dataframe(
+            table.head(MAX_TOKEN_ROWS).assign(group=[label(str(g), markers=False) for g in table["group"].head(
+                MAX_TOKEN_ROWS)]).rename(columns={"group": "token", "only_a": "only A", "only_b": "only B"}),
+            hide_index=True,
+            width="stretch",
+            key="diff_tokens",
+        )
+        st.caption(f"{min(len(table), MAX_TOKEN_ROWS):,} of {len(table):,} tokens, the largest difference first "
+                   "(shared: matched pairs, by A's token text).")

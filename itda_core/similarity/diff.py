@@ -18,7 +18,7 @@ a whitespace-only token keeps its text).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -78,13 +78,19 @@ class DictionaryDiff:
     options: JaccardOptions
     universe: int  # training tokens for the chance correction (0: unknown)
     atoms: pd.DataFrame
+    _ids: dict[tuple[str, str], np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def ids(self, side: str, status: str) -> np.ndarray:
-        """Atom ids of one side with one status, ascending."""
+        """Atom ids of one side with one status, ascending (computed once; a read-only array)."""
         if side not in SIDES:
             raise ValueError(f"side must be 'a' or 'b', not {side!r}")
-        rows = self.atoms[(self.atoms["side"] == side) & (self.atoms["status"] == status)]
-        return np.sort(rows["atom"].to_numpy(dtype=np.int64))
+        found = self._ids.get((side, status))
+        if found is None:
+            rows = self.atoms[(self.atoms["side"] == side) & (self.atoms["status"] == status)]
+            found = np.sort(rows["atom"].to_numpy(dtype=np.int64))
+            found.flags.writeable = False
+            self._ids[(side, status)] = found
+        return found
 
     @property
     def only_a(self) -> np.ndarray:

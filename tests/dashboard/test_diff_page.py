@@ -10,6 +10,7 @@ import re
 import shutil
 
 import numpy as np
+import pandas as pd
 from streamlit.testing.v1 import AppTest
 
 from itda_core.similarity.diff import ONLY, SHARED, diff_dictionaries
@@ -18,6 +19,7 @@ from itda_core.store.connection import connect_write, transaction
 from tests.dashboard.helpers import heatmaps, no_exception, run_page, shared_in_line, texts
 
 PAGE = "views/diff.py"
+TABS = ("Only in A", "Only in B", "Shared")
 
 
 def metrics(at: AppTest) -> dict[str, str]:
@@ -42,13 +44,28 @@ def assert_shows(at: AppTest, store: dict, dict_a: int, dict_b: int, options: Ja
     assert shown["|A|"] == f"{expected.n_a:,}" and shown["|B|"] == f"{expected.n_b:,}"
     assert shown["Shared"] == f"{expected.shared:,}" and shown["Jaccard"] == f"{expected.jaccard:.3f}"
     assert summary_line(at) == (f"{expected.jaccard:.3f}", expected.shared, len(expected.only_a), len(expected.only_b))
-    lists = [d.value for d in at.dataframe if "first" in d.value.columns]
-    assert len(lists) == 3  # only A, only B, shared
-    for frame, (side, status) in zip(lists, (("a", ONLY), ("b", ONLY), ("a", SHARED)), strict=True):
+    for tab, (side, status) in zip(TABS, (("a", ONLY), ("b", ONLY), ("a", SHARED)), strict=True):
+        frame = the_list(at, tab)  # the tabs are lazy: only the open one's list is built
         groups = expected.groups(side, status).head(len(frame))  # the first page, most atoms first
         assert frame["count"].tolist() == groups["count"].tolist()
         first = [f"atoms?dict={dict_a if side == 'a' else dict_b}&atom={atoms[0]}" for atoms in groups["atoms"]]
         assert frame["first"].tolist() == first
+    open_tab(at, TABS[0])
+
+
+def open_tab(at: AppTest, tab: str) -> AppTest:
+    """Switch the page's tabs to ``tab`` (as a click does: the tab's state, then a rerun)."""
+    at.session_state["diff_tab"] = tab
+    return at.run()
+
+
+def the_list(at: AppTest, tab: str) -> pd.DataFrame:
+    """The token-group table of one of the lists' tabs (the one table the open tab shows)."""
+    open_tab(at, tab)
+    no_exception(at)
+    lists = [d.value for d in at.dataframe if "first" in d.value.columns]
+    assert len(lists) == 1, len(lists)
+    return lists[0]
 
 
 def test_two_layers_of_one_model(store_env):
@@ -98,16 +115,21 @@ def test_two_models(store_env):
     assert_shows(at, store_env, ids[("llama", 0)], ids[("bert", 1)], JaccardOptions())
     assert "matched by spans" in texts(at.caption)
     # the lists are paged: BERT's unmatched atoms fall in more token groups than a page holds
-    first = [d.value for d in at.dataframe if "first" in d.value.columns][1]  # lists: only A, only B, shared
+    first = the_list(at, "Only in B")
     at.number_input(key="diff_page_b_only").set_value(2).run()
     no_exception(at)
-    second = [d.value for d in at.dataframe if "first" in d.value.columns][1]
+    second = the_list(at, "Only in B")
     assert not set(first["first"]) & set(second["first"])
     assert any("Tokens 21–" in c for c in texts(at.caption).splitlines())
-    # each group opens onto its atoms' pages and their top contexts
-    links = [p.proto for p in at.get("page_link") if p.proto.page == "atoms"]
-    assert links and all(re.fullmatch(r"dict=\d+&atom=\d+", p.query_string) for p in links)
+    # the first group of a page is open onto its atoms' pages and their top contexts; the others are closed
+    # (lazy: nothing of theirs is read)
+    open_tab(at, "Only in A")
+    expected = diff_dictionaries(store_env["path"], ids[("llama", 0)], ids[("bert", 1)])
+    first_group = expected.groups("a", ONLY)["atoms"].iloc[0]
+    links = [p.proto.query_string for p in at.get("page_link") if p.proto.page == "atoms"]
+    assert links == [f"dict={ids[('llama', 0)]}&atom={a}" for a in first_group[:5]]
     assert any("<table" in h.proto.body and "doc " in h.proto.body for h in at.html)
+    assert len(at.expander) == 20
     assert [b.proto.label for b in at.get("download_button")] == ["Download the lists (CSV)"]
 
 
