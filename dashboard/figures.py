@@ -116,3 +116,26 @@ def selected_cell(event: object) -> tuple[int, int] | None:
         if x is not None and y is not None:
             return round(float(y)), round(float(x))
     return None
+
+
+def quality_by_layer(frame: pd.DataFrame, y_title: str, hover_label: str) -> go.Figure:
+    """The overview's quality plot: one line per model (``model``, ``layer``, ``value``, ``dict_id``), x = layer,
+    y = the metric (``y_title`` names it with its tokens)."""
+    from itda_dashboard.render import escape
+
+    fig = go.Figure()
+    for model, part in frame.groupby("model", sort=False):
+        fig.add_trace(
+            go.Scatter(
+                x=part["layer"],
+                y=part["value"],
+                mode="lines+markers",
+                name=escape(str(model)),  # plotly reads HTML in legends
+                customdata=part[["dict_id"]].to_numpy(),
+                hovertemplate=f"layer %{{x}}<br>{escape(hover_label)} %{{y:.4f}}<br>dictionary %{{customdata[0]}}"
+                "<extra></extra>",
+            )
+        )
+    fig.update_layout(height=340, margin={"l": 10, "r": 10, "t": 10, "b": 10}, legend_title_text="",
+                      xaxis_title="layer", yaxis_title=escape(y_title))  # fmt: skip
+    return fig
