@@ -111,8 +111,11 @@ def index_model(
     model: LoadedModel,
     config: IndexConfig | None = None,
     dict_ids: list[int] | None = None,
+    loader=None,
 ) -> IndexReport:
-    """Index the store's dictionaries of ``model`` (those without an index, or ``dict_ids``)."""
+    """Index the store's dictionaries of ``model`` (those without an index, or ``dict_ids``); with
+    ``config.engine == "ray"`` on Ray Data (:mod:`itda_core.jobs.index_ray`), whose workers load the model with
+    ``loader(name)`` (default ``load_model``)."""
     config = config or IndexConfig()
     store = Path(store)
     remove_stale_spills(store)
@@ -133,7 +136,12 @@ def index_model(
             _Target(int(r["dict_id"]), int(r["layer"]), int(r["k"]), int(r["n_atoms"]), r["written"])
             for r in group
         ]
-        _index_group(store, model, docs, seq_len, skip_special, corpus_id, targets, config, report)
+        if config.engine == "ray":
+            from itda_core.jobs.index_ray import index_group_ray
+
+            index_group_ray(store, model, docs, seq_len, skip_special, corpus_id, targets, config, report, loader)
+        else:
+            _index_group(store, model, docs, seq_len, skip_special, corpus_id, targets, config, report)
     return report
 
 
@@ -326,7 +334,7 @@ def index_store(
                 if r["model_id"] == model_id:
                     total.skipped[int(r["dict_id"])] = f"{name} now loads as {model.model_id}, not {model_id}"
             continue
-        part = index_model(store, model, config)
+        part = index_model(store, model, config, loader=loader)
         total.indexed += part.indexed
         total.skipped.update(part.skipped)
         total.tokens = max(total.tokens, part.tokens)

@@ -8,6 +8,7 @@ that runs. Encoding the codes (a model, MP) is the job's part: :mod:`itda_core.j
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,10 +69,10 @@ class IndexRun:
     dict_written: object  # the dictionary version it describes (``dictionaries.written``)
 
 
-def write_index(store: str | Path, run: IndexRun, codes_path: Path, timeout: float = 600.0) -> str:
+def write_index(store: str | Path, run: IndexRun, codes_path: Path | Sequence[Path], timeout: float = 600.0) -> str:
     """Replace the dictionary's index with the summaries of the codes in ``codes_path`` (Parquet: atom, doc_id,
-    position, coef) in one transaction; returns a reason when it was skipped (the dictionary was deleted or
-    rewritten meanwhile), else ''."""
+    position, coef; one file, or a list of shards read as one) in one transaction; returns a reason when it was
+    skipped (the dictionary was deleted or rewritten meanwhile), else ''."""
     d = int(run.dict_id)
     with connect_write(store, timeout=timeout) as con, transaction(con):
         row = first_row(con, "SELECT written FROM dictionaries WHERE dict_id = ?", [d])
@@ -81,8 +82,9 @@ def write_index(store: str | Path, run: IndexRun, codes_path: Path, timeout: flo
             return "rewritten while indexing (index it again)"
         for table in INDEX_TABLES:
             con.execute(f"DELETE FROM {table} WHERE dict_id = ?", [d])
-        path = str(codes_path).replace("'", "''")
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _codes AS SELECT * FROM read_parquet('{path}')")
+        paths = [codes_path] if isinstance(codes_path, str | Path) else list(codes_path)
+        files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _codes AS SELECT * FROM read_parquet([{files}])")
         if run.codes_kept:
             con.execute(
                 f"INSERT INTO codes SELECT {d}, doc_id, position, atom, coef FROM _codes "
