@@ -9,15 +9,15 @@ reading maps are the store's (:mod:`itda_core.store.atom_maps`, re-exported here
 
 Entry points: :func:`compute_atom_maps` (``itda atom-map``; the demo build can call it after indexing),
 :func:`choose_dictionaries` (the command's choice by model and layers), :func:`store_atom_map` for one map,
-:func:`read_atom_map` and :func:`compute_map_frame` (in memory).
+:func:`read_atom_map` and :func:`compute_map_frame` (in memory). The layout itself (exact neighbours, UMAP,
+worker processes) is :mod:`itda_core.jobs.umap_layout`.
 """
 
 from __future__ import annotations
 
 import json
 import time
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ import pandas as pd
 
 from itda_core.config.atom_maps import UmapParams
 from itda_core.errors import ITDAError
-from itda_core.extras import require
+from itda_core.jobs.umap_layout import default_workers, embed, embed_many
 from itda_core.store.atom_maps import (
     CONTEXT_CHARS,
     TABLE,
@@ -64,25 +64,6 @@ __all__ = [
 ]
 
 DEFAULT_PARAMS = UmapParams()  # frozen: one shared default for every entry point
-
-
-def embed(vectors: np.ndarray, params: UmapParams = DEFAULT_PARAMS) -> np.ndarray:
-    """2-D coordinates [n, 2] of ``vectors`` [n, d]; tiny inputs (fewer than 4 rows) get a line."""
-    n = len(vectors)
-    if n < 4:
-        return np.column_stack([np.arange(n, dtype=np.float32), np.zeros(n, dtype=np.float32)])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # umap-learn warns that a seed disables parallelism
-        umap = require("umap", "viz", "an atom map")
-        reducer = umap.UMAP(
-            n_neighbors=max(2, min(params.n_neighbors, n - 1)),
-            min_dist=params.min_dist,
-            metric=params.metric,
-            random_state=params.seed,
-            init="spectral" if n > 64 else "random",
-        )
-        coords = reducer.fit_transform(np.asarray(vectors, dtype=np.float32))
-    return np.asarray(coords, dtype=np.float32)
 
 
 def _vectors(con: duckdb.DuckDBPyConnection, dict_ids: Sequence[int]) -> tuple[np.ndarray, pd.DataFrame]:
@@ -143,11 +124,14 @@ def compute_atom_maps(
     params: UmapParams = DEFAULT_PARAMS,
     *,
     recompute: bool = False,
+    workers: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> list[int]:
     """A map for each dictionary (default: every dictionary in the store) that lacks an up-to-date one
-    (all of them with ``recompute``); returns the dict_ids mapped. The demo build calls this after
-    indexing so that the dashboard's atom map opens at once."""
+    (all of them with ``recompute``); returns the dict_ids mapped. ``workers`` processes lay maps out at
+    once (0: one per core, :func:`~itda_core.jobs.umap_layout.default_workers`); this process reads the
+    vectors and writes each map as it is finished. The demo build calls this after indexing so that the
+    dashboard's atom map opens at once."""
     from itda_core.store.catalog import dictionary_ids
     from itda_core.store.connection import connect_readonly
 
@@ -156,11 +140,28 @@ def compute_atom_maps(
             todo = dictionary_ids(con, dict_ids)
     else:
         todo = missing_maps(store, dict_ids)
-    for i, dict_id in enumerate(todo, start=1):
-        start = time.perf_counter()
-        n = store_atom_map(store, [dict_id], params)
+    if not todo:
+        return []
+    workers = workers if workers > 0 else default_workers(len(todo))
+    started: dict[int, float] = {}
+    keys: dict[int, tuple[list[list[Any]], pd.DataFrame]] = {}
+
+    def inputs() -> Iterator[tuple[int, np.ndarray]]:
+        for dict_id in todo:
+            with connect_readonly(store) as con:
+                dicts = fingerprint(con, [dict_id])
+                vectors, rows = _vectors(con, [dict_id])
+            keys[dict_id] = (dicts, rows)
+            started[dict_id] = time.perf_counter()
+            yield dict_id, vectors
+
+    for i, (dict_id, coords) in enumerate(embed_many(inputs(), params, workers), start=1):
+        dicts, rows = keys.pop(dict_id)
+        coords = coords if len(rows) else np.zeros((0, 2), dtype=np.float32)
+        write_atom_map(store, [d for d, _, _ in dicts], rows, coords, _params_json(params, dicts))
         if log is not None:
-            log(f"[{i}/{len(todo)}] atom map of dictionary {dict_id}: {n} atoms in {time.perf_counter() - start:.1f} s")
+            seconds = time.perf_counter() - started.pop(dict_id)
+            log(f"[{i}/{len(todo)}] atom map of dictionary {dict_id}: {len(rows)} atoms in {seconds:.1f} s")
     return todo
 
 

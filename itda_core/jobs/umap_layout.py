@@ -1,0 +1,134 @@
+"""2-D UMAP layouts of atom vectors (umap-learn), made fast without changing the method: exact cosine
+neighbours from one chunked matrix product (torch) instead of umap-learn's small-data path, which calls its
+numba cosine once per pair from Python (most of an old map's time); fewer optimisation epochs (measured as
+good as 500, docs/benchmarks.md); and many maps laid out at once in worker processes.
+
+A layout stays reproducible: umap-learn runs its optimisation in one thread when given a seed, and here BLAS
+is held to one thread too, so a map is the same in this process and in any worker. Workers are spawned, not
+forked: torch and numba share GNU OpenMP, which aborts a forked child that uses it, so each worker compiles
+umap-learn's kernels once (seconds) and then lays out map after map; torch is imported only where the
+neighbours are found, in this process, so a worker starts light.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import warnings
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import Any
+
+import numpy as np
+
+from itda_core.config.atom_maps import UmapParams
+from itda_core.extras import require
+
+EXACT_KNN_MAX = 20_000  # rows up to which neighbours are exact; above, umap-learn's NN-descent (approximate)
+KNN_CHUNK = 2048  # query rows per matrix product (2048 x 20,000 floats = 160 MB at most)
+MAX_WORKERS = 4  # processes at once when the caller does not say
+
+
+def cosine_knn(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The exact ``k`` nearest rows of each row by cosine distance (1 - cos), itself first at distance 0:
+    indices [n, k] int32 and distances [n, k] float32, as umap-learn's ``precomputed_knn`` takes them."""
+    import torch
+
+    x = torch.nn.functional.normalize(torch.as_tensor(np.asarray(vectors), dtype=torch.float32), dim=1)
+    n = x.shape[0]
+    indices, dists = [], []
+    for start in range(0, n, KNN_CHUNK):
+        stop = min(start + KNN_CHUNK, n)
+        sim = x[start:stop] @ x.T
+        rows = torch.arange(stop - start)
+        sim[rows, rows + start] = 2.0  # itself first, even beside an identical atom
+        value, index = sim.topk(k, dim=1)
+        value[:, 0] = 1.0
+        indices.append(index.to(torch.int32))
+        dists.append((1.0 - value).clamp_min(0.0))
+    return torch.cat(indices).numpy(), torch.cat(dists).numpy().astype(np.float32)
+
+
+def _line(n: int) -> np.ndarray:
+    """Coordinates of a map too small for UMAP (fewer than 4 rows): points on a line."""
+    return np.column_stack([np.arange(n, dtype=np.float32), np.zeros(n, dtype=np.float32)])
+
+
+def neighbours(vectors: np.ndarray, params: UmapParams) -> tuple[Any, ...]:
+    """What umap-learn's ``precomputed_knn`` gets for ``vectors``: exact cosine neighbours up to
+    :data:`EXACT_KNN_MAX` rows, else nothing (umap-learn's own NN-descent)."""
+    n = len(vectors)
+    if n < 4 or n > EXACT_KNN_MAX or params.metric != "cosine":
+        return (None, None, None)
+    return cosine_knn(vectors, max(2, min(params.n_neighbors, n - 1)))
+
+
+def layout(vectors: np.ndarray, knn: tuple[Any, ...], params: UmapParams) -> np.ndarray:
+    """UMAP coordinates [n, 2] of ``vectors`` given their :func:`neighbours` (numpy and numba only, no
+    torch: what a forked worker runs); fewer than 4 rows: a line."""
+    n = len(vectors)
+    if n < 4:
+        return _line(n)
+    umap = require("umap", "viz", "an atom map")
+    from threadpoolctl import threadpool_limits  # scikit-learn's, so umap-learn's too
+
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
+        warnings.simplefilter("ignore")  # a seed disables parallelism; no search index with precomputed_knn
+        reducer = umap.UMAP(
+            n_neighbors=max(2, min(params.n_neighbors, n - 1)),
+            min_dist=params.min_dist,
+            metric=params.metric,
+            n_epochs=params.n_epochs,
+            random_state=params.seed,
+            init="spectral" if n > 64 else "random",
+            precomputed_knn=knn,
+        )
+        coords = reducer.fit_transform(np.ascontiguousarray(vectors, dtype=np.float32))
+    return np.asarray(coords, dtype=np.float32)
+
+
+def embed(vectors: np.ndarray, params: UmapParams) -> np.ndarray:
+    """2-D coordinates [n, 2] of ``vectors`` [n, d] (cosine UMAP with ``params``); fewer than 4 rows: a line."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    return layout(x, neighbours(x, params), params)
+
+
+def default_workers(n_maps: int) -> int:
+    """Processes for ``n_maps`` maps: one per CPU core, at most :data:`MAX_WORKERS` and ``n_maps``."""
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS, n_maps))
+
+
+def embed_many(
+    items: Iterable[tuple[Any, np.ndarray]], params: UmapParams, workers: int = 1
+) -> Iterator[tuple[Any, np.ndarray]]:
+    """``(key, coords)`` for each ``(key, vectors)`` of ``items``, as each map is finished: in this process
+    with ``workers`` 1, else in that many worker processes (at most ``2 * workers`` maps in flight, so the
+    vectors of a whole store are never all in memory). Every map is the one :func:`embed` makes here: the
+    neighbours are found here (torch), the workers run only umap-learn."""
+    if workers <= 1:
+        for key, vectors in items:
+            yield key, embed(vectors, params)
+        return
+    pending: dict[Future, Any] = {}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        try:
+            for key, vectors in items:
+                x = np.ascontiguousarray(vectors, dtype=np.float32)
+                # neighbours here, with torch's threads; the worker runs umap-learn alone
+                pending[pool.submit(layout, x, neighbours(x, params), params)] = key
+                while len(pending) >= 2 * workers:
+                    yield from _finished(pending)
+            while pending:
+                yield from _finished(pending)
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+
+
+def _finished(pending: dict[Future, Any]) -> Iterator[tuple[Any, np.ndarray]]:
+    """Wait for at least one pending map; yield the finished ones (a worker's error is raised here)."""
+    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+    for future in done:
+        key = pending.pop(future)
+        yield key, future.result()

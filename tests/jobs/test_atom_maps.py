@@ -1,0 +1,79 @@
+"""Atom map layouts: exact cosine neighbours, reproducible UMAP coordinates, the same maps from worker
+processes as from this one, and bounded settings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from itda_core.config.atom_maps import MAX_EPOCHS, UmapParams
+from itda_core.errors import ITDAError
+from itda_core.jobs import umap_layout
+from itda_core.jobs.umap_layout import cosine_knn, embed, embed_many
+from tests.tolerance import cosine_tol
+
+FAST = UmapParams(n_epochs=20)  # few epochs: what is tested holds for any number
+
+
+def _clustered(n: int, d: int, seed: int) -> np.ndarray:
+    """``n`` unit vectors of width ``d`` around 4 random directions (a map with structure)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((4, d))
+    x = centres[rng.integers(0, 4, n)] + 0.3 * rng.standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_cosine_knn_is_exact_in_chunks(monkeypatch):
+    monkeypatch.setattr(umap_layout, "KNN_CHUNK", 7)  # several chunks, the last one short
+    x = _clustered(50, 12, 0)
+    x[3] = x[10]  # a duplicate atom: each copy still lists itself first
+    k = 6
+    idx, dist = cosine_knn(x, k)
+    assert idx.shape == dist.shape == (50, k) and idx.dtype == np.int32 and dist.dtype == np.float32
+    assert (idx[:, 0] == np.arange(50)).all() and (dist[:, 0] == 0).all()
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    full = 1.0 - unit.astype(np.float64) @ unit.T.astype(np.float64)
+    tol = cosine_tol(12)
+    for i in range(50):
+        expected = np.sort(np.delete(full[i], i))[: k - 1]
+        assert np.allclose(dist[i, 1:], expected, atol=tol), i
+        assert np.allclose(full[i, idx[i, 1:]], dist[i, 1:], atol=tol), i
+        assert len(set(idx[i].tolist())) == k
+
+
+def test_embed_is_reproducible_for_a_seed():
+    x = _clustered(120, 16, 1)
+    a, b = embed(x, FAST), embed(x, FAST)
+    assert a.shape == (120, 2) and a.dtype == np.float32 and np.isfinite(a).all()
+    assert np.array_equal(a, b)
+    other = embed(x, UmapParams(n_epochs=20, seed=1))
+    assert not np.array_equal(a, other)
+
+
+def test_tiny_inputs_are_a_line():
+    for n in range(4):
+        coords = embed(_clustered(max(n, 1), 8, 2)[:n], FAST)
+        assert coords.shape == (n, 2) and np.array_equal(coords[:, 0], np.arange(n, dtype=np.float32))
+    assert embed(_clustered(5, 8, 2), FAST).shape == (5, 2)  # 5 rows: neighbours cut to 4
+
+
+def test_workers_make_the_same_maps_as_this_process():
+    items = [(i, _clustered(70 + 15 * i, 10, 10 + i)) for i in range(4)]
+    here = dict(embed_many(items, FAST, workers=1))
+    there = dict(embed_many(iter(items), FAST, workers=2))
+    assert sorted(there) == [0, 1, 2, 3]
+    for key, vectors in items:
+        assert there[key].shape == (len(vectors), 2)
+        assert np.array_equal(here[key], there[key]), key
+
+
+def test_worker_errors_are_raised():
+    bad = [(i, np.full((80, 6), np.nan, dtype=np.float32)) for i in range(2)]  # refused before any compiling
+    with pytest.raises(ValueError):
+        dict(embed_many(bad, FAST, workers=2))
+
+
+def test_params_are_bounded():
+    for bad in ({"n_epochs": 0}, {"n_epochs": MAX_EPOCHS + 1}, {"n_neighbors": 1}, {"min_dist": 2.0}):
+        with pytest.raises(ITDAError):
+            UmapParams(**bad)
