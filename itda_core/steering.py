@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 MAX_PROMPT_CHARS = 2000  # longer prompts are refused, never truncated silently
 MAX_PROMPT_TOKENS = 128  # special tokens included
 MAX_NEW_TOKENS = 64
-MAX_STRENGTH = 8.0  # |strength|, in units of the typical residual norm at the layer
+MAX_STRENGTH = 2.0  # |strength| in typical residual norms (SmolLM2: 0.2-0.5 steers, over ~0.7 degenerates)
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 2.0
 MAX_TOP_K = 1000  # 0 turns top-k off
 MAX_SEED = 2**32 - 1
@@ -99,7 +99,7 @@ def _prompt_ids(model: LoadedModel, prompt: str) -> tuple[list[int], list[bool]]
     enc = model.tokenizer(prompt, add_special_tokens=True, return_special_tokens_mask=True)
     ids, special = list(enc["input_ids"]), [bool(x) for x in enc["special_tokens_mask"]]
     if len(ids) > MAX_PROMPT_TOKENS:
-        raise ITDAError(f"the prompt has {len(ids)} tokens; at most {MAX_PROMPT_TOKENS} are taken. Shorten it.")
+        raise ITDAError(f"the prompt has {len(ids)} tokens; at most {MAX_PROMPT_TOKENS} fit: shorten it")
     measurable = [i for i, s in enumerate(special) if not s and i > 0]
     if not measurable:
         raise ITDAError("the prompt is too short to measure the typical norm: type at least two tokens")

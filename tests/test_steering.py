@@ -65,7 +65,7 @@ def test_the_hook_is_removed_and_the_model_is_unchanged(llama, monkeypatch):
     ids = torch.tensor([llama.tokenizer(PROMPT)["input_ids"]])
     with torch.inference_mode():
         before = llama.model(input_ids=ids).logits
-    S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 5.0, max_new_tokens=4)
+    S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 1.5, max_new_tokens=4)
     assert _no_hooks(llama)
     with torch.inference_mode():
         after = llama.model(input_ids=ids).logits
@@ -76,7 +76,7 @@ def test_the_hook_is_removed_and_the_model_is_unchanged(llama, monkeypatch):
 
     monkeypatch.setattr(S, "_next_tokens", broken)
     with pytest.raises(RuntimeError, match="boom"):
-        S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 5.0, max_new_tokens=4)
+        S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 1.5, max_new_tokens=4)
     assert _no_hooks(llama)
 
 
@@ -121,7 +121,7 @@ def _capture(model, layer: int, before: list, after: list, scale_position: int |
 
 
 def test_the_added_vector_is_strength_times_norm_times_direction_at_every_position(llama):
-    unit, strength = _atom(llama), -2.5
+    unit, strength = _atom(llama), -1.5
     before: list = []
     after: list = []
     handles = _capture(llama, LAYER, before, after)
@@ -155,7 +155,7 @@ def test_outlier_positions_are_not_steered_nor_measured(gpt2):
     after: list = []
     handles = _capture(gpt2, LAYER, before, after, scale_position=4)
     try:
-        r = S.steer_generate(gpt2, PROMPT, unit, LAYER, 3.0, max_new_tokens=2)
+        r = S.steer_generate(gpt2, PROMPT, unit, LAYER, 1.0, max_new_tokens=2)
     finally:
         for h in handles:
             h.remove()

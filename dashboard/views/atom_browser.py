@@ -3,7 +3,7 @@
 An atom page is ``atoms?dict=ID&atom=N`` (``atoms?model=NAME&layer=L&atom=N`` works too), so it can be
 shared. It shows where the atom came from, its activity on held-out text (top contexts coloured by
 coefficient, quantile samples, density and a histogram), its logit effect for causal LMs, its nearest
-atoms, and the same source token in other layers' and models' dictionaries.
+atoms, the same source token in other layers' and models' dictionaries, and steering with it (causal LMs).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 
 import streamlit as st
 
-from itda_dashboard import atom_data, data, figures, live, nav
+from itda_dashboard import atom_data, data, figures, live, nav, steering_panel
 from itda_dashboard.render import Cell, context_rows_html, highlight_html, label, legend_html, md, tokens_html
 
 st.title("Atom browser")
@@ -373,6 +373,9 @@ def show_atom() -> None:
             )
             view = shared[["dict_id", "model", "layer", "atom", "token_text", "match", "position"]]
             nav.atom_table(view, key=f"ab_shared_{dict_id}_{atom_id}", dict_col="dict_id", here=True)
+    st.subheader("Steering")
+    steering_panel.steering_panel(model_name=str(info["model_name"]), family=str(info.get("family")),
+                                  layer=int(info["layer"]), dict_id=dict_id, atom=atom_id, key="ab_steer")
 
 
 if atom_id is None:

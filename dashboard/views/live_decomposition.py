@@ -2,7 +2,8 @@
 
 Tokens are coloured by how well the dictionary reconstructs them (cosine of the activation with its MP
 reconstruction) or, when an atom is chosen, by that atom's coefficient. Selecting a token lists its k atoms
-with coefficients, each atom's source token and context and a link to its page, and a bar chart.
+with coefficients, each atom's source token and context and a link to its page, and a bar chart. Any atom
+used can steer the model's continuation of a prompt (causal LMs; see dashboard/steering_panel.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from itda_core import decompose as D
-from itda_dashboard import atom_data, data, live, nav
+from itda_dashboard import atom_data, data, live, nav, steering_panel
 from itda_dashboard.render import Cell, escape, label, legend_html, md, quality_color, tokens_html
 
 SAMPLE = (
@@ -257,3 +258,13 @@ st.dataframe(
         "activation norm": st.column_config.NumberColumn(format="%.1f"),
     },
 )
+
+st.subheader("Steering")
+steer_options = list(dict.fromkeys([*(int(a) for a in atoms["atom"]), *(int(a) for a in used["atom"].head(40))]))
+if steer_options:
+    steer_atom = int(st.selectbox("Atom to steer with", steer_options, key=f"live_steer_atom_{token_key}_{token}",
+                                  format_func=atom_name, help="The chosen token's atoms first."))  # fmt: skip
+    steering_panel.steering_panel(model_name=model_name, family=str(info.get("family")), layer=layer, dict_id=dict_id,
+                                  atom=steer_atom, key="live_steer")  # fmt: skip
+else:
+    st.caption("No atom was used on this text: nothing to steer with.")
