@@ -27,10 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,12 +40,15 @@ from itda_core.config.index import IndexConfig
 from itda_core.corpus import Document
 from itda_core.dictionary import ITDA
 from itda_core.evaluation.accumulate import QualityAccumulator
+from itda_core.jobs.index_codes import sparse_codes
+from itda_core.jobs.index_codes import spill_folder as _spill_folder
+from itda_core.jobs.index_codes import write_target_index as _write_index
 from itda_core.jobs.index_quality import counted_rows, write_quality
-from itda_core.leftovers import INDEX_PREFIX, owned_folder, remove_stale_spills
+from itda_core.leftovers import remove_stale_spills
 from itda_core.models import LoadedModel
 from itda_core.progress import Progress
 from itda_core.store.connection import StoreError, connect_readonly
-from itda_core.store.held_out import IndexRun, held_out_documents, pending, write_index
+from itda_core.store.held_out import held_out_documents, pending
 from itda_core.store.reader import read_dictionary
 
 log = logging.getLogger(__name__)
@@ -145,17 +145,6 @@ def index_model(
     return report
 
 
-@contextmanager
-def _spill_folder(store: Path) -> Iterator[Path]:
-    """A folder beside ``store`` for activation spills, named after this process (so that a later run can
-    tell that a killed run's folder is stale) and removed on every exit that Python sees."""
-    tmp = owned_folder(store.parent, INDEX_PREFIX)
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _index_group(
     store: Path,
     model: LoadedModel,
@@ -239,21 +228,6 @@ def _index_group(
             bar.close()
 
 
-def sparse_codes(indices: torch.Tensor, coefficients: torch.Tensor, n_atoms: int) -> tuple[np.ndarray, ...]:
-    """(row, atom, coef) of MP codes with an atom's coefficients summed per row and zero sums dropped."""
-    n, k = indices.shape
-    rows = np.repeat(np.arange(n, dtype=np.int64), k)
-    atoms = indices.reshape(-1).cpu().numpy().astype(np.int64)
-    coefs = coefficients.reshape(-1).detach().cpu().numpy().astype(np.float64)
-    keys = rows * n_atoms + atoms
-    uniq, inverse = np.unique(keys, return_inverse=True)
-    sums = np.zeros(len(uniq), dtype=np.float64)
-    np.add.at(sums, inverse, coefs)
-    keep = sums != 0
-    uniq, sums = uniq[keep], sums[keep]
-    return (uniq // n_atoms).astype(np.int64), (uniq % n_atoms).astype(np.int32), sums.astype(np.float32)
-
-
 def _encode_to_parquet(
     store: Path,
     target: _Target,
@@ -293,22 +267,6 @@ def _encode_to_parquet(
             )
     del itda
     return quality
-
-
-def _write_index(
-    store: Path,
-    target: _Target,
-    codes_path: Path,
-    corpus_id: str,
-    n_docs: int,
-    n_tokens: int,
-    config: IndexConfig,
-    seconds: float,
-) -> str:
-    """Store one dictionary's index (:func:`itda_core.store.held_out.write_index`); a reason when skipped, else ''."""
-    run = IndexRun(target.dict_id, corpus_id, n_docs, n_tokens, target.k, config.top_n, config.n_quantiles,
-                   config.per_quantile, config.hist_bins, config.keep_codes, seconds, target.written)  # fmt: skip
-    return write_index(store, run, codes_path, timeout=config.timeout)
 
 
 def index_store(

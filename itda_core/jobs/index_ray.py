@@ -159,7 +159,7 @@ class BatchEncoder:
         import torch
 
         from itda_core.extraction import extract
-        from itda_core.jobs.index import sparse_codes
+        from itda_core.jobs.index_codes import sparse_codes
         from itda_core.jobs.index_quality import counted_rows
 
         docs = [Document(int(i), t, s) for i, t, s in json.loads(row["docs"])]
@@ -204,7 +204,7 @@ def index_group_ray(store: Path, model: LoadedModel, docs: list[Document], seq_l
                     corpus_id: str, targets: list[Any], config: IndexConfig, report: Any,
                     loader: Callable[[str], LoadedModel] | None = None) -> None:
     """:func:`itda_core.jobs.index._index_group` on Ray Data: the same batches, codes, summaries and figures."""
-    from itda_core.jobs.index import _spill_folder, _write_index
+    from itda_core.jobs.index_codes import spill_folder, write_target_index
     from itda_core.jobs.index_quality import write_quality
     from itda_core.models import load_model
     from itda_core.store.connection import connect_readonly
@@ -220,7 +220,7 @@ def index_group_ray(store: Path, model: LoadedModel, docs: list[Document], seq_l
     name = model.name
     load = loader or (lambda _name: load_model(name))
     passes = gram_passes({t.dict_id: t.n_atoms for t in targets}, config.worker_memory_gib)
-    with ray_session(config) as ray, _spill_folder(store) as tmp:
+    with ray_session(config) as ray, spill_folder(store) as tmp:
         nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0)
         res = plan_resources(config, ray.cluster_resources(), max(1, nodes))
         log.info("Ray: %d workers x %g CPUs, %g GPUs; %d passes", res.workers, res.cpus, res.gpus, len(passes))
@@ -235,7 +235,7 @@ def index_group_ray(store: Path, model: LoadedModel, docs: list[Document], seq_l
         seconds = (time.perf_counter() - t0) / len(targets)
         for dict_id, target in by_id.items():
             t2 = time.perf_counter()
-            status = _write_index(store, target, shards[dict_id], corpus_id, n_docs, n_tokens, config,
+            status = write_target_index(store, target, shards[dict_id], corpus_id, n_docs, n_tokens, config,
                                   seconds=seconds)
             if not status:
                 status = write_quality(store, dict_id, sums[dict_id], corpus_id, target.k, n_tokens,
