@@ -115,8 +115,8 @@ def value_text(x: float) -> str:
 # ---- the summary --------------------------------------------------------------------------------------------
 
 m = st.columns(4)
-m[0].metric(f"|A| {name_a}", f"{found.n_a:,}")
-m[1].metric(f"|B| {name_b}", f"{found.n_b:,}")
+m[0].metric(f"|A| {md(name_a)}", f"{found.n_a:,}")
+m[1].metric(f"|B| {md(name_b)}", f"{found.n_b:,}")
 m[2].metric("Shared |A ∩ B|", f"{found.shared:,}")
 m[3].metric(options.label, value_text(found.jaccard))
 st.markdown(
@@ -191,7 +191,7 @@ def show_groups(diff: DictionaryDiff, side: str, status: str) -> None:
                f"{len(groups):,} ({int(groups['count'].sum()):,} atoms), most atoms first.")
     side_rows = diff.atoms[diff.atoms["side"] == side].set_index("atom")
     for i, (group, count, atoms) in enumerate(zip(shown["group"], shown["count"], shown["atoms"], strict=True)):
-        box = st.expander(f"{label(str(group), markers=False)} · {count:,} atom{'s' if count != 1 else ''}",
+        box = st.expander(f"{md(label(str(group), markers=False))} · {count:,} atom{'s' if count != 1 else ''}",
                           expanded=i == 0, key=f"diff_x_{dict_id}_{other}_{status}_{page}_{i}", on_change="rerun")
         if box.open is False:  # lazy: a closed group's atoms and contexts are not read nor sent
             continue
