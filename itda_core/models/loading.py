@@ -235,6 +235,8 @@ def _from_folder(
         depth = config_depth(config)
         if up_to_layer is not None:
             config = truncated_config(config, up_to_layer)
+            if up_to_layer == depth - 1:  # the last block asked for: the whole model, head included
+                up_to_layer = None
         placement: dict[str, Any] = {}
         if device_map is not None:
             placement["device_map"] = device_map

@@ -220,9 +220,9 @@ def test_itda_train_refuses_bad_loading_options(llama_folder, tmp_path, flags, m
 
 
 def test_itda_index_loads_up_to_the_deepest_stored_layer(llama_folder, tmp_path, monkeypatch):
-    import itda_core.models.choice as choice
     from typer.testing import CliRunner
 
+    import itda_core.models.choice as choice
     from itda_core.cli.app import app
 
     store = tmp_path / "store.duckdb"
@@ -236,3 +236,9 @@ def test_itda_index_loads_up_to_the_deepest_stored_layer(llama_folder, tmp_path,
         assert result.exit_code == 0, result.output
         assert "indexed 2" in result.output
     assert [kw["up_to_layer"] for kw in seen] == [2, None]
+
+
+def test_up_to_the_last_layer_is_a_whole_load(llama_folder):
+    whole = load_model(str(llama_folder), device="cpu", up_to_layer=DEPTH - 1)
+    assert (whole.up_to_layer, len(whole.blocks)) == (None, DEPTH)
+    assert whole.model(input_ids=torch.tensor([[1, 2, 3]])).logits.shape[-1] == len(whole.tokenizer)
