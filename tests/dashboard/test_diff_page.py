@@ -182,3 +182,23 @@ def test_a_pair_that_cannot_be_compared_is_refused(store_env, tmp_path, monkeypa
     reason = next(w.value for w in sim.warning if "cannot be compared" in w.value).split(": ", 1)[1]
     assert refusal == ["Not comparable: " + reason] and "different documents" in reason
     assert np.isnan(heatmaps(sim)[0]["z"]).all()
+
+
+def test_the_csv_holds_every_atom(store_env):
+    """The download: one row per atom of both dictionaries, its status, match and atom-page address."""
+    import io
+
+    from itda_dashboard.diff_data import csv_bytes
+
+    ids = store_env["ids"]
+    a, b = ids[("llama", 1)], ids[("bert", 0)]
+    found = diff_dictionaries(store_env["path"], a, b)
+    csv = pd.read_csv(io.BytesIO(csv_bytes(found, {a: "A", b: "B"})), keep_default_na=False)
+    assert len(csv) == len(found.atoms) and csv["token"].tolist() == found.atoms["token"].tolist()
+    for side, name, only, shared in (("a", "A", found.only_a, found.shared_a), ("b", "B", found.only_b,
+                                                                             found.shared_b)):
+        rows = csv[csv["side"] == side]
+        assert (rows["dictionary"] == name).all()
+        assert rows.loc[rows["status"] == ONLY, "atom"].tolist() == only.tolist()
+        assert rows.loc[rows["status"] == SHARED, "atom"].tolist() == shared.tolist()
+    assert (csv["url"] == [f"atoms?dict={d}&atom={x}" for d, x in zip(csv["dict_id"], csv["atom"], strict=True)]).all()
