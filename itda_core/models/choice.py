@@ -37,9 +37,11 @@ def load_up_to(name: str, deepest: int | None, device: str, loading: LoadingConf
 def open_remote(name: str, device: str, loading: LoadingConfig) -> NnsightSource:
     """The meta-device model for ``--remote`` (a Hugging Face id NDIF hosts), refusing the options that only place
     a local load."""
-    from itda_core.models.remote import remote_model
+    from itda_core.models.remote import KEY_HELP, api_key, remote_model
 
     local = loading.local_only + (["--device"] if device != "auto" else [])
     if local:
         raise ITDAError(f"--remote runs the model on NDIF; {', '.join(local)} place a local load: drop them")
+    if not api_key():  # before reading anything: a run without a key would fail at its first batch
+        raise ITDAError(f"--remote needs an NDIF API key: {KEY_HELP}")
     return remote_model(name, remote=True)

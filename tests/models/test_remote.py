@@ -163,12 +163,29 @@ def test_nnsight_needs_the_whole_model(llama_folder):
     (["--device-map", "auto"], "--device-map place a local load"),
     (["--dtype", "float32"], "--dtype place a local load"),
 ])
-def test_itda_train_remote_refusals(llama_folder, tmp_path, flags, message):
+def test_itda_train_remote_refusals(llama_folder, tmp_path, monkeypatch, flags, message):
     from typer.testing import CliRunner
 
     from itda_core.cli.app import app
 
+    monkeypatch.setattr(nnsight.CONFIG.API, "APIKEY", SECRET)
     result = CliRunner().invoke(app, ["train", "--model", str(llama_folder), "--remote", "--no-progress",
                                       "--out", str(tmp_path / "out"), *flags])
     assert result.exit_code != 0
     assert isinstance(result.exception, ITDAError) and message in str(result.exception)
+    assert SECRET not in str(result.exception) and SECRET not in result.output
+
+
+def test_itda_train_remote_without_a_key_stops_before_reading_the_model(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import itda_core.models.remote as remote
+    from itda_core.cli.app import app
+
+    monkeypatch.setattr(nnsight.CONFIG.API, "APIKEY", None)
+    monkeypatch.setattr(remote, "remote_model", lambda *a, **kw: pytest.fail("read the model without a key"))
+    result = CliRunner().invoke(app, ["train", "--model", "some-org/some-model", "--remote", "--no-progress",
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code != 0
+    assert isinstance(result.exception, ITDAError) and "NDIF_API_KEY" in str(result.exception)
+    assert "\n" not in str(result.exception)
