@@ -32,19 +32,21 @@ def documents_with_tokens(
     ids = sorted({int(d) for d in doc_ids})
     if not ids:
         return {}, {}
-    in_list = ", ".join(str(d) for d in ids)
+    # Joins with the ids, not ``doc_id IN (...)``: DuckDB turns a long IN list into a join placed after the scan,
+    # which then materialises every text (every token) in the range; a join's dynamic filter is applied in the
+    # scan, so only the wanted documents' strings are read (texts 3x, tokens 1.5x faster at 48 documents).
     texts = dict(
         con.execute(
-            f"SELECT doc_id, text FROM documents WHERE corpus_id = ? AND doc_id BETWEEN {ids[0]} AND "
-            f"{ids[-1]} AND doc_id IN ({in_list})",
-            [corpus_id],
+            "SELECT d.doc_id, d.text FROM documents d JOIN (SELECT unnest(?::INTEGER[]) AS doc_id) w "
+            "ON d.doc_id = w.doc_id WHERE d.corpus_id = ?",
+            [ids, corpus_id],
         ).fetchall()
     )
     rows = con.execute(
-        f"SELECT doc_id, position, token_str, char_start, char_end FROM tokens WHERE tokenizer_id = ? AND "
-        f"seq_len = ? AND corpus_id = ? AND doc_id BETWEEN {ids[0]} AND {ids[-1]} "
-        f"AND doc_id IN ({in_list}) ORDER BY doc_id, position",
-        [tokenizer_id, seq_len, corpus_id],
+        "SELECT t.doc_id, t.position, t.token_str, t.char_start, t.char_end FROM tokens t "
+        "JOIN (SELECT unnest(?::INTEGER[]) AS doc_id) w ON t.doc_id = w.doc_id "
+        "WHERE t.tokenizer_id = ? AND t.seq_len = ? AND t.corpus_id = ? ORDER BY t.doc_id, t.position",
+        [ids, tokenizer_id, seq_len, corpus_id],
     ).fetchall()
     by_doc: dict[int, dict[int, tuple[str, int, int]]] = {}
     for d, p, s, cs, ce in rows:
