@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import shlex
 
-import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 from itda_dashboard import data, nav
-from itda_dashboard.render import code, escape, md, visible
-
-COLOURS = ["layer", "density", "source token"]
+from itda_dashboard.map_figure import COLOURS, atom_map_figure
+from itda_dashboard.render import code, md
 
 st.title("Atom map")
 state = nav.require_store()
@@ -85,77 +82,7 @@ if frame.empty:
     st.stop()
 
 
-def hover_text(df: pd.DataFrame) -> list[str]:
-    """Escaped hover labels: the source token (bold) inside its context."""
-    out = []
-    for before, token, after, layer, atom, density in zip(
-        df["before"], df["token_text"], df["after"], df["layer"], df["atom"], df["density"], strict=True
-    ):
-        dens = "" if density is None or not np.isfinite(density) else f" · density {density:.4f}"
-        context = (
-            f"{escape(visible(str(before or '')[-30:]))}<b>{escape(visible(str(token or '')))}</b>"
-            f"{escape(visible(str(after or '')[:30]))}"
-        )
-        out.append(f"L{int(layer)} atom {int(atom)}{dens}<br>…{context}…")
-    return out
-
-
-frame = frame.reset_index(drop=True)
-if frame["layer"].nunique() > 1:  # draw layers interleaved, not the last one on top of all others
-    frame = frame.sample(frac=1.0, random_state=0).reset_index(drop=True)
-size, opacity = (5, 0.9) if len(frame) < 3000 else (4, 0.7)
-frame["hover"] = hover_text(frame)
-custom = np.column_stack([frame["dict_id"].to_numpy(), frame["atom"].to_numpy()])
-fig = go.Figure()
-if colour in ("layer", "density"):
-    if colour == "layer":
-        many = frame["layer"].nunique() > 1
-        colour_spec = {"color": frame["layer"], "colorscale": "Turbo" if many else "Viridis", "showscale": many,
-                       "colorbar": {"title": "layer"}}
-    else:
-        density = frame["density"].fillna(0).to_numpy(dtype=float)
-        colour_spec = {"color": np.log10(np.maximum(density, 1e-6)), "colorscale": "Viridis", "showscale": True,
-                       "colorbar": {"title": "log10 density"}}
-    fig.add_trace(
-        go.Scattergl(
-            x=frame["x"],
-            y=frame["y"],
-            mode="markers",
-            marker={"size": size, "opacity": opacity, **colour_spec},
-            customdata=custom,
-            hovertext=frame["hover"],
-            hoverinfo="text",
-        )
-    )
-else:
-    tokens = frame["token_text"].fillna("").map(lambda t: visible(str(t)).strip().lower() or visible(str(t)))
-    common = tokens.value_counts().head(12).index.tolist()
-    groups = [t if t in common else "other" for t in tokens]
-    frame["group"] = groups
-    for name in [*common, "other"]:
-        part = frame[frame["group"] == name]
-        if part.empty:
-            continue
-        fig.add_trace(
-            go.Scattergl(
-                x=part["x"],
-                y=part["y"],
-                mode="markers",
-                name=escape(f"“{name}”") if name != "other" else "other",
-                marker={"size": size, "opacity": opacity, **({"color": "lightgrey"} if name == "other" else {})},
-                customdata=np.column_stack([part["dict_id"].to_numpy(), part["atom"].to_numpy()]),
-                hovertext=part["hover"],
-                hoverinfo="text",
-            )
-        )
-fig.update_layout(
-    height=640,
-    margin={"l": 10, "r": 10, "t": 10, "b": 10},
-    dragmode="pan",
-    xaxis={"showticklabels": False, "title": ""},
-    yaxis={"showticklabels": False, "title": ""},
-    clickmode="event+select",
-)
+fig, n_edge = atom_map_figure(frame, colour)
 
 # The key changes after each navigation, so coming back does not re-open the last selection.
 event = st.plotly_chart(
@@ -168,6 +95,11 @@ event = st.plotly_chart(
 params = frame.attrs.get("umap_params")
 st.caption(
     f"{len(frame):,} atoms. Click a point to open its atom page; drag a box or lasso to list several."
+    + (
+        f" {n_edge:,} far-away atom{'s' if n_edge != 1 else ''} drawn at the edge as crosses (hover: true position)."
+        if n_edge
+        else ""
+    )
     + (
         f" UMAP: {params.get('n_neighbors')} neighbours, min_dist {params.get('min_dist')}, "
         f"{params.get('metric')}, computed {params.get('created', '?')}."

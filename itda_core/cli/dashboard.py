@@ -40,14 +40,20 @@ def app_path() -> Path:
     raise ITDAError("cannot find dashboard/app.py; install itda with its dashboard: pip install -e '.[dashboard]'")
 
 
+TOOLBAR_MODE = "minimal"  # no Deploy button (nor developer menu) in a local research tool
+
+
 def serve_command_line(store: Path, port: int = 8501, address: str = "localhost") -> list[str]:
-    """The ``streamlit run`` command line that serves the dashboard for ``store``."""
+    """The ``streamlit run`` command line that serves the dashboard for ``store``. The settings of the
+    checkout's ``.streamlit/config.toml`` are passed as flags too: Streamlit reads that file only from the
+    current directory, and ``itda serve`` may run from any."""
     return [
         sys.executable, "-m", "streamlit", "run", str(app_path()),
         "--server.port", str(port),
         "--server.address", address,
         "--server.headless", "true",
         "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", TOOLBAR_MODE,
         "--", "--store", str(store),
     ]  # fmt: skip
 
@@ -153,6 +159,12 @@ class AtomMapTarget:
     layers: str | None = option(None, help="Only these layers, e.g. '10-12' or '0,5' (default: all).")
     joint: bool = option(False, help="One map of the chosen layers together (per model) instead of one per layer.")
     recompute: bool = option(False, help="Compute again maps that are already stored.")
+    workers: int = option(0, help="Processes laying out maps at once (0: one per CPU core, at most 4).")
+
+    def __post_init__(self) -> None:
+        """Refuse a negative or excessive number of workers, in one line."""
+        if not 0 <= self.workers <= 64:
+            raise ITDAError(f"workers must be between 0 and 64 (got {self.workers})")
 
 
 @from_configs
@@ -172,7 +184,8 @@ def atom_map_command(target: AtomMapTarget, params: UmapParams) -> None:
             typer.echo(f"{model_id}: joint map of {len(group)} dictionaries, {n:,} atoms")
         return
     ids = [d for g in groups.values() for d in g]
-    done = compute_atom_maps(store, ids, params, recompute=target.recompute, log=typer.echo)
+    done = compute_atom_maps(store, ids, params, recompute=target.recompute, workers=target.workers,
+                             log=typer.echo)
     typer.echo(f"mapped {len(done)} dictionaries ({len(ids) - len(done)} already up to date)")
 
 
