@@ -51,31 +51,30 @@ model_view = models.rename(columns={"label": "model"})[
 ]
 st.dataframe(model_view, hide_index=True, width="stretch")
 
-st.subheader("Reconstruction quality (held-out)")
-figs = quality_data.figures()
-quality, found = quality_data.table(dicts, figs, str(state.path))
-if not found:
-    st.info(f"No quality figures stored yet: `itda index --store {state.path} --reindex` measures FVU and cosine "
-            f"while indexing, `itda eval --store {state.path}` the CE loss score too.")
-else:
-    value_cols = [m.column for m in found]
-    styled = quality.style.format("{:.4f}", subset=value_cols, na_rep=quality_data.DASH)
-    st.dataframe(styled, hide_index=True, width="stretch", key="ov_quality_table",
-                 column_config={"to compute": st.column_config.TextColumn("to compute", width="large")})
-    st.caption(
-        "Held-out text the dictionaries never saw. FVU: sum ‖x − x̂‖² over the tokens / their total variance "
-        "(lower is better); cosine: mean cos(x, x̂) per token; CE loss score: (H* − H₀) / (H − H₀), the share of "
-        "the loss gap to zero-ablation the reconstruction closes (1 = as the clean model). Each column names the "
-        "tokens its figures were computed on (special tokens excluded); FVU and cosine come with `itda index`, "
-        "the CE loss score with `itda eval --store`, often on other tokens. "
-        f"{quality_data.DASH}: not computed; 'to compute' gives the command."
-    )
-    labels = {m.column: m for m in found}
-    picked = st.radio("Metric by layer", list(labels), horizontal=True, key="ov_quality_metric")
-    metric = labels[picked or next(iter(labels))]
-    points = quality_data.by_layer(quality, metric)
-    fig = figures.quality_by_layer(points, metric.column, metric.label)
-    st.plotly_chart(fig, width="stretch", key="ov_quality_plot")
+# a container with a key: its CSS class st-key-ov_quality finds the section in a browser
+with st.container(key="ov_quality"):
+    st.subheader("Reconstruction quality (held-out)")
+    quality, found = quality_data.table(dicts, quality_data.figures(), str(state.path))
+    if not found:
+        st.info(f"No quality figures stored yet: `itda index --store {state.path} --reindex` measures FVU and "
+                f"cosine while indexing, `itda eval --store {state.path}` the CE loss score too.")
+    else:
+        styled = quality.style.format("{:.4f}", subset=[m.column for m in found], na_rep=quality_data.DASH)
+        st.dataframe(styled, hide_index=True, width="stretch", key="ov_quality_table",
+                     column_config={"to compute": st.column_config.TextColumn("to compute", width="large")})
+        st.caption(
+            "Held-out text the dictionaries never saw. FVU: sum ‖x − x̂‖² over the tokens / their total variance "
+            "(lower is better); cosine: mean cos(x, x̂) per token; CE loss score: (H* − H₀) / (H − H₀), the share "
+            "of the loss gap to zero-ablation the reconstruction closes (1 = as the clean model). Each column names "
+            "the tokens its figures were computed on (special tokens excluded); FVU and cosine come with `itda "
+            "index`, the CE loss score with `itda eval --store`, often on other tokens. "
+            f"{quality_data.DASH}: not computed; 'to compute' gives the command."
+        )
+        labels = {m.column: m for m in found}
+        picked = st.radio("Metric by layer", list(labels), horizontal=True, key="ov_quality_metric")
+        metric = labels[picked or next(iter(labels))]
+        fig = figures.quality_by_layer(quality_data.by_layer(quality, metric), metric.column, metric.label)
+        st.plotly_chart(fig, width="stretch", key="ov_quality_plot")
 
 st.subheader("Atoms per layer")
 if len(dicts):
