@@ -129,6 +129,22 @@ def test_two_workers_two_passes_and_a_token_budget(local_ray, trained):
     assert {r[4] for r in ray_tables["index_runs"]} == {budget}
 
 
+def test_itda_index_engine_ray_on_the_command_line(local_ray, trained, local):
+    from typer.testing import CliRunner
+
+    from itda_core.cli.app import app
+
+    store = trained["root"] / "cli.duckdb"
+    shutil.copy(trained["store"], store)
+    result = CliRunner().invoke(app, ["index", "--store", str(store), "--engine", "ray", "--workers", "1",
+                                      "--cpus-per-worker", "0.5", "--device", "cpu", "--max-tokens", "0",
+                                      "--batch-size", "3", "--top-n", "4", "--quantiles", "3", "--per-quantile",
+                                      "2", "--hist-bins", "6", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert f"indexed {len(LAYERS)} dictionaries" in result.output
+    _same(local, _tables(store))
+
+
 def test_resources_come_from_the_cluster_and_must_fit():
     cpu2 = {"CPU": 2.0}
     assert plan_resources(IndexConfig(), cpu2) == plan_resources(IndexConfig(workers=1), cpu2)
