@@ -19,6 +19,48 @@ from itda_core.models import LoadedModel
 from itda_dashboard import atom_data, data
 
 ENV_DEVICE = "ITDA_DASHBOARD_DEVICE"
+ENV_THREADS = "ITDA_DASHBOARD_THREADS"  # a fixed torch thread count for the dashboard's models (1-64)
+MAX_THREADS = 64
+
+
+# ---- threads ------------------------------------------------------------------------------------------------
+
+
+def threads_for(cpus: int, load: float) -> int:
+    """Torch threads for a model run on ``cpus`` cores with ``load`` (the 1-minute load average): the cores
+    the other processes leave idle, at least one. On a busy 2-core machine two threads wait on each other
+    (a 0.6 s decomposition took 3 s), one thread does not (bench/bench_live_threads.py)."""
+    return max(1, min(cpus, round(cpus - load)))
+
+
+def choose_threads() -> int:
+    """Set torch's thread count for the model run that follows, from $ITDA_DASHBOARD_THREADS or else from
+    the machine's load now (:func:`threads_for`), and return it.
+
+    ``torch.set_num_threads`` is process-wide: this is called only in the dashboard's server process (by
+    :func:`get_model`, just before a page runs a model), never by the library, so training or indexing in
+    another process keeps its own setting. Pages of several browser sessions share the process, and so the
+    last choice; a choice only changes how fast a run is, never what it computes.
+    """
+    import torch
+
+    fixed = os.environ.get(ENV_THREADS, "").strip()
+    if fixed:
+        try:
+            n = int(fixed)
+        except ValueError:
+            n = 0
+        if not 1 <= n <= MAX_THREADS:
+            from itda_core.errors import ITDAError
+
+            raise ITDAError(f"${ENV_THREADS} must be a whole number from 1 to {MAX_THREADS} (got {fixed!r})")
+    else:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        n = threads_for(cpus, load)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
 
 
 # ---- cached resources --------------------------------------------------------------------------------------
@@ -72,7 +114,9 @@ def forget_error(name: str) -> None:
 
 
 def get_model(name: str) -> LoadedModel:
-    """The cached model, remembering that it is loaded; a failure is remembered too and re-raised."""
+    """The cached model, remembering that it is loaded; a failure is remembered too and re-raised. Every
+    caller runs the model next, so this also sets the thread count for that run (:func:`choose_threads`)."""
+    choose_threads()
     if name in _FAILED:
         from itda_core.errors import ITDAError
 
