@@ -278,6 +278,23 @@ def _cut(batch: ActivationBatch, cut: int) -> ActivationBatch:
                            complete=complete, partial=partial)
 
 
+def shard_tensors(batches: list[ActivationBatch], layers: list[int], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """One shard's tensors (the format above): every layer's activations, the provenance and the batch boundaries."""
+    out = {f"acts.{layer}": torch.cat([b.acts[layer] for b in batches]).to(device="cpu", dtype=dtype).contiguous()
+           for layer in layers}
+    out.update(Provenance.concat([b.provenance for b in batches]).to_tensors())
+    lengths = torch.tensor([len(b.complete) for b in batches], dtype=torch.int64)
+    offsets = torch.zeros(len(batches) + 1, dtype=torch.int64)
+    offsets[1:] = torch.cumsum(lengths, 0)
+    out["batch.rows"] = torch.tensor([len(b) for b in batches], dtype=torch.int64)
+    out["batch.documents"] = torch.tensor([b.documents for b in batches], dtype=torch.int64)
+    out["batch.complete"] = torch.tensor([d for b in batches for d in b.complete], dtype=torch.int64)
+    out["batch.complete_offsets"] = offsets
+    out["batch.partial"] = torch.tensor([list(b.partial) if b.partial is not None else [NO_PARTIAL, NO_PARTIAL]
+                                         for b in batches], dtype=torch.int64).reshape(len(batches), 2)
+    return out
+
+
 def open_cache(folder: str | Path) -> ActivationCache:
     """Open and validate an activation cache folder."""
     return ActivationCache(folder)

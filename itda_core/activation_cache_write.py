@@ -6,37 +6,17 @@ run leaves no half cache; a non-empty ``out`` is replaced only with ``overwrite`
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-import torch
-
-from itda_core.activation_cache import MANIFEST, NO_PARTIAL, TORCH_DTYPES, CacheManifest, Shard
+from itda_core.activation_cache import MANIFEST, TORCH_DTYPES, CacheManifest, Shard, shard_tensors
 from itda_core.config.extract import ActivationCacheConfig
 from itda_core.corpus import Corpus
 from itda_core.dictionary import library_versions
 from itda_core.errors import ITDAError
 from itda_core.extraction import ActivationBatch, extract
 from itda_core.models import LoadedModel
-from itda_core.provenance import Provenance
 from itda_core.trainer import TrainReport
-
-
-def _shard_tensors(batches: list[ActivationBatch], layers: list[int], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """One shard's tensors: every layer's activations, the provenance and the batch boundaries."""
-    out = {f"acts.{layer}": torch.cat([b.acts[layer] for b in batches]).to(device="cpu", dtype=dtype).contiguous()
-           for layer in layers}
-    out.update(Provenance.concat([b.provenance for b in batches]).to_tensors())
-    lengths = torch.tensor([len(b.complete) for b in batches], dtype=torch.int64)
-    offsets = torch.zeros(len(batches) + 1, dtype=torch.int64)
-    offsets[1:] = torch.cumsum(lengths, 0)
-    out["batch.rows"] = torch.tensor([len(b) for b in batches], dtype=torch.int64)
-    out["batch.documents"] = torch.tensor([b.documents for b in batches], dtype=torch.int64)
-    out["batch.complete"] = torch.tensor([d for b in batches for d in b.complete], dtype=torch.int64)
-    out["batch.complete_offsets"] = offsets
-    out["batch.partial"] = torch.tensor([list(b.partial) if b.partial is not None else [NO_PARTIAL, NO_PARTIAL]
-                                         for b in batches], dtype=torch.int64).reshape(len(batches), 2)
-    return out
 
 
 def write_shards(batches: Iterable[ActivationBatch], folder: Path, layers: list[int], config: ActivationCacheConfig,
@@ -51,7 +31,7 @@ def write_shards(batches: Iterable[ActivationBatch], folder: Path, layers: list[
 
     def flush() -> None:
         name = f"shard-{first + len(shards):05d}.safetensors"
-        save_file(_shard_tensors(pending, layers, dtype), str(folder / name), metadata={"format": "itda-cache"})
+        save_file(shard_tensors(pending, layers, dtype), str(folder / name), metadata={"format": "itda-cache"})
         shards.append(Shard(name, sum(len(b) for b in pending), len(pending), (folder / name).stat().st_size))
         pending.clear()
 
@@ -93,8 +73,10 @@ def check_out(out: Path, overwrite: bool) -> None:
 
 
 def write_cache(model: LoadedModel, corpus: Corpus, layers: Sequence[int], out: str | Path,
-                config: ActivationCacheConfig | None = None) -> CacheManifest:
-    """Extract ``layers`` of ``model`` over ``corpus`` into a cache folder ``out``; returns its manifest."""
+                config: ActivationCacheConfig | None = None,
+                loader: Callable[[str], LoadedModel] | None = None) -> CacheManifest:
+    """Extract ``layers`` of ``model`` over ``corpus`` into a cache folder ``out``; returns its manifest. With
+    ``config.engine == "ray"`` Ray actors extract the batches, loading the model with ``loader(name)``."""
     from itda_core.export.folders import staged
 
     config = config or ActivationCacheConfig()
@@ -102,9 +84,14 @@ def write_cache(model: LoadedModel, corpus: Corpus, layers: Sequence[int], out: 
     check_out(out, config.overwrite)
     wanted = model.check_layers(list(layers))
     report = TrainReport()
-    stream = extract(model, corpus, wanted, config.seq_len, config.batch_size,
-                     skip_special_tokens=config.skip_special_tokens, max_tokens=config.max_tokens,
-                     progress=config.progress, max_documents=config.max_documents)
+    if config.engine == "ray":
+        from itda_core.activation_cache_ray import ray_batches
+
+        stream = ray_batches(model, corpus, wanted, config, loader)
+    else:
+        stream = extract(model, corpus, wanted, config.seq_len, config.batch_size,
+                         skip_special_tokens=config.skip_special_tokens, max_tokens=config.max_tokens,
+                         progress=config.progress, max_documents=config.max_documents)
     with staged(out, config.overwrite) as tmp:
         try:
             shards = write_shards(stream, tmp, wanted, config, report)

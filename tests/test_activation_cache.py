@@ -44,7 +44,8 @@ def _config(**kw) -> TrainConfig:
 
 
 def _cache(model, corpus, out, **kw):
-    cfg = ActivationCacheConfig(seq_len=24, batch_size=4, max_tokens=0, shard_tokens=40, progress=False, **kw)
+    base = {"seq_len": 24, "batch_size": 4, "max_tokens": 0, "shard_tokens": 40, "progress": False}
+    cfg = ActivationCacheConfig(**{**base, **kw})
     return write_cache(model, corpus, LAYERS, out, cfg)
 
 
@@ -187,3 +188,37 @@ def test_extract_then_train_from_the_cache_on_the_command_line(tmp_path):
     refused = runner.invoke(app, ["train", "--activations", str(tmp_path / "cache"), "--layers", "1",
                                   "--out", str(tmp_path / "x"), "--no-progress"])
     assert refused.exit_code != 0 and "not in this cache" in str(refused.exception)
+
+
+@pytest.mark.timeout(120)  # a Ray pool that cannot start must fail the test, not hang CI
+def test_ray_extraction_writes_the_local_cache(corpus, tmp_path):
+    """``itda extract --engine ray`` on a local 2-CPU cluster: the same shards' batches as in-process (the local
+    run on the actor's one intra-op thread: a CPU forward rounds differently on another thread count)."""
+    ray = pytest.importorskip("ray")
+    from itda_core.models import load_model
+
+    made = tiny_model("llama")
+    made.model.save_pretrained(tmp_path / "tiny-llama")
+    made.tokenizer.save_pretrained(tmp_path / "tiny-llama")
+    model = load_model(str(tmp_path / "tiny-llama"), device="cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = _cache(model, corpus, tmp_path / "local", max_tokens=101)
+    finally:
+        torch.set_num_threads(threads)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        cfg = ActivationCacheConfig(seq_len=24, batch_size=4, max_tokens=101, shard_tokens=40, progress=False,
+                                    engine="ray", workers=2)
+        remote = write_cache(model, corpus, LAYERS, tmp_path / "ray", cfg,
+                             loader=lambda _name: load_model(str(tmp_path / "tiny-llama"), device="cpu"))
+    finally:
+        ray.shutdown()
+    keep = {"tokens", "documents", "documents_sha256", "shards", "model", "layers", "corpus_sha256"}
+    assert {k: v for k, v in vars(local).items() if k in keep} == {k: v for k, v in vars(remote).items() if k in keep}
+    for want, got in zip(open_cache(tmp_path / "local").batches(), open_cache(tmp_path / "ray").batches(),
+                         strict=True):
+        assert all(torch.equal(want.acts[layer], got.acts[layer]) for layer in LAYERS)
+        assert want.provenance.keys() == got.provenance.keys() and want.complete == got.complete
+        assert (want.documents, want.partial) == (got.documents, got.partial)

@@ -42,7 +42,8 @@ def extract_command(source: ModelChoice, text: CorpusChoice, target: ExtractTarg
     layers = parse_layers(target.layers, lm.n_layers)
     train_part, _held = load_corpus(text.corpus, split=text.hf_split, text_field=text.text_field).split(
         target.held_out)
-    manifest = write_cache(lm, train_part, layers, target.out, config)
+    manifest = write_cache(lm, train_part, layers, target.out, config,
+                           loader=lambda name: load_model(name, device=source.device))
     size = sum(s.bytes for s in manifest.shards) / 2**20
     typer.echo(f"wrote {manifest.tokens:,} tokens x {len(layers)} layers of {lm.name} ({manifest.documents:,} "
                f"documents of {train_part.corpus_id}) in {len(manifest.shards)} shards, {size:,.1f} MiB, "

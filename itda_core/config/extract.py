@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from itda_core.config.index import IndexConfig
 from itda_core.config.train import TrainConfig
 from itda_core.errors import ITDAError
 from itda_core.options import default_of, help_of, option
@@ -19,6 +20,11 @@ MAX_SHARD_TOKENS = 1 << 24  # a shard bigger than this would not fit most machin
 def _train(name: str, **extra: object) -> object:
     """A field read as ``itda train`` reads it: TrainConfig's default and help."""
     return option(default_of(TrainConfig, name), help=help_of(TrainConfig, name), **extra)  # type: ignore[arg-type]
+
+
+def _ray(name: str) -> object:
+    """A Ray field as ``itda index`` declares it: IndexConfig's default and help."""
+    return option(default_of(IndexConfig, name), help=help_of(IndexConfig, name))
 
 
 @dataclass
@@ -38,6 +44,13 @@ class ActivationCacheConfig:
     overwrite: bool = option(False, help="Replace a non-empty --out folder (it is replaced only once the new "
                              "cache is complete).")
     progress: bool = option(True, help="Show a progress bar with tokens/s and ETA.")
+    engine: Literal["local", "ray"] = option(
+        "local", help="'local': this process; 'ray': Ray Data actors (each loads the model once) extract the batches, "
+        "streamed back in order; the same cache.")
+    workers: int | None = _ray("workers")  # type: ignore[assignment]
+    cpus_per_worker: float | None = _ray("cpus_per_worker")  # type: ignore[assignment]
+    gpus_per_worker: float | None = _ray("gpus_per_worker")  # type: ignore[assignment]
+    ray_address: str | None = _ray("ray_address")  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.max_tokens == 0:  # the CLI's "0 = no limit"
@@ -48,6 +61,8 @@ class ActivationCacheConfig:
             raise ITDAError(f"unknown dtype {self.dtype!r}; use one of {', '.join(CACHE_DTYPES)}")
         if self.seq_len < 1 or self.batch_size < 1:
             raise ITDAError("seq-len and batch-size must be at least 1")
+        IndexConfig(engine=self.engine, workers=self.workers, cpus_per_worker=self.cpus_per_worker,
+                    gpus_per_worker=self.gpus_per_worker)  # the same checks as itda index's
         for name in ("max_tokens", "max_documents"):
             value = getattr(self, name)
             if value is not None and value < 1:
