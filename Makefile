@@ -17,7 +17,7 @@ ASSET_DIR := $(VENV)/share/itda
 # Where the CPU torch wheel is found when the lock is refreshed (these machines set PIP_FIND_LINKS).
 LOCK_FLAGS ?= $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS))
 
-.PHONY: setup demo test lint lock clean-venv
+.PHONY: setup demo test lint lock clean-venv saebench saebench-env
 
 setup: $(STAMP)
 
@@ -57,3 +57,27 @@ lock: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# SAEBench's core evaluation beside ours on one stored dictionary (docs/evaluation.md, "SAEBench side by side").
+# sae-bench pins numpy < 2, so it gets its own environment; the embedded Gemma 3 270M is the one embedded model
+# TransformerLens supports. `make saebench SAEBENCH_STORE=... SAEBENCH_ARGS="--layer 5 --batches 16"`.
+SAEBENCH_VENV ?= .venv-saebench
+SAEBENCH_STORE ?= data/itda.duckdb
+SAEBENCH_ARGS ?= --model gemma --layer 9 --batches 8
+SAEBENCH_OUT ?= data/runs/saebench
+SAEBENCH_PIP := $(SAEBENCH_VENV)/bin/python -m pip --disable-pip-version-check -q
+
+saebench: setup saebench-env
+	$(BIN)/python bench/saebench_prepare.py $(SAEBENCH_STORE) $(SAEBENCH_ARGS) --out $(SAEBENCH_OUT)
+	$(SAEBENCH_VENV)/bin/python bench/saebench_core.py $(SAEBENCH_OUT)
+
+saebench-env: $(SAEBENCH_VENV)/.itda-installed
+
+$(SAEBENCH_VENV)/.itda-installed: requirements/saebench.txt $(TORCH)
+	test -x $(SAEBENCH_VENV)/bin/python || $(PYTHON) -m venv $(SAEBENCH_VENV)
+	$(SAEBENCH_VENV)/bin/python -c "import torch" 2>/dev/null || $(SAEBENCH_PIP) install -r $(TORCH)
+	@# The file lists every package (--no-deps) but torchvision: sae-bench declares it, its core evaluation does
+	@# not use it, and PyPI's wheel fails against a CPU torch ("operator torchvision::nms does not exist").
+	$(SAEBENCH_PIP) install --no-deps -r requirements/saebench.txt
+	$(SAEBENCH_VENV)/bin/python -c "import sae_bench.evals.core.main, sae_lens, transformer_lens"
+	touch $@
