@@ -3,7 +3,7 @@ and 100 k atoms (target: each per-page query under 100 ms).
 
     .venv/bin/python bench/bench_store_scale.py                        # build once under /tmp, then time
     .venv/bin/python bench/bench_store_scale.py --out /tmp/s --atoms 100000 --codes 10000000 --repeats 15
-    .venv/bin/python bench/bench_store_scale.py --store data/itda.duckdb   # time another store instead
+    .venv/bin/python bench/bench_store_scale.py --store data/itda.duckdb --no-reference   # another store
 
 The store is built once (bench/store_scale_build.py: real corpus, writer-shaped tables, the index written by
 ``held_out.write_index``) and kept in ``--out`` with the parameters it was built with; a rerun with the same
@@ -11,7 +11,9 @@ parameters reuses it. Each query runs ``--repeats`` times over random active ato
 busiest atom, the worst case for the reads of ``codes``): "cold" opens a fresh read-only connection per call
 (connect and schema check included, as the dashboard does per page), "warm" reuses one open connection.
 Prints a markdown table: query, cold median / p90, warm median / p90 (ms), rows returned. "Bulk" rows are
-whole-dictionary or whole-store loads that the dashboard caches per store version (not per page).
+whole-dictionary or whole-store loads that the dashboard caches per store version (not per page). With
+``--previous`` it also times the reads issue 18 rewrote against their previous SQL (bench/store_scale_previous.py),
+interleaved call by call. Figures: docs/benchmarks.md; what they mean: docs/store.md "At scale".
 """
 
 from __future__ import annotations

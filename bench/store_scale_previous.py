@@ -88,17 +88,19 @@ def compare(store: Path, atoms: list[tuple[int, int]]) -> list[tuple[str, float,
 
     with connect_readonly(store) as con:
         pages = [(d, Q.dictionary_keys(con, d), _page_docs(con, d, a)) for d, a in atoms]
+        maps = Q.has_table(con, "atom_umap")
         coords = [con.execute("SELECT dict_id, atom, x, y FROM atom_umap WHERE dict_id = ? ORDER BY atom", [d]).df()
-                  for d, _ in atoms]
+                  for d, _ in atoms] if maps else []
         pairs: list[tuple[str, Callable[[int], Any], Callable[[int], Any]]] = [
             ("density_by_layer", lambda i: density_by_layer(con), lambda i: Q.density_by_layer(con)),
             ("documents_with_tokens (an atom page's documents)",
              lambda i: documents_with_tokens(con, *pages[i][1], pages[i][2]),
              lambda i: Q.documents_with_tokens(con, *pages[i][1], pages[i][2])),
             ("table_names (schema check)", lambda i: table_names(con), lambda i: current_names(con)),
-            ("atom map describe (one dictionary)", lambda i: describe(con, coords[i]),
-             lambda i: current_describe(con, coords[i])),
         ]
+        if maps:
+            pairs.append(("atom map describe (one dictionary)", lambda i: describe(con, coords[i]),
+                          lambda i: current_describe(con, coords[i])))
         out = []
         for name, old, new in pairs:
             before, after = [], []

@@ -62,36 +62,23 @@ def fingerprint(con: duckdb.DuckDBPyConnection, dict_ids: Sequence[int]) -> list
 
 
 def describe(con: duckdb.DuckDBPyConnection, coords: pd.DataFrame) -> pd.DataFrame:
-    """``coords`` (dict_id, atom, x, y) plus model, layer, source token, a context snippet and density."""
+    """``coords`` (dict_id, atom, x, y) plus model, layer, source token, a context snippet and density (the
+    snippets cut in SQL: only :data:`CONTEXT_CHARS` each side leave DuckDB, not every source document)."""
     if coords.empty:
         return coords.assign(model=[], layer=[], token_text=[], before=[], after=[], density=[])
     ids = _id_list(sorted(set(coords["dict_id"])))
+    n = int(CONTEXT_CHARS)
     info = con.execute(
         f"""
-        SELECT a.dict_id, a.atom, d.model_name AS model, d.layer, a.token_text, a.char_start, a.char_end,
-               a.doc_id, d.corpus_id, s.density
+        SELECT a.dict_id, a.atom, d.model_name AS model, d.layer, a.token_text, s.density,
+               COALESCE(substr(doc.text, greatest(a.char_start - {n}, 0) + 1,
+                               a.char_start - greatest(a.char_start - {n}, 0)), '') AS before,
+               COALESCE(substr(doc.text, a.char_end + 1, {n}), '') AS after
         FROM atoms a JOIN dictionaries d USING (dict_id)
+        LEFT JOIN documents doc ON doc.corpus_id = d.corpus_id AND doc.doc_id = a.doc_id
         LEFT JOIN atom_stats s ON s.dict_id = a.dict_id AND s.atom = a.atom
         WHERE a.dict_id IN ({ids})"""
     ).df()
-    docs = con.execute(
-        f"""
-        SELECT doc.corpus_id, doc.doc_id, doc.text FROM documents doc
-        JOIN (SELECT DISTINCT d.corpus_id, a.doc_id FROM atoms a JOIN dictionaries d USING (dict_id)
-              WHERE a.dict_id IN ({ids})) w
-        ON w.corpus_id = doc.corpus_id AND w.doc_id = doc.doc_id"""
-    ).fetchall()
-    texts = {(c, int(d)): t for c, d, t in docs}
-    before, after = [], []
-    for corpus, doc_id, start, end in zip(
-        info["corpus_id"], info["doc_id"], info["char_start"], info["char_end"], strict=True
-    ):
-        text = texts.get((corpus, int(doc_id)), "")
-        start, end = int(start), int(end)
-        before.append(text[max(0, start - CONTEXT_CHARS) : start])
-        after.append(text[end : end + CONTEXT_CHARS])
-    info["before"], info["after"] = before, after
-    info = info.drop(columns=["char_start", "char_end", "doc_id", "corpus_id"])
     return coords.merge(info, on=["dict_id", "atom"], how="left")
 
 
