@@ -164,6 +164,9 @@ def test_overview(server, page):
     _idle(page)
     sync_api.expect(page.get_by_role("heading", name="ITDA dictionaries")).to_be_visible()
     sync_api.expect(page.get_by_text("Atoms per layer")).to_be_visible()
+    # a local research tool: no Deploy button (client.toolbarMode minimal, which the server line passes)
+    assert page.locator('[data-testid="stAppDeployButton"]').count() == 0
+    assert page.get_by_role("button", name="Deploy").count() == 0
     assert _shot(page, "overview").stat().st_size > 10_000
 
 
