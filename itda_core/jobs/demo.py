@@ -69,9 +69,8 @@ class DemoReport:
         lines = []
         for m in self.models:
             did = (
-                f"trained {m.trained}, indexed {m.newly_indexed}"
-                + (f", CE loss score of {m.ce_scored} layers" if m.ce_scored else "")
-                + f" in {m.seconds:.0f} s"
+                f"trained {m.trained}, indexed {m.newly_indexed} in {m.seconds:.0f} s"
+                + (f"; then the CE loss score of {m.ce_scored} layers" if m.ce_scored else "")
                 if (m.trained or m.newly_indexed)
                 else "already complete"
                 if m.complete
@@ -288,12 +287,12 @@ def build_demo(config: DemoConfig | None = None) -> DemoReport:
                 max_tokens=config.index_tokens, batch_size=config.batch_size, progress=config.progress
             ),
         )
-        scored = score_layers(config, model, tag)
         done = model_status(config, name, model.model_id)
-        done.trained, done.newly_indexed, done.ce_scored = trained, len(part.indexed), scored
+        done.trained, done.newly_indexed = trained, len(part.indexed)
         done.seconds = time.perf_counter() - t0
         report.models.append(done)
         log(f"{tag}: ready to browse ({done.present} layers, {done.indexed} indexed, {done.seconds:.0f} s)")
+        done.ce_scored = score_layers(config, model, tag)  # browsable meanwhile: the scores join the overview
         _map_atoms(config, name, tag)
         del model
     report.seconds = time.perf_counter() - start
