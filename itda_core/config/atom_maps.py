@@ -14,8 +14,8 @@ MAX_EPOCHS = 5000  # bounds an option that only makes a map slower
 class UmapParams:
     """UMAP settings (cosine between unit atoms; a fixed seed makes maps reproducible). 300 epochs, not
     umap-learn's 500 for small data: on real dictionaries as trustworthy (within the spread between seeds)
-    and within about 1% of its neighbour preservation, in 60% of the optimisation time (200 epochs lose
-    2-3% of the neighbours); bench/bench_atom_maps.py measures it, docs/benchmarks.md records it."""
+    and 1.3% fewer neighbours kept on average (0.4-2.8%), in 63% of the optimisation time (200 epochs: 2.8%
+    fewer); bench/bench_atom_maps.py measures it, docs/benchmarks.md records it."""
 
     n_neighbors: int = option(15, help="UMAP neighbours.")
     min_dist: float = option(0.1, help="UMAP minimum distance.")
