@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
 PAGES = ["views/overview.py", "views/atom_browser.py", "views/live_decomposition.py", "views/similarity.py",
-         "views/atom_map.py"]  # fmt: skip
+         "views/atom_map.py", "views/diff.py"]  # fmt: skip
 
 
 def run_page(page: str | None = None, query: dict[str, str] | None = None) -> AppTest:
