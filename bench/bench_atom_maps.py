@@ -6,7 +6,8 @@ The store is copied to a temporary folder (never written). Measured, in this ord
 
 1. **all maps, new**: ``compute_atom_maps`` over every dictionary of the copy (``--workers`` processes;
    reading vectors, exact neighbours, UMAP, writing each map), wall seconds from a process that has not run
-   UMAP yet, so the one-off compilation of umap-learn's kernels is included.
+   UMAP yet, so the one-off compilation of umap-learn's kernels is included, and CPU seconds of this process
+   and of the workers (on a loaded machine the wall time mostly measures the others' load).
 2. **sample, old vs new**: every ``--every``-th dictionary (all with 1) laid out in this process with the old
    settings (umap-learn's own neighbours, 500 epochs, seed 0: the code before issue 19) and with the new ones
    (exact torch neighbours, ``--epochs``, seed 0), CPU and wall seconds each; the old time of all
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -108,11 +110,15 @@ def main() -> None:
             dicts = con.execute(
                 "SELECT dict_id, model_name, layer, n_atoms FROM dictionaries ORDER BY model_name, layer"
             ).fetchall()
-        workers = args.workers or default_workers(len(dicts))
         n_atoms = sum(int(d[3]) for d in dicts)
-        _, all_wall, _ = timed(lambda: compute_atom_maps(store, params=params, recompute=True, workers=workers))
+        workers = args.workers or default_workers(len(dicts), n_atoms)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        _, all_wall, all_cpu = timed(lambda: compute_atom_maps(store, params=params, recompute=True, workers=workers))
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the workers, ended and waited for
+        workers_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
         print(f"\nall {len(dicts)} dictionaries ({n_atoms:,} atoms), new settings, {workers} worker processes, "
-              f"compilation included: **{all_wall:.1f} s** wall (load {os.getloadavg()[0]:.1f} after)")  # fmt: skip
+              f"compilation included: **{all_wall:.1f} s** wall, CPU {all_cpu:.1f} s here + {workers_cpu:.1f} s in "
+              f"the workers (load {os.getloadavg()[0]:.1f} after)")  # fmt: skip
 
         sample = dicts[:: max(1, args.every)]
         print(f"\nsample: {len(sample)} of {len(dicts)} dictionaries, one process; seconds wall (CPU)\n")

@@ -159,7 +159,7 @@ class AtomMapTarget:
     layers: str | None = option(None, help="Only these layers, e.g. '10-12' or '0,5' (default: all).")
     joint: bool = option(False, help="One map of the chosen layers together (per model) instead of one per layer.")
     recompute: bool = option(False, help="Compute again maps that are already stored.")
-    workers: int = option(0, help="Processes laying out maps at once (0: one per CPU core, at most 4).")
+    workers: int = option(0, help="Processes laying out maps at once (0: one per core, at most 4, from 10,000 atoms).")
 
     def __post_init__(self) -> None:
         """Refuse a negative or excessive number of workers, in one line."""

@@ -129,9 +129,9 @@ def compute_atom_maps(
 ) -> list[int]:
     """A map for each dictionary (default: every dictionary in the store) that lacks an up-to-date one
     (all of them with ``recompute``); returns the dict_ids mapped. ``workers`` processes lay maps out at
-    once (0: one per core, :func:`~itda_core.jobs.umap_layout.default_workers`); this process reads the
-    vectors and writes each map as it is finished. The demo build calls this after indexing so that the
-    dashboard's atom map opens at once."""
+    once (0: one per core for a large job, :func:`~itda_core.jobs.umap_layout.default_workers`); this
+    process reads the vectors and writes each map as it is finished. The demo build calls this after
+    indexing so that the dashboard's atom map opens at once."""
     from itda_core.store.catalog import dictionary_ids
     from itda_core.store.connection import connect_readonly
 
@@ -142,7 +142,9 @@ def compute_atom_maps(
         todo = missing_maps(store, dict_ids)
     if not todo:
         return []
-    workers = workers if workers > 0 else default_workers(len(todo))
+    if workers <= 0:
+        with connect_readonly(store) as con:
+            workers = default_workers(len(todo), sum(n for _, _, n in fingerprint(con, todo)))
     started: dict[int, float] = {}
     keys: dict[int, tuple[list[list[Any]], pd.DataFrame]] = {}
 

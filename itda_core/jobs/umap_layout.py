@@ -27,6 +27,7 @@ from itda_core.extras import require
 EXACT_KNN_MAX = 20_000  # rows up to which neighbours are exact; above, umap-learn's NN-descent (approximate)
 KNN_CHUNK = 2048  # query rows per matrix product (2048 x 20,000 floats = 160 MB at most)
 MAX_WORKERS = 4  # processes at once when the caller does not say
+MIN_ATOMS_FOR_WORKERS = 10_000  # about 10 CPU seconds of maps: below, workers' start-up costs more
 
 
 def cosine_knn(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -93,8 +94,12 @@ def embed(vectors: np.ndarray, params: UmapParams) -> np.ndarray:
     return layout(x, neighbours(x, params), params)
 
 
-def default_workers(n_maps: int) -> int:
-    """Processes for ``n_maps`` maps: one per CPU core, at most :data:`MAX_WORKERS` and ``n_maps``."""
+def default_workers(n_maps: int, n_atoms: int) -> int:
+    """Processes for ``n_maps`` maps of ``n_atoms`` atoms in all: one per CPU core, at most
+    :data:`MAX_WORKERS` and ``n_maps``; this process alone under :data:`MIN_ATOMS_FOR_WORKERS` atoms, where
+    starting workers (each compiles umap-learn's kernels, ~14 CPU seconds) costs more than it saves."""
+    if n_atoms < MIN_ATOMS_FOR_WORKERS:
+        return 1
     return max(1, min(os.cpu_count() or 1, MAX_WORKERS, n_maps))
 
 
