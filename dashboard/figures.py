@@ -119,7 +119,7 @@ def selected_cell(event: object) -> tuple[int, int] | None:
 
 
 def quality_by_layer(frame: pd.DataFrame, y_title: str, hover_label: str) -> go.Figure:
-    """The overview's quality plot: one line per model (``model``, ``layer``, ``value``, ``dict_id``), x = layer,
+    """The overview's quality plot: one line per model (``model``, ``layer``, ``value``, ``dictionary``), x = layer,
     y = the metric (``y_title`` names it with its tokens)."""
     from itda_dashboard.render import escape
 
@@ -131,7 +131,7 @@ def quality_by_layer(frame: pd.DataFrame, y_title: str, hover_label: str) -> go.
                 y=part["value"],
                 mode="lines+markers",
                 name=escape(str(model)),  # plotly reads HTML in legends
-                customdata=part[["dict_id"]].to_numpy(),
+                customdata=part[["dictionary"]].to_numpy(),
                 hovertemplate=f"layer %{{x}}<br>{escape(hover_label)} %{{y:.4f}}<br>dictionary %{{customdata[0]}}"
                 "<extra></extra>",
             )

@@ -97,16 +97,16 @@ def _command(row: pd.Series, have: set[str], store: str, ce_metrics: list[str]) 
 
 
 def table(dicts: pd.DataFrame, fig: pd.DataFrame, store: str) -> tuple[pd.DataFrame, list[Metric]]:
-    """Per dictionary (in ``dicts``' order): model, layer, dict_id, one column per metric (NaN when missing;
+    """Per dictionary (in ``dicts``' order): model, layer, dictionary (its id), one column per metric (NaN when missing;
     named with its tokens), a tokens column for a metric computed on different counts, and 'to compute'."""
     found = metrics(fig)
     out = pd.DataFrame({"model": dicts["run"].astype(str), "layer": dicts["layer"].astype(int),
-                        "dict_id": dicts["dict_id"].astype(int), "k": dicts["k"]})  # fmt: skip
+                        "dictionary": dicts["dict_id"].astype(int), "k": dicts["k"]})  # fmt: skip
     for m in found:
         rows = fig[fig["metric"] == m.metric].set_index("dict_id")
-        out[m.column] = out["dict_id"].map(rows["value"]).astype(float)
+        out[m.column] = out["dictionary"].map(rows["value"]).astype(float)
         if m.min_tokens != m.max_tokens:
-            out[f"{m.label} tokens"] = out["dict_id"].map(rows["n_tokens"]).astype("Int64")
+            out[f"{m.label} tokens"] = out["dictionary"].map(rows["n_tokens"]).astype("Int64")
     have = fig.groupby("dict_id")["metric"].agg(set).to_dict() if not fig.empty else {}
     ce = [m.metric for m in found if m.metric.startswith(CE_PREFIX)]
     out["to compute"] = [_command(r, have.get(int(r["dict_id"]), set()), store, ce) for _, r in dicts.iterrows()]
@@ -114,8 +114,8 @@ def table(dicts: pd.DataFrame, fig: pd.DataFrame, store: str) -> tuple[pd.DataFr
 
 
 def by_layer(tab: pd.DataFrame, m: Metric) -> pd.DataFrame:
-    """The per-layer plot's data for one metric: model, layer, value, dict_id (dictionaries with a figure)."""
-    frame = tab[["model", "layer", "dict_id", m.column]].rename(columns={m.column: "value"})
+    """The per-layer plot's data for one metric: model, layer, value, dictionary (those with a figure)."""
+    frame = tab[["model", "layer", "dictionary", m.column]].rename(columns={m.column: "value"})
     return frame.dropna(subset=["value"]).sort_values(["model", "layer"]).reset_index(drop=True)
 
 

@@ -77,7 +77,7 @@ def test_overview_shows_quality_table_and_plot(quality_store: dict, monkeypatch:
                        if len(fvu_tokens) > 1 else f"FVU ({fvu_tokens[0]:,} tok)")  # fmt: skip
     assert len(table) == len(ids)
     for _, row in table.iterrows():
-        d = int(row["dict_id"])
+        d = int(row["dictionary"])
         for col, metric in ((fvu_col, "fvu"), (cos_col, "cosine"), (ce_col, "ce_loss_score:saebench")):
             if (d, metric) in stored:
                 assert row[col] == stored[(d, metric)][0]  # the stored DOUBLE itself
@@ -85,17 +85,17 @@ def test_overview_shows_quality_table_and_plot(quality_store: dict, monkeypatch:
                 assert row[col] != row[col], (d, metric)  # NaN: shown as a dash
     # the commands that compute what is missing
     bert0, llama0 = ids[("bert", 0)], ids[("llama", 0)]
-    todo = dict(zip(table["dict_id"], table["to compute"], strict=True))
+    todo = dict(zip(table["dictionary"], table["to compute"], strict=True))
     assert f"itda index --store {quality_store['path']}" in todo[bert0] and "--reindex" in todo[bert0]
     assert "encoder: no CE loss score" in todo[bert0]
     assert f"itda eval --store {quality_store['path']}" in todo[llama0] and "--layers 0" in todo[llama0]
     assert todo[ids[("llama", 1)]] == ""
     # the dash is what the table displays for a missing figure (the styler's display values)
     shown = _display(element)
-    assert shown.loc[shown["dict_id"] == str(bert0), fvu_col].tolist() == ["—"]
-    assert shown.loc[shown["dict_id"] == str(llama0), ce_col].tolist() == ["—"]
-    llama1 = table[table["dict_id"] == ids[("llama", 1)]].iloc[0]
-    assert shown.loc[shown["dict_id"] == str(ids[("llama", 1)]), ce_col].tolist() == [f"{llama1[ce_col]:.4f}"]
+    assert shown.loc[shown["dictionary"] == str(bert0), fvu_col].tolist() == ["—"]
+    assert shown.loc[shown["dictionary"] == str(llama0), ce_col].tolist() == ["—"]
+    llama1 = table[table["dictionary"] == ids[("llama", 1)]].iloc[0]
+    assert shown.loc[shown["dictionary"] == str(ids[("llama", 1)]), ce_col].tolist() == [f"{llama1[ce_col]:.4f}"]
     # the plot: one line per model, x = layer, y = the picked metric (FVU first), the table's figures
     plot = _plot(at)
     assert "FVU" in plot["layout"]["yaxis"]["title"]["text"]
