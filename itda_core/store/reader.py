@@ -6,6 +6,7 @@ identifies it (before a write replaces it, or to name it).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,15 +132,22 @@ class AtomSources:
     init_count: dict[int, np.ndarray] = field(default_factory=dict)
 
 
-def read_atom_sources(con: duckdb.DuckDBPyConnection) -> AtomSources:
-    """Every dictionary's provenance, token texts, init counts and config, in two queries (no vectors)."""
+def read_atom_sources(con: duckdb.DuckDBPyConnection, dict_ids: Sequence[int] | None = None) -> AtomSources:
+    """Every dictionary's (or only ``dict_ids``') provenance, token texts, init counts and config, in two queries
+    (no vectors); a missing id among ``dict_ids`` is a :class:`StoreError`."""
+    ids = None if dict_ids is None else sorted({int(d) for d in dict_ids})
+    where = "" if ids is None else f" WHERE dict_id IN ({', '.join(map(str, ids)) or 'NULL'})"
     configs = {
         int(d): ITDAConfig.from_dict(json.loads(c))
-        for d, c in con.execute("SELECT dict_id, config FROM dictionaries").fetchall()
+        for d, c in con.execute(f"SELECT dict_id, config FROM dictionaries{where}").fetchall()
     }
+    missing = [d for d in ids or [] if d not in configs]
+    if missing:
+        raise StoreError(f"no dictionary {', '.join(map(str, missing))} in the store; pick one the store holds")
     table = con.sql(
         "SELECT a.dict_id, a.doc_id, a.position, a.token_id, a.char_start, a.char_end, a.token_str, "
-        f"a.token_text, {INIT_COUNT_SQL} AS init_count FROM atoms a ORDER BY a.dict_id, a.atom"
+        f"a.token_text, {INIT_COUNT_SQL} AS init_count FROM atoms a{where.replace('dict_id', 'a.dict_id')} "
+        "ORDER BY a.dict_id, a.atom"
     ).to_arrow_table()
     out = AtomSources(configs=configs)
     dict_col = table.column("dict_id").to_numpy()
@@ -153,4 +161,9 @@ def read_atom_sources(con: duckdb.DuckDBPyConnection) -> AtomSources:
         out.provenance[dict_id] = _provenance(table, lo, hi)
         out.token_text[dict_id] = np.asarray(texts[lo:hi], dtype=object)
         out.init_count[dict_id] = np.asarray(init_count[lo:hi], dtype=np.int64)
+    for dict_id in ids or []:  # an asked-for dictionary without atoms still has (empty) sources
+        if dict_id not in out.provenance:
+            out.provenance[dict_id] = _provenance(table, 0, 0)
+            out.token_text[dict_id] = np.asarray([], dtype=object)
+            out.init_count[dict_id] = np.asarray([], dtype=np.int64)
     return out
