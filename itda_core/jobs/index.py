@@ -195,7 +195,7 @@ def _index_group(
                 report.skipped[t.dict_id] = "no held-out tokens"
             return
         n_docs = len(np.unique(doc_ids))
-        counted = counted_rows(model, np.concatenate(tok_col))
+        counted = counted_rows(model, np.concatenate(tok_col), positions)
         bar = Progress(total=len(targets), unit="dict", desc=f"index {model.name}", enabled=config.progress)
         try:
             for target in targets:

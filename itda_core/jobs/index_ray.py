@@ -171,7 +171,7 @@ class BatchEncoder:
         forward_s = time.perf_counter() - t0
         prov = batch.provenance
         doc_ids, positions = prov.doc_id.numpy().astype(np.int32), prov.position.numpy().astype(np.int32)
-        counted = torch.from_numpy(counted_rows(self.model, prov.token_id.numpy()))
+        counted = torch.from_numpy(counted_rows(self.model, prov.token_id.numpy(), positions))
         for dict_id, (itda, layer, k) in self.dictionaries.items():
             t1 = time.perf_counter()
             x = batch.acts[layer].float()

@@ -1,5 +1,6 @@
-"""``itda index`` writes each dictionary's FVU, cosine and MSE on the held-out tokens it encodes: metrics.py's
-figures on those very tokens, and ``itda eval --store``'s when both read the whole held-out split."""
+"""``itda index`` writes each dictionary's FVU, cosine and MSE on the held-out tokens it encodes (special tokens
+and each document's first position left out): metrics.py's figures on those very tokens, and
+``itda eval --store --exclude-first``'s when both read the whole held-out split."""
 
 from __future__ import annotations
 
@@ -68,7 +69,8 @@ def _held_out_rows(indexed: dict, layer: int) -> tuple[torch.Tensor, int]:
     batches = list(extract(model, docs, [layer], 128, 32, max_tokens=None, progress=False))
     x = torch.cat([b.acts[layer] for b in batches]).float()
     tokens = torch.cat([b.provenance.token_id for b in batches])
-    counted = ~torch.isin(tokens, torch.tensor(special_token_ids(model.tokenizer)))
+    positions = torch.cat([b.provenance.position for b in batches])
+    counted = ~torch.isin(tokens, torch.tensor(special_token_ids(model.tokenizer))) & (positions > 0)
     return x[counted], len(x)
 
 
@@ -81,7 +83,7 @@ def test_index_writes_quality_rows(indexed: dict) -> None:
         for _value, corpus_id, n_tokens, details in rows.values():
             assert corpus_id == indexed["held"].corpus_id  # the held-out split's id, as itda eval names it
             assert n_tokens == details["tokens"] == len(x) < n_rows == details["indexed_tokens"]  # BOS left out
-            assert details["k"] == 4 and details["special_excluded"] == n_rows - len(x)
+            assert details["k"] == 4 and details["excluded"] == n_rows - len(x) and details["exclude_first"]
         assert 0 < rows["fvu"][0] < 1 and 0 < rows["cosine"][0] < 1  # an imperfect reconstruction of real text
         assert model.tokenizer.bos_token_id in special_token_ids(model.tokenizer)
 
@@ -109,7 +111,8 @@ def test_index_figures_are_metrics_on_the_same_tokens(indexed: dict) -> None:
 
 def test_index_figures_agree_with_eval_and_neither_deletes_the_other(indexed: dict) -> None:
     store, model = indexed["path"], indexed["model"]
-    config = StoreEvalConfig(max_tokens=None, progress=False)  # the whole held-out split, as the index read it
+    # the whole held-out split, as the index read it, without each document's first position, as the index counts
+    config = StoreEvalConfig(max_tokens=None, progress=False, exclude_first=True)
     report = evaluate_store(store, model.name, LAYERS, config, loader=lambda _n: model)
     assert sorted(report.results) == sorted(indexed["ids"].values())
     cfg = model.model.config
@@ -140,6 +143,22 @@ def test_index_figures_agree_with_eval_and_neither_deletes_the_other(indexed: di
     with connect_readonly(store) as con:
         n_rows = con.execute("SELECT count(*) FROM evaluations WHERE metric = 'fvu'").fetchall()[0][0]
     assert n_rows == 2 * len(LAYERS)  # one of each source per dictionary: nothing piled up
+
+
+def test_the_first_position_is_left_out_without_bos(tmp_path: Path) -> None:
+    """A model without BOS (GPT-2) has a real token at position 0, the attention sink: it is not counted; a model
+    with BOS has the BOS there, special anyway; the other positions count unless special."""
+    from itda_core.jobs.index_quality import counted_rows
+
+    gpt2 = tiny_model("gpt2")
+    assert gpt2.tokenizer("hello world")["input_ids"][0] not in special_token_ids(gpt2.tokenizer)
+    tokens = gpt2.tokenizer("hello world and more")["input_ids"]
+    positions = list(range(len(tokens)))
+    counted = counted_rows(gpt2, torch.tensor(tokens + tokens).numpy(), torch.tensor(positions + positions).numpy())
+    assert counted.tolist() == [p > 0 for p in positions + positions]
+    special = special_token_ids(gpt2.tokenizer)[0]
+    assert counted_rows(gpt2, torch.tensor([tokens[0], special]).numpy(), torch.tensor([1, 2]).numpy()).tolist() \
+        == [True, False]
 
 
 def test_ce_layers_of() -> None:
