@@ -3,7 +3,8 @@ score (``itda eval``, per CE rule) on held-out text, read from the store's ``eva
 :mod:`itda_dashboard.data`; shaped into a table whose column names say the metric and its tokens, and the
 command that computes a missing figure.
 
-One figure per dictionary and metric: at the dictionary's own k, then the one on the most tokens, then the newest.
+One figure per dictionary and metric: at the dictionary's own k, then ``itda index``'s, then the one on the most
+tokens, then the newest.
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ def _figures(path: str, v: Version) -> pd.DataFrame:
         rows = quality_rows(con, list(RECONSTRUCTION), [CE_PREFIX])
     if rows.empty:
         return rows
-    rows = rows.sort_values(["own_k", "n_tokens", "created"], kind="stable")
+    # the index's figures first: one sample and one rule (first positions left out) for every dictionary of a model
+    rows = rows.assign(from_index=rows["source"] == "index")
+    rows = rows.sort_values(["own_k", "from_index", "n_tokens", "created"], kind="stable")
     return rows.drop_duplicates(["dict_id", "metric"], keep="last").reset_index(drop=True)
 
 
