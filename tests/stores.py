@@ -46,3 +46,23 @@ def build_tiny_store(root: Path, *, atom_map: bool = True) -> dict:
     if atom_map:
         store_atom_map(store, [ids[("llama", 1)]])
     return {"path": store, "ids": ids, "names": names, "root": root}
+
+
+def tiny_llama_store(root: Path, layers: list[int]) -> dict:
+    """A store holding a 3-layer tiny Llama's dictionaries of ``layers`` (k 4, every training token). The model is
+    saved as a folder under ``root``, so it loads by name as a real one does, and it adds a BOS token. Returns
+    path, model, ids ({layer: dict_id}), itdas and held (the held-out split)."""
+    from itda_core.models import load_model
+    from itda_core.store.writer import write_dictionary
+    from itda_core.trainer import TrainConfig, Trainer
+
+    made = tiny_model("llama")
+    made.model.save_pretrained(root / "tiny-llama")
+    made.tokenizer.save_pretrained(root / "tiny-llama")
+    model = load_model(str(root / "tiny-llama"), device="cpu")
+    corpus = tiny_corpus(n_copies=4)
+    train, held = corpus.split(HELD_OUT)
+    store = root / "itda.duckdb"
+    itdas = Trainer(model, train, TrainConfig(layers=layers, k=4, max_tokens=None, progress=False)).run()
+    ids = {layer: write_dictionary(store, itda, model, corpus) for layer, itda in itdas.items()}
+    return {"path": store, "model": model, "ids": ids, "itdas": itdas, "held": held}

@@ -20,9 +20,8 @@ from itda_core.evaluation import evaluate, save_figure
 from itda_core.jobs.evaluation import StoreEvalConfig, evaluate_store, held_out_corpus, stored_metrics
 from itda_core.models import LoadedModel
 from itda_core.store.connection import connect_readonly
-from tests.tiny import tiny_corpus, tiny_model
+from tests.stores import tiny_llama_store
 
-HELD_OUT = 0.25
 sweep_module = importlib.import_module("itda_core.evaluation.sweep")  # the package exports a function 'sweep'
 APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
 
@@ -30,22 +29,7 @@ APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
 @pytest.fixture(scope="module")
 def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A store with a 3-layer tiny Llama (saved as a folder, so it loads by name) and its layers 1 and 2."""
-    from itda_core.models import load_model
-    from itda_core.store.writer import write_dictionary
-    from itda_core.trainer import TrainConfig, Trainer
-
-    root = tmp_path_factory.mktemp("evalstore")
-    made = tiny_model("llama")
-    made.model.save_pretrained(root / "tiny-llama")
-    made.tokenizer.save_pretrained(root / "tiny-llama")
-    model = load_model(str(root / "tiny-llama"), device="cpu")
-    corpus = tiny_corpus(n_copies=4)
-    train, held = corpus.split(HELD_OUT)
-    store = root / "itda.duckdb"
-    config = TrainConfig(layers=[1, 2], k=4, max_tokens=None, progress=False)
-    itdas = Trainer(model, train, config).run()
-    ids = {layer: write_dictionary(store, itda, model, corpus) for layer, itda in itdas.items()}
-    return {"path": store, "model": model, "ids": ids, "itdas": itdas, "held": held}
+    return tiny_llama_store(tmp_path_factory.mktemp("evalstore"), [1, 2])
 
 
 def _rows(store: Path) -> list[tuple]:

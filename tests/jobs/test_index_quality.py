@@ -20,32 +20,20 @@ from itda_core.store.connection import connect_readonly
 from itda_core.store.held_out import held_out_documents
 from itda_core.store.reader import read_dictionary
 from tests.evaluation.helpers import F64, variance_ratio
+from tests.stores import tiny_llama_store
 from tests.tiny import tiny_corpus, tiny_model
 from tests.tolerance import cosine_tol, forward_tol, gamma, mean_tol, mp_tol
 
-HELD_OUT = 0.25
 LAYERS = [1, 2]
 
 
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A tiny Llama (it adds a BOS token) with dictionaries of layers 1 and 2, indexed on every held-out token."""
-    from itda_core.models import load_model
-    from itda_core.store.writer import write_dictionary
-    from itda_core.trainer import TrainConfig, Trainer
-
-    root = tmp_path_factory.mktemp("indexquality")
-    made = tiny_model("llama")
-    made.model.save_pretrained(root / "tiny-llama")
-    made.tokenizer.save_pretrained(root / "tiny-llama")
-    model = load_model(str(root / "tiny-llama"), device="cpu")
-    corpus = tiny_corpus(n_copies=4)
-    train, held = corpus.split(HELD_OUT)
-    store = root / "itda.duckdb"
-    itdas = Trainer(model, train, TrainConfig(layers=LAYERS, k=4, max_tokens=None, progress=False)).run()
-    ids = {layer: write_dictionary(store, itda, model, corpus) for layer, itda in itdas.items()}
+    built = tiny_llama_store(tmp_path_factory.mktemp("indexquality"), LAYERS)
+    store, model = built["path"], built["model"]
     index_model(store, model, IndexConfig(max_tokens=None, progress=False, encode_chunk=37))  # uneven chunks
-    return {"path": store, "model": model, "ids": ids, "held": held}
+    return built
 
 
 def _figures(store: Path, dict_id: int, source: str | None = "index") -> dict[str, tuple]:
