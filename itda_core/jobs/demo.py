@@ -186,8 +186,10 @@ def score_layers(config: DemoConfig, model: LoadedModel, tag: str) -> int:
         return 0
     config.log(f"{tag}: CE loss score of {len(todo)} layer(s) on {config.ce_tokens:,} held-out tokens")
     start = time.perf_counter()
+    # exclude_first: as the index's figures, leave each document's first position out (on models without BOS it
+    # is an attention sink whose norm makes FVU meaningless; on models with BOS it is the BOS, special anyway)
     report = evaluate_store(config.store, dict_ids=todo, loader=lambda _name: model, config=StoreEvalConfig(
-        max_tokens=config.ce_tokens, device=config.device, progress=config.progress))  # fmt: skip
+        max_tokens=config.ce_tokens, device=config.device, progress=config.progress, exclude_first=True))  # fmt: skip
     for d, why in report.skipped.items():
         config.log(f"{tag}: no CE loss score for dictionary {d}: {why}")
     config.log(f"{tag}: {len(report.results)} CE loss score(s) stored in {time.perf_counter() - start:.0f} s")

@@ -179,6 +179,10 @@ def test_demo_scores_a_few_layers_of_causal_models(tmp_path: Path) -> None:
         ).fetchall()
     ce = [(name, layer, n) for name, layer, metric, n, _ in rows if metric == "ce_loss_score:saebench"]
     assert ce == [("tiny-llama", 1, 60)]  # the middle layer only, on the budget's tokens
+    with connect_readonly(config.store) as con:
+        flags = con.execute("SELECT DISTINCT json_extract_string(details, '$.exclude_first') FROM evaluations "
+                            "WHERE metric = 'ce_loss_score:saebench'").fetchall()
+    assert flags == [("true",)]  # as the index's figures: first positions left out
     fvu = sorted((name, layer) for name, layer, metric, _, source in rows if metric == "fvu" and source == "index")
     assert fvu == [("tiny-bert", 0), ("tiny-bert", 1), ("tiny-llama", 0), ("tiny-llama", 1), ("tiny-llama", 2)]
     assert any("an encoder, so no CE loss score" in line for line in lines)
