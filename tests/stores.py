@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from itda_core.jobs.atom_maps import store_atom_map
-from tests.tiny import tiny_corpus, tiny_model
+from tests.tiny import save_tiny_model, tiny_corpus, tiny_model
 
 HELD_OUT = 0.25
 
@@ -56,13 +56,19 @@ def tiny_llama_store(root: Path, layers: list[int]) -> dict:
     from itda_core.store.writer import write_dictionary
     from itda_core.trainer import TrainConfig, Trainer
 
-    made = tiny_model("llama")
-    made.model.save_pretrained(root / "tiny-llama")
-    made.tokenizer.save_pretrained(root / "tiny-llama")
-    model = load_model(str(root / "tiny-llama"), device="cpu")
+    model = load_model(str(save_tiny_model("llama", root / "tiny-llama")), device="cpu")
     corpus = tiny_corpus(n_copies=4)
     train, held = corpus.split(HELD_OUT)
     store = root / "itda.duckdb"
     itdas = Trainer(model, train, TrainConfig(layers=layers, k=4, max_tokens=None, progress=False)).run()
     ids = {layer: write_dictionary(store, itda, model, corpus) for layer, itda in itdas.items()}
     return {"path": store, "model": model, "ids": ids, "itdas": itdas, "held": held}
+
+
+def e2e_store(tmp_path_factory, name: str) -> Path:
+    """The store an end-to-end test serves: $ITDA_E2E_STORE when set (a real one, for screenshots), else a tiny
+    indexed one without atom maps (faster to build), in a fresh folder named ``name``."""
+    import os
+
+    chosen = os.environ.get("ITDA_E2E_STORE")
+    return Path(chosen) if chosen else build_tiny_store(tmp_path_factory.mktemp(name), atom_map=False)["path"]

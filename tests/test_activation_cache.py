@@ -20,7 +20,7 @@ from itda_core.dictionary import ITDA
 from itda_core.errors import ITDAError
 from itda_core.extraction import extract
 from itda_core.trainer import Trainer
-from tests.tiny import TEXTS, tiny_corpus, tiny_model
+from tests.tiny import TEXTS, save_tiny_model, tiny_corpus, tiny_model
 
 LAYERS = [0, 2]
 # fields that describe the run, not the dictionary (when and how fast it was built)
@@ -159,10 +159,7 @@ def test_damaged_shards_and_missing_files_are_one_line_errors(llama, corpus, tmp
 
 
 def test_extract_then_train_from_the_cache_on_the_command_line(tmp_path):
-    made = tiny_model("gpt2")
-    folder = tmp_path / "tiny-gpt2"
-    made.model.save_pretrained(folder)
-    made.tokenizer.save_pretrained(folder)
+    folder = save_tiny_model("gpt2", tmp_path / "tiny-gpt2")
     corpus = tmp_path / "docs.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS * 3))
     runner = CliRunner()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
@@ -137,3 +139,12 @@ def tiny_corpus(n_copies: int = 1) -> Corpus:
 
     digest = hashlib.sha256("\n".join(f"{d.doc_id}\t{d.text}" for d in docs).encode()).hexdigest()
     return Corpus(name="tiny", documents=docs, corpus_id="tiny-v1", sha256=digest)
+
+
+def save_tiny_model(kind: str, folder: Path, n_layers: int = 3) -> Path:
+    """:func:`tiny_model` saved as a transformers folder (weights and tokenizer), so it loads by path as a real
+    model does; returns the folder."""
+    made = tiny_model(kind, n_layers=n_layers)
+    made.model.save_pretrained(folder)
+    made.tokenizer.save_pretrained(folder)
+    return folder

@@ -5,7 +5,6 @@ the library's counts, click an atom link and land on its atom page. Screenshots 
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -14,6 +13,7 @@ import pytest
 
 from tests.dashboard import test_e2e as e2e
 from tests.dashboard.test_e2e import _idle, _shot, _wait_url, browser, page, server  # noqa: F401 - fixtures
+from tests.stores import e2e_store
 
 pytestmark = e2e.pytestmark
 expect = e2e.sync_api.expect
@@ -22,10 +22,7 @@ expect = e2e.sync_api.expect
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     """test_e2e.py's store ($ITDA_E2E_STORE, or the tiny one) without the atom map this page does not show."""
-    from tests.stores import build_tiny_store
-
-    chosen = os.environ.get("ITDA_E2E_STORE")
-    return Path(chosen) if chosen else build_tiny_store(tmp_path_factory.mktemp("e2e-diff"), atom_map=False)["path"]
+    return e2e_store(tmp_path_factory, "e2e-diff")
 
 
 def _pair(pg) -> tuple[int, int]:

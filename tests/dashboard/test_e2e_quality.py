@@ -5,7 +5,6 @@ in test-artifacts/e2e/ (and $ITDA_SCREENSHOTS_DIR)."""
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from tests.dashboard.test_e2e import CHROMIUM, _idle, _shot, sync_api
 from tests.dashboard.test_e2e import browser as browser
 from tests.dashboard.test_e2e import page as page
 from tests.dashboard.test_e2e import server as server
+from tests.stores import e2e_store
 
 pytestmark = [
     pytest.mark.skipif(
@@ -30,12 +30,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     """The store the server shows (test_e2e's ``server`` asks for it by name)."""
-    chosen = os.environ.get("ITDA_E2E_STORE")
-    if chosen:
-        return Path(chosen)
-    from tests.stores import build_tiny_store
-
-    return build_tiny_store(tmp_path_factory.mktemp("e2e_quality"), atom_map=False)["path"]
+    return e2e_store(tmp_path_factory, "e2e_quality")
 
 
 def test_overview_quality_table_plot_and_metric_picker(server, page) -> None:

@@ -6,12 +6,12 @@ $ITDA_E2E_STORE."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from tests.dashboard.test_e2e import TIMEOUT_MS, _idle, _shot, browser, page, pytestmark, server, sync_api
+from tests.stores import e2e_store
 
 __all__ = ["browser", "page", "pytestmark", "server"]  # fixtures and marks shared with test_e2e.py
 PROMPT = "The capital of France is"
@@ -19,12 +19,7 @@ PROMPT = "The capital of France is"
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
-    chosen = os.environ.get("ITDA_E2E_STORE")
-    if chosen:
-        return Path(chosen)
-    from tests.stores import build_tiny_store
-
-    return build_tiny_store(tmp_path_factory.mktemp("e2e_steer"), atom_map=False)["path"]
+    return e2e_store(tmp_path_factory, "e2e_steer")
 
 
 def _decoder_atom(store: Path) -> tuple[int, int]:

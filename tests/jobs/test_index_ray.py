@@ -16,7 +16,7 @@ from itda_core.errors import ITDAError
 from itda_core.jobs.index import index_model
 from itda_core.jobs.index_ray import gram_passes, plan_resources
 from itda_core.store.connection import connect_readonly
-from tests.tiny import tiny_corpus, tiny_model
+from tests.tiny import save_tiny_model, tiny_corpus
 from tests.tolerance import gamma
 
 ray = pytest.importorskip("ray")
@@ -45,10 +45,7 @@ def trained(tmp_path_factory):
     from itda_core.trainer import Trainer
 
     root = tmp_path_factory.mktemp("indexray")
-    made = tiny_model("llama")
-    made.model.save_pretrained(root / "tiny-llama")
-    made.tokenizer.save_pretrained(root / "tiny-llama")
-    model = load_model(str(root / "tiny-llama"), device="cpu")
+    model = load_model(str(save_tiny_model("llama", root / "tiny-llama")), device="cpu")
     corpus = tiny_corpus(n_copies=6)
     train, _held = corpus.split(0.4)
     store = root / "blank.duckdb"

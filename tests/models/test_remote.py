@@ -15,7 +15,7 @@ from itda_core.errors import ITDAError
 from itda_core.extraction import extract
 from itda_core.models import load_model
 from itda_core.trainer import Trainer
-from tests.tiny import tiny_corpus, tiny_model
+from tests.tiny import save_tiny_model, tiny_corpus
 from tests.tolerance import forward_tol
 
 nnsight = pytest.importorskip("nnsight")
@@ -28,20 +28,12 @@ SECRET = "ndif-test-key-0123456789abcdef"
 
 @pytest.fixture(scope="module", params=["llama", "gpt2", "bert"])
 def folder(request, tmp_path_factory):
-    lm = tiny_model(request.param, n_layers=DEPTH)
-    path = tmp_path_factory.mktemp(f"tiny-{request.param}")
-    lm.model.save_pretrained(path)
-    lm.tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_model(request.param, tmp_path_factory.mktemp(f"tiny-{request.param}"), DEPTH)
 
 
 @pytest.fixture(scope="module")
 def llama_folder(tmp_path_factory):
-    lm = tiny_model("llama", n_layers=DEPTH)
-    path = tmp_path_factory.mktemp("tiny-llama-remote")
-    lm.model.save_pretrained(path)
-    lm.tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_model("llama", tmp_path_factory.mktemp("tiny-llama-remote"), DEPTH)
 
 
 def _batches(lm, layers, forward=None):

@@ -15,7 +15,7 @@ from itda_core.extraction import extract
 from itda_core.models import load_model, resolve_dtype
 from itda_core.models.placement import TruncatedModelError, blocks_path
 from itda_core.trainer import train
-from tests.tiny import tiny_corpus, tiny_model
+from tests.tiny import save_tiny_model, tiny_corpus, tiny_model
 from tests.tolerance import forward_tol
 
 DEPTH = 4
@@ -49,11 +49,7 @@ def folder(request, tmp_path_factory):
 @pytest.fixture(scope="module")
 def llama_folder(tmp_path_factory):
     """One tiny Llama folder, for the checks that do not depend on the architecture."""
-    lm = tiny_model("llama", n_layers=DEPTH)
-    path = tmp_path_factory.mktemp("tiny-llama-one")
-    lm.model.save_pretrained(path)
-    lm.tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_model("llama", tmp_path_factory.mktemp("tiny-llama-one"), DEPTH)
 
 
 def _acts(lm, layers):
