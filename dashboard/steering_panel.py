@@ -1,9 +1,12 @@
 """The steering panel shared by atom pages and live decomposition: a prompt, a strength and decoding settings,
 and the model's plain continuation beside the one with the atom's direction added to the residual stream.
 
-The work is :func:`itda_core.steering.steer_generate` (one batch: plain and steered rows, the same seed and
-settings); this module lays out the form, keeps the last request per atom in the session so a rerun shows it
-again, and caches results (deterministic for their settings) per model, atom, store version and settings.
+The work is :func:`itda_core.steering.steer_generate` (two one-row runs, the same seed and settings); this
+module lays out the form, keeps the last request per atom in the session so a rerun shows it again, and caches
+results, which are deterministic for their settings: the plain continuation per model, prompt and settings
+(it depends on neither atom nor strength, so moving the strength or picking another atom costs the steered run
+alone), the steered one per model, atom, store version, strength and settings. The plain one is shown as soon
+as it is ready, while the steered one is generated.
 """
 
 from __future__ import annotations
@@ -23,11 +26,17 @@ DEFAULT_NEW_TOKENS = 30
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
+def _plain(name: str, prompt: str, settings: dict[str, Any]) -> S.Continuation:
+    """The model's own continuation (cached: the same prompt, settings and seed give the same one)."""
+    return S.plain_continuation(live.get_model(name), prompt, **settings)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
 def _generate(name: str, dict_id: int, atom: int, version: Any, layer: int, prompt: str, strength: float,
               settings: dict[str, Any]) -> S.SteeringResult:  # fmt: skip
-    """One steering run of a stored atom (cached: the same settings and seed give the same continuations)."""
+    """One steering run of a stored atom beside the cached plain continuation (cached too)."""
     return S.steer_generate(live.get_model(name), prompt, atom_data.atom_vector(dict_id, atom), layer, strength,
-                            **settings)  # fmt: skip
+                            plain=_plain(name, prompt, settings), **settings)  # fmt: skip
 
 
 def first_difference(a: list[int], b: list[int]) -> int | None:
@@ -90,12 +99,9 @@ def _form(key: str) -> dict[str, Any] | None:
     }
 
 
-def _show(result: S.SteeringResult) -> None:
-    """The two continuations side by side, and what was added where."""
-    left, right = st.columns(2)
-    with left:
-        st.markdown("**Unsteered**")
-        st.code(result.prompt + result.unsteered, language=None, wrap_lines=True)
+def _show(result: S.SteeringResult, right: Any) -> None:
+    """The steered continuation in the column ``right`` (the plain one is already shown), and what was added
+    where."""
     with right:
         st.markdown(f"**Steered** (strength {result.strength:+g})")
         st.code(result.prompt + result.steered, language=None, wrap_lines=True)
@@ -115,8 +121,14 @@ def _show(result: S.SteeringResult) -> None:
         f"{same} Added {result.strength:+g} × typical norm {result.norm:.2f} = a vector of norm "
         f"{result.added_norm:.2f} after block {result.layer}, at every position{skipped}. The norm is the median "
         f"over {result.measured} of the prompt's {result.prompt_tokens} tokens (special tokens and the first "
-        f"position left out). Both runs: {mode}, seed {result.settings['seed']}; {result.seconds:.1f} s."
+        f"position left out). Both runs: {mode}, seed {result.settings['seed']}; {_timing(result)}."
     )
+
+
+def _timing(result: S.SteeringResult) -> str:
+    """What each run took when it was made (the plain one is cached on its own, see the module's docstring)."""
+    steered = result.seconds if result.plain_reused else result.seconds - result.plain_seconds
+    return f"generated in {result.plain_seconds:.1f} s (plain) and {max(steered, 0.0):.1f} s (steered)"
 
 
 def steering_panel(*, model_name: str, family: str, layer: int, dict_id: int, atom: int, key: str) -> None:
@@ -137,11 +149,17 @@ def steering_panel(*, model_name: str, family: str, layer: int, dict_id: int, at
     if not shown or shown["dict_id"] != int(dict_id) or shown["atom"] != int(atom):
         st.caption("Type a prompt, choose a strength and press Generate.")
         return
+    left, right = st.columns(2)
     try:
-        with st.spinner(f"Loading {md(model_name)} (once per server) and generating..."):
+        with left, st.spinner(f"Loading {md(model_name)} (once per server) and generating..."):
+            plain = _plain(model_name, shown["prompt"], shown["settings"])
+        with left:
+            st.markdown("**Unsteered**")
+            st.code(plain.prompt + plain.text, language=None, wrap_lines=True)
+        with right, st.spinner("Generating the steered continuation..."):
             result = _generate(model_name, int(dict_id), int(atom), data.store_key()[1], int(layer), shown["prompt"],
                                shown["strength"], shown["settings"])  # fmt: skip
     except Exception as err:  # a bound (ITDAError), the model cannot be loaded...
         st.error(md(str(err).splitlines()[0]) if str(err) else type(err).__name__)
         return
-    _show(result)
+    _show(result, right)

@@ -1,8 +1,9 @@
 """Steering (itda_core.steering) on tiny random causal LMs: strength 0 is the plain continuation (and the plain
 one is what transformers' generate gives), a large strength changes it, the hook goes away (even on an error),
-greedy and seeded sampling are deterministic without touching the global RNG, exactly strength x norm x
-direction is added after the block at every steered position, outliers and special tokens are left alone,
-and every bound is a clear ITDAError."""
+greedy and seeded sampling are deterministic without touching the global RNG, a plain continuation kept from
+an earlier call gives the same result (and one for other settings is refused), exactly strength x norm x
+direction is added after the block at every steered position of the steered run and nothing to the plain
+run, outliers and special tokens are left alone, and every bound is a clear ITDAError."""
 
 from __future__ import annotations
 
@@ -74,9 +75,10 @@ def test_the_hook_is_removed_and_the_model_is_unchanged(llama, monkeypatch):
     def broken(*_args, **_kwargs):
         raise RuntimeError("boom")
 
+    plain = S.plain_continuation(llama, PROMPT, max_new_tokens=4)
     monkeypatch.setattr(S, "_next_tokens", broken)
-    with pytest.raises(RuntimeError, match="boom"):
-        S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 1.5, max_new_tokens=4)
+    with pytest.raises(RuntimeError, match="boom"):  # raised in the steered run, the hook in place
+        S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 1.5, max_new_tokens=4, plain=plain)
     assert _no_hooks(llama)
 
 
@@ -96,9 +98,56 @@ def test_sampling_is_seeded_shared_by_both_runs_and_leaves_the_global_rng_alone(
     assert (a.unsteered_ids, a.steered_ids) == (b.unsteered_ids, b.steered_ids)
     others = [S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 2.0, seed=s, **kw).unsteered_ids for s in (8, 9)]
     assert any(o != a.unsteered_ids for o in others)  # the seed is used
-    # strength 0: both rows draw the same random numbers, so they pick the same tokens
+    # strength 0: the plain continuation, with the same random numbers
     zero = S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 0.0, seed=7, **kw)
     assert zero.steered_ids == zero.unsteered_ids == a.unsteered_ids
+
+
+def test_the_steered_run_draws_the_plain_runs_random_numbers(llama, monkeypatch):
+    """Two runs with one seed draw the same uniform at each step (so a token both distributions agree on is
+    picked by both): the numbers each run draws are recorded and compared."""
+    drawn: list[list[float]] = []
+    real = S._next_tokens
+
+    def recording(logits, seen, warpers, gen):
+        if seen.shape[1] == len(llama.tokenizer(PROMPT)["input_ids"]):
+            drawn.append([])
+        state = gen.get_state()
+        drawn[-1].append(float(torch.rand((), generator=gen)))
+        gen.set_state(state)
+        return real(logits, seen, warpers, gen)
+
+    monkeypatch.setattr(S, "_next_tokens", recording)
+    S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 2.0, max_new_tokens=8, sample=True, seed=11)
+    plain, steered = drawn
+    n = min(len(plain), len(steered))
+    assert n > 1 and plain[:n] == steered[:n]
+
+
+def test_a_kept_plain_continuation_gives_the_same_result_and_must_match(llama):
+    kw = {"max_new_tokens": 8, "sample": True, "temperature": 1.2, "top_k": 50, "top_p": 0.9, "seed": 5}
+    fresh = S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 1.5, **kw)
+    plain = S.plain_continuation(llama, PROMPT, **kw)
+    assert plain.ids == fresh.unsteered_ids and not fresh.plain_reused
+    again = S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 1.5, plain=plain, **kw)
+    assert (again.unsteered_ids, again.steered_ids) == (fresh.unsteered_ids, fresh.steered_ids)
+    assert again.plain_reused and again.plain_seconds == plain.seconds
+    for other in ({**kw, "seed": 6}, {**kw, "max_new_tokens": 9}):
+        with pytest.raises(ITDAError, match="other settings"):
+            S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 1.5, plain=plain, **other)
+    with pytest.raises(ITDAError, match="another prompt"):
+        S.steer_generate(llama, PROMPT + " x", _atom(llama), LAYER, 1.5, plain=plain, **kw)
+
+
+def test_strength_zero_runs_only_the_prompt_pass(llama):
+    plain, atom = S.plain_continuation(llama, PROMPT, max_new_tokens=6), _atom(llama)
+    calls: list[int] = []
+    handle = llama.blocks[LAYER].register_forward_hook(lambda _m, _i, _o: calls.append(1))
+    try:
+        r = S.steer_generate(llama, PROMPT, atom, LAYER, 0.0, max_new_tokens=6, plain=plain)
+    finally:
+        handle.remove()
+    assert len(calls) == 1 and r.steered_ids == plain.ids and r.norm > 0
 
 
 def _capture(model, layer: int, before: list, after: list, scale_position: int | None = None):
@@ -126,7 +175,12 @@ def test_the_added_vector_is_strength_times_norm_times_direction_at_every_positi
     after: list = []
     handles = _capture(llama, LAYER, before, after)
     try:
-        r = S.steer_generate(llama, PROMPT, unit, LAYER, strength, max_new_tokens=6)
+        plain = S.plain_continuation(llama, PROMPT, max_new_tokens=6)
+        assert len(before) == len(after) == len(plain.ids)  # one pass per new token, nothing added
+        assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+        before.clear()
+        after.clear()
+        r = S.steer_generate(llama, PROMPT, unit, LAYER, strength, max_new_tokens=6, plain=plain)
     finally:
         for h in handles:
             h.remove()
@@ -136,34 +190,34 @@ def test_the_added_vector_is_strength_times_norm_times_direction_at_every_positi
     assert r.measured == r.prompt_tokens - 1
     assert r.norm == before[0][0, 1:].norm(dim=-1).quantile(0.5).item()
     delta = strength * r.norm * unit
-    assert len(before) == len(after) == max(len(r.steered_ids), len(r.unsteered_ids))  # one pass per new token
+    assert len(before) == len(after) == len(r.steered_ids)  # the steered run alone: one pass per new token
     u = unit_roundoff(torch.float32)
     for pre, post in zip(before, after, strict=True):
         steered = torch.ones(pre.shape[1], dtype=torch.bool)
         if pre.shape[1] > 1:
             steered[r.skipped] = False
-        assert torch.equal(post[0], pre[0])  # the plain row is untouched
-        added = post[1] - pre[1]
-        bound = 2 * u * (pre[1].abs() + delta.abs())
+        added = post[0] - pre[0]
+        bound = 2 * u * (pre[0].abs() + delta.abs())
         assert ((added[steered] - delta).abs() <= bound[steered]).all()
-        assert torch.equal(post[1][~steered], pre[1][~steered])
+        assert torch.equal(post[0][~steered], pre[0][~steered])
 
 
 def test_outlier_positions_are_not_steered_nor_measured(gpt2):
     unit = _atom(gpt2)
     before: list = []
     after: list = []
+    plain = S.plain_continuation(gpt2, PROMPT, max_new_tokens=2)
     handles = _capture(gpt2, LAYER, before, after, scale_position=4)
     try:
-        r = S.steer_generate(gpt2, PROMPT, unit, LAYER, 1.0, max_new_tokens=2)
+        r = S.steer_generate(gpt2, PROMPT, unit, LAYER, 1.0, max_new_tokens=2, plain=plain)
     finally:
         for h in handles:
             h.remove()
     assert r.skipped == [4]  # GPT-2 has no BOS: only the outlier is skipped
-    norms = before[0][1].norm(dim=-1)
+    norms = before[0][0].norm(dim=-1)
     assert norms[4] > S.OUTLIER_RATIO * r.norm
     assert r.norm == norms[1:].quantile(0.5).item()  # the median is robust to the outlier
-    assert torch.equal(after[0][1, 4], before[0][1, 4])
+    assert torch.equal(after[0][0, 4], before[0][0, 4])
 
 
 BAD = [

@@ -142,9 +142,11 @@ def compute_atom_maps(
         todo = missing_maps(store, dict_ids)
     if not todo:
         return []
+    with connect_readonly(store) as con:
+        sizes = {d: n for d, _, n in fingerprint(con, todo)}
+    todo = sorted(todo, key=lambda d: -sizes[d])  # largest first: no big map left alone at the end
     if workers <= 0:
-        with connect_readonly(store) as con:
-            workers = default_workers(len(todo), sum(n for _, _, n in fingerprint(con, todo)))
+        workers = default_workers(len(todo), sum(sizes.values()))
     started: dict[int, float] = {}
     keys: dict[int, tuple[list[list[Any]], pd.DataFrame]] = {}
 

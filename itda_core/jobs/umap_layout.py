@@ -5,24 +5,41 @@ good as 500, docs/benchmarks.md); and many maps laid out at once in worker proce
 
 A layout stays reproducible: umap-learn runs its optimisation in one thread when given a seed, and here BLAS
 is held to one thread too, so a map is the same in this process and in any worker. Workers are spawned, not
-forked: torch and numba share GNU OpenMP, which aborts a forked child that uses it, so each worker compiles
-umap-learn's kernels once (seconds) and then lays out map after map; torch is imported only where the
-neighbours are found, in this process, so a worker starts light.
+forked: torch and numba share GNU OpenMP, which aborts a forked child that uses it; torch is imported only
+where the neighbours are found, in this process, so a worker starts light.
+
+umap-learn's numba kernels on this path take ~17 CPU seconds to compile, and umap-learn does not ask numba to
+keep them, so every process paid that. :func:`cache_umap_kernels` turns numba's on-disk cache on for them
+(numba keys each entry by the function's source file, its signature and the CPU, and compiles again when any
+of these changes), and the first worker compiles under a file lock while the others wait to load what it
+wrote: one compilation per machine and umap-learn install, not one per process.
 """
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import os
+import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from itda_core.config.atom_maps import UmapParams
 from itda_core.extras import require
+
+# umap-learn's numba kernels that a cosine map with precomputed neighbours and a seed compiles (module, name)
+UMAP_KERNELS = (
+    ("umap.umap_", "smooth_knn_dist"),
+    ("umap.umap_", "compute_membership_strengths"),
+    ("umap.layouts", "_nb_optimize_layout_euclidean_single_epoch"),  # the one-thread (seeded) variant
+)
+COMPILE_LOCK = Path(tempfile.gettempdir()) / "itda-umap-kernels.lock"
+_kernels_cached: bool | None = None  # None: not tried in this process; False: numba could not cache here
 
 EXACT_KNN_MAX = 20_000  # rows up to which neighbours are exact; above, umap-learn's NN-descent (approximate)
 KNN_CHUNK = 2048  # query rows per matrix product (2048 x 20,000 floats = 160 MB at most)
@@ -50,6 +67,42 @@ def cosine_knn(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return torch.cat(indices).numpy(), torch.cat(dists).numpy().astype(np.float32)
 
 
+def cache_umap_kernels() -> bool:
+    """Turn numba's on-disk cache on for :data:`UMAP_KERNELS` (once per process, before they compile); False
+    where numba finds nowhere to write one (then each process compiles, as umap-learn alone does)."""
+    global _kernels_cached
+    if _kernels_cached is None:
+        require("umap", "viz", "an atom map")
+        try:
+            for module, name in UMAP_KERNELS:
+                kernel = getattr(importlib.import_module(module), name)
+                if not kernel.overloads:  # compiled already (in this process): nothing to load any more
+                    kernel.enable_caching()
+            _kernels_cached = True
+        except (AttributeError, RuntimeError):  # another umap-learn layout, or no writable cache location
+            _kernels_cached = False
+    return _kernels_cached
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) the kernels a map needs, on a tiny map, holding
+    :data:`COMPILE_LOCK` so that processes started together compile once: the rest wait, then load."""
+    from filelock import FileLock
+
+    x = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+    small = UmapParams(n_neighbors=3, n_epochs=2)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)  # numpy neighbours: a worker never imports torch
+    dist = np.clip(1.0 - unit @ unit.T, 0.0, None)
+    np.fill_diagonal(dist, -1.0)  # itself first
+    index = np.argsort(dist, axis=1, kind="stable")[:, :3].astype(np.int32)
+    knn = (index, np.clip(np.take_along_axis(dist, index, axis=1), 0.0, None).astype(np.float32), None)
+    if not cache_umap_kernels():
+        layout(x, knn, small)
+        return
+    with FileLock(str(COMPILE_LOCK)):
+        layout(x, knn, small)
+
+
 def _line(n: int) -> np.ndarray:
     """Coordinates of a map too small for UMAP (fewer than 4 rows): points on a line."""
     return np.column_stack([np.arange(n, dtype=np.float32), np.zeros(n, dtype=np.float32)])
@@ -71,6 +124,7 @@ def layout(vectors: np.ndarray, knn: tuple[Any, ...], params: UmapParams) -> np.
     if n < 4:
         return _line(n)
     umap = require("umap", "viz", "an atom map")
+    cache_umap_kernels()
     from threadpoolctl import threadpool_limits  # scikit-learn's, so umap-learn's too
 
     with warnings.catch_warnings(), threadpool_limits(limits=1):
@@ -115,12 +169,19 @@ def embed_many(
             yield key, embed(vectors, params)
         return
     pending: dict[Future, Any] = {}
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    context = multiprocessing.get_context("spawn")
+    from threadpoolctl import threadpool_limits
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=warm_up) as pool:
+        for _ in range(workers):  # start every worker now: they import umap-learn while vectors are read here
+            pool.submit(int)
         try:
             for key, vectors in items:
                 x = np.ascontiguousarray(vectors, dtype=np.float32)
-                # neighbours here, with torch's threads; the worker runs umap-learn alone
-                pending[pool.submit(layout, x, neighbours(x, params), params)] = key
+                # neighbours here, in one thread: the workers have the cores
+                with threadpool_limits(limits=1):
+                    knn = neighbours(x, params)
+                pending[pool.submit(layout, x, knn, params)] = key
                 while len(pending) >= 2 * workers:
                     yield from _finished(pending)
             while pending:

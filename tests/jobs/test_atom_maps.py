@@ -77,3 +77,44 @@ def test_params_are_bounded():
     for bad in ({"n_epochs": 0}, {"n_epochs": MAX_EPOCHS + 1}, {"n_neighbors": 1}, {"min_dist": 2.0}):
         with pytest.raises(ITDAError):
             UmapParams(**bad)
+
+
+KERNEL_RUN = """
+import json, sys
+import numpy as np
+from itda_core.config.atom_maps import UmapParams
+from itda_core.jobs import umap_layout
+import importlib
+x = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32)
+coords = umap_layout.embed(x, UmapParams(n_epochs=20))
+stats = {name: [getattr(importlib.import_module(m), name).stats.cache_hits,
+                getattr(importlib.import_module(m), name).stats.cache_misses] for m, name in umap_layout.UMAP_KERNELS}
+print(json.dumps({"coords": coords.tolist(), "stats": {k: [sum(v[0].values()), sum(v[1].values())]
+                                                       for k, v in stats.items()}}))
+"""
+
+
+def test_umap_kernels_compile_once_into_numbas_cache_and_load_as_the_same_maps(tmp_path):
+    """A process with a cold numba cache compiles umap-learn's kernels and writes them; the next loads them
+    (cache hits, no misses) and makes the same map, to the bit."""
+    import importlib
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+
+    def run() -> dict:
+        out = subprocess.run([sys.executable, "-c", KERNEL_RUN], env=env, capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    cold = run()
+    assert all(misses > 0 for _, misses in cold["stats"].values()), cold["stats"]
+    written = {p.name.split("-")[0].split(".")[-1] for p in tmp_path.rglob("*.nbi")}  # module.function-line
+    assert {
+        getattr(importlib.import_module(m), name).py_func.__name__ for m, name in umap_layout.UMAP_KERNELS
+    } <= written
+    warm = run()
+    assert all(hits > 0 and misses == 0 for hits, misses in warm["stats"].values()), warm["stats"]
+    assert warm["coords"] == cold["coords"]
