@@ -3,9 +3,11 @@
 Run by hand: ``.venv/bin/python bench/bench_steering.py [--layer 6 --tokens 30 --repeats 3 --threads N]``.
 The direction is a real activation at the layer (what an ITDA atom is: the residual of " rainy" in a sentence
 about the weather), unit-normed. Prints a markdown table for docs/benchmarks.md: the best of ``--repeats``
-wall times of one :func:`itda_core.steering.steer_generate` call (plain and steered rows together), beside
-transformers' own ``generate`` of the plain continuation alone, measured in the same run so that ratios
-compare like with like; then the norms that were measured and the two continuations.
+wall times of one :func:`itda_core.steering.steer_generate` call, both continuations from scratch (a new
+prompt or new settings) and with the plain one kept from an earlier call (what moving the strength or picking
+another atom costs in the dashboard), beside transformers' own ``generate`` of the plain continuation alone,
+measured in the same run so that ratios compare like with like; then the norms that were measured and the
+two continuations.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from machine import cpu_name  # bench/machine.py (a script's folder is on sys.pa
 
 from itda_core.extraction import residual_stream
 from itda_core.models import load_model
-from itda_core.steering import steer_generate
+from itda_core.steering import plain_continuation, steer_generate
 
 PROMPT = "My favourite thing to do on holiday is"
 SOURCE = "The weather in London is rainy today."
@@ -59,22 +61,29 @@ def main() -> None:
             return model.model.generate(**ids, max_new_tokens=args.tokens, min_new_tokens=args.tokens,
                                         do_sample=False, pad_token_id=model.tokenizer.eos_token_id)  # fmt: skip
 
-    def steer(sample: bool) -> Callable[[], object]:
-        return lambda: steer_generate(model, PROMPT, direction, args.layer, args.strength, max_new_tokens=args.tokens,
-                                      sample=sample, temperature=0.8, top_p=0.9, seed=0)  # fmt: skip
+    def steer(sample: bool, kept: bool = False) -> Callable[[], object]:
+        settings = {"max_new_tokens": args.tokens, "sample": sample, "temperature": 0.8, "top_p": 0.9, "seed": 0}
+        plain_run = plain_continuation(model, PROMPT, **settings) if kept else None
+        return lambda: steer_generate(model, PROMPT, direction, args.layer, args.strength, plain=plain_run, **settings)
 
     steer(False)()  # warm-up (first-call allocations)
     t_plain, _ = best(plain, args.repeats)
     t_greedy, greedy = best(steer(False), args.repeats)
     t_sampled, sampled = best(steer(True), args.repeats)
-    print(f"{args.model}, layer {args.layer}, strength {args.strength}, {args.tokens} new tokens, "
-          f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, best of {args.repeats}\n")
+    t_greedy_kept, _ = best(steer(False, kept=True), args.repeats)
+    t_sampled_kept, _ = best(steer(True, kept=True), args.repeats)
+    print(
+        f"{args.model}, layer {args.layer}, strength {args.strength}, {args.tokens} new tokens, "
+        f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, best of {args.repeats}\n"
+    )
     print("| run | seconds | ms / new token | vs plain generate |")
     print("|---|---:|---:|---:|")
-    for name, t, r in (("transformers generate, plain only (reference)", t_plain, None),
-                       ("steer_generate greedy (plain + steered rows)", t_greedy, greedy),
-                       ("steer_generate sampled T=0.8 top-p 0.9 (plain + steered)", t_sampled, sampled)):  # fmt: skip
-        n = args.tokens if r is None else max(len(r.steered_ids), len(r.unsteered_ids))
+    rows = (("transformers generate, plain only (reference)", t_plain, args.tokens),
+            ("steer_generate greedy, both continuations", t_greedy, 2 * args.tokens),
+            ("steer_generate sampled T=0.8 top-p 0.9, both continuations", t_sampled, 2 * args.tokens),
+            ("steer_generate greedy, plain one kept (steered run only)", t_greedy_kept, args.tokens),
+            ("steer_generate sampled, plain one kept (steered run only)", t_sampled_kept, args.tokens))  # fmt: skip
+    for name, t, n in rows:
         print(f"| {name} | {t:.2f} | {1000 * t / n:.0f} | {t / t_plain:.2f}x |")
     norms = hidden.norm(dim=-1)
     print(f"\nnorm at layer {args.layer} of {SOURCE!r}: first token {norms[0]:.1f}, median of the rest "

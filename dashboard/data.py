@@ -165,7 +165,7 @@ def _dictionaries(path: str, v: Version) -> pd.DataFrame:
     with connect_readonly(path) as con:
         df = Q.list_dictionaries(con)
         extra = Q.dictionary_details(con)
-        evals = Q.evaluation_values(con)  # per metric, the row describing the dictionary as trained comes last
+        evals = Q.evaluation_values(con)  # one figure per metric: the quality table's
         has_umap = Q.has_table(con, "atom_umap")
     df = df.merge(extra, on="dict_id", how="left")
     df["model"] = [short_name(n) for n in df["model_name"]]
@@ -187,7 +187,7 @@ def _dictionaries(path: str, v: Version) -> pd.DataFrame:
         for r, layer, d, is_dup in zip(df["run"], df["layer"], df["dict_id"], dup, strict=True)
     ]
     if not evals.empty:
-        wide = evals.pivot_table(index="dict_id", columns="metric", values="value", aggfunc="last")
+        wide = evals.pivot(index="dict_id", columns="metric", values="value")
         wide.columns = [f"eval_{c}" for c in wide.columns]
         df = df.merge(wide.reset_index(), on="dict_id", how="left")
     df.attrs["has_umap"] = has_umap

@@ -1,10 +1,13 @@
-"""Plotly figures the pages share: an atom's signed coefficient histogram and the clickable similarity
-heatmap (with reading back which cell was clicked)."""
+"""Plotly figures the pages share: an atom's signed coefficient histogram, the clickable similarity
+heatmap (with reading back which cell was clicked), the overview's quality plot and its colours per model."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import pandas as pd
+import plotly.colors
 import plotly.graph_objects as go
 
 
@@ -118,18 +121,28 @@ def selected_cell(event: object) -> tuple[int, int] | None:
     return None
 
 
-def quality_by_layer(frame: pd.DataFrame, y_title: str, hover_label: str) -> go.Figure:
+def run_colors(runs: Iterable[str]) -> dict[str, str]:
+    """One colour per model run, in the order given (the overview's), so that the page's plots agree on it even
+    when one of them lacks a model."""
+    palette = plotly.colors.qualitative.Plotly
+    return {run: palette[i % len(palette)] for i, run in enumerate(dict.fromkeys(str(r) for r in runs))}
+
+
+def quality_by_layer(frame: pd.DataFrame, y_title: str, hover_label: str, colors: dict[str, str]) -> go.Figure:
     """The overview's quality plot: one line per model (``model``, ``layer``, ``value``, ``dictionary``), x = layer,
-    y = the metric (``y_title`` names it with its tokens)."""
+    y = the metric (``y_title`` names it with its tokens), each model in its colour of :func:`run_colors`."""
     from itda_dashboard.render import escape
 
     fig = go.Figure()
     for model, part in frame.groupby("model", sort=False):
+        color = colors.get(str(model))
         fig.add_trace(
             go.Scatter(
                 x=part["layer"],
                 y=part["value"],
                 mode="lines+markers",
+                line={"color": color},
+                marker={"color": color},
                 name=escape(str(model)),  # plotly reads HTML in legends
                 customdata=part[["dictionary"]].to_numpy(),
                 hovertemplate=f"layer %{{x}}<br>{escape(hover_label)} %{{y:.4f}}<br>dictionary %{{customdata[0]}}"

@@ -3,8 +3,9 @@ score (``itda eval``, per CE rule) on held-out text, read from the store's ``eva
 :mod:`itda_dashboard.data`; shaped into a table whose column names say the metric and its tokens, and the
 command that computes a missing figure.
 
-One figure per dictionary and metric: at the dictionary's own k, then ``itda index``'s, then the one on the most
-tokens, then the newest.
+One figure per dictionary and metric, chosen by the store
+(:data:`itda_core.store.evaluations.FIGURE_CHOICE`): at the dictionary's own k, then ``itda index``'s, then the
+one on the most tokens, then the newest. The overview's Dictionaries table shows the same figures.
 """
 
 from __future__ import annotations
@@ -56,14 +57,8 @@ def _figures(path: str, v: Version) -> pd.DataFrame:
     from itda_core.store.connection import connect_readonly
     from itda_core.store.evaluations import quality_rows
 
-    with connect_readonly(path) as con:
-        rows = quality_rows(con, list(RECONSTRUCTION), [CE_PREFIX])
-    if rows.empty:
-        return rows
-    # the index's figures first: one sample and one rule (first positions left out) for every dictionary of a model
-    rows = rows.assign(from_index=rows["source"] == "index")
-    rows = rows.sort_values(["own_k", "from_index", "n_tokens", "created"], kind="stable")
-    return rows.drop_duplicates(["dict_id", "metric"], keep="last").reset_index(drop=True)
+    with connect_readonly(path) as con:  # one figure per dictionary and metric, chosen by the store's rule
+        return quality_rows(con, list(RECONSTRUCTION), [CE_PREFIX])
 
 
 def figures() -> pd.DataFrame:

@@ -51,6 +51,8 @@ model_view = models.rename(columns={"label": "model"})[
 ]
 st.dataframe(model_view, hide_index=True, width="stretch")
 
+colors = figures.run_colors(dicts["run"])  # one colour per model on every plot of the page
+
 # a container with a key: its CSS class st-key-ov_quality finds the section in a browser
 with st.container(key="ov_quality"):
     st.subheader("Reconstruction quality (held-out)")
@@ -77,7 +79,7 @@ with st.container(key="ov_quality"):
         labels = {m.column: m for m in found}
         picked = st.radio("Metric by layer", list(labels), horizontal=True, key="ov_quality_metric")
         metric = labels[picked or next(iter(labels))]
-        fig = figures.quality_by_layer(quality_data.by_layer(quality, metric), metric.column, metric.label)
+        fig = figures.quality_by_layer(quality_data.by_layer(quality, metric), metric.column, metric.label, colors)
         st.plotly_chart(fig, width="stretch", key="ov_quality_plot")
 
 st.subheader("Atoms per layer")
@@ -91,6 +93,7 @@ if len(dicts):
         x=x,
         y="n_atoms",
         color="run",
+        color_discrete_map={escape(run): c for run, c in colors.items()},
         markers=True,
         labels={"n_atoms": "atoms", "layer": "layer", "depth": "relative depth", "run": "model"},
         hover_data={"dict_id": True, "tokens_seen": True, "k": True},

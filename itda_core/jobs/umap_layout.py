@@ -85,8 +85,9 @@ def cache_umap_kernels() -> bool:
 
 
 def warm_up() -> None:
-    """Compile (or load from numba's cache) the kernels a map needs, on a tiny map, holding
-    :data:`COMPILE_LOCK` so that processes started together compile once: the rest wait, then load."""
+    """Import umap-learn and compile (or load from numba's cache) the kernels a map needs, on a tiny map,
+    holding :data:`COMPILE_LOCK`, so that processes started together compile once: the rest wait, then load.
+    The import is inside the lock too: on a fresh install it compiles pynndescent's own cached kernels."""
     from filelock import FileLock
 
     x = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
@@ -96,10 +97,8 @@ def warm_up() -> None:
     np.fill_diagonal(dist, -1.0)  # itself first
     index = np.argsort(dist, axis=1, kind="stable")[:, :3].astype(np.int32)
     knn = (index, np.clip(np.take_along_axis(dist, index, axis=1), 0.0, None).astype(np.float32), None)
-    if not cache_umap_kernels():
-        layout(x, knn, small)
-        return
     with FileLock(str(COMPILE_LOCK)):
+        cache_umap_kernels()
         layout(x, knn, small)
 
 

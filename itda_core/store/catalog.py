@@ -93,16 +93,6 @@ def dictionary_layers(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     )
 
 
-def evaluation_values(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """Every stored evaluation figure (dict_id, metric, value). A metric can have several rows (another k,
-    another corpus): those at the dictionary's own k come last, the most recent last among them, so that
-    keeping the last row per metric keeps the one that describes the dictionary as trained."""
-    return con.execute(
-        "SELECT e.dict_id, e.metric, e.value FROM evaluations e LEFT JOIN dictionaries d USING (dict_id) "
-        "ORDER BY COALESCE(TRY_CAST(json_extract_string(e.details, '$.k') AS INTEGER) = d.k, false), e.created"
-    ).df()
-
-
 def has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     """Whether the store has table ``name`` (e.g. ``atom_umap``, created by the first stored atom map)."""
     return name in table_names(con)

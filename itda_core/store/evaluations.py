@@ -116,22 +116,38 @@ def replace_evaluations(
     return ""
 
 
-def quality_rows(con: duckdb.DuckDBPyConnection, metrics: Sequence[str], prefixes: Sequence[str] = ()) -> Any:
-    """Every stored figure of ``metrics`` (or a metric starting with one of ``prefixes``, e.g.
-    ``ce_loss_score:``) as a DataFrame: dict_id, metric, value, corpus_id, n_tokens, k (of the details),
-    own_k (whether k is the dictionary's own), source ('eval' or 'index'), created."""
+# Which stored figure stands for a dictionary's metric when there are several (another k, corpus, sample, tool):
+# the one at its own k, then ``itda index``'s (one sample and rule for all of a model's layers), then the one on
+# the most tokens, then the newest.
+FIGURE_CHOICE = "own_k DESC, source = 'index' DESC, n_tokens DESC NULLS LAST, created DESC"
+
+
+def quality_rows(
+    con: duckdb.DuckDBPyConnection, metrics: Sequence[str] | None = None, prefixes: Sequence[str] = ()
+) -> Any:
+    """One stored figure per dictionary and metric (the one :data:`FIGURE_CHOICE` puts first), for ``metrics``
+    and metrics starting with one of ``prefixes`` (e.g. ``ce_loss_score:``), or every metric when both are
+    left out: a DataFrame of dict_id, metric, value, corpus_id, n_tokens, k (of the details), own_k (whether k
+    is the dictionary's own), source ('eval' or 'index'), created."""
     tests = ["starts_with(e.metric, ?)"] * len(prefixes)
     if metrics:
         tests.append("e.metric IN (" + ", ".join("?" * len(metrics)) + ")")
-    where = " OR ".join(tests) or "false"
+    where = " OR ".join(tests) or ("true" if metrics is None else "false")
     return con.execute(
-        "SELECT e.dict_id, e.metric, e.value, e.corpus_id, e.n_tokens, "
+        "SELECT * FROM (SELECT e.dict_id, e.metric, e.value, e.corpus_id, e.n_tokens, "
         "TRY_CAST(json_extract_string(e.details, '$.k') AS INTEGER) AS k, "
         "COALESCE(TRY_CAST(json_extract_string(e.details, '$.k') AS INTEGER) = d.k, false) AS own_k, "
         f"{_source_sql('e.details')} AS source, e.created "
-        f"FROM evaluations e JOIN dictionaries d USING (dict_id) WHERE {where} ORDER BY e.dict_id, e.metric",
-        [*prefixes, *metrics],
+        f"FROM evaluations e JOIN dictionaries d USING (dict_id) WHERE {where}) "
+        f"QUALIFY row_number() OVER (PARTITION BY dict_id, metric ORDER BY {FIGURE_CHOICE}) = 1 "
+        "ORDER BY dict_id, metric",
+        [*prefixes, *(metrics or [])],
     ).df()
+
+
+def evaluation_values(con: duckdb.DuckDBPyConnection) -> Any:
+    """Every metric's chosen figure per dictionary (dict_id, metric, value): see :func:`quality_rows`."""
+    return quality_rows(con)[["dict_id", "metric", "value"]]
 
 
 def evaluated(con: duckdb.DuckDBPyConnection, dict_ids: Sequence[int], metric: str) -> set[int]:
@@ -147,5 +163,5 @@ def evaluated(con: duckdb.DuckDBPyConnection, dict_ids: Sequence[int], metric: s
     return {int(r[0]) for r in rows}
 
 
-__all__ = ["EVAL_SOURCE", "INDEX_SOURCE", "evaluated", "held_out_corpus", "held_out_id", "name_legacy_rules",
-           "quality_rows", "replace_evaluations"]
+__all__ = ["EVAL_SOURCE", "FIGURE_CHOICE", "INDEX_SOURCE", "evaluated", "evaluation_values", "held_out_corpus",
+           "held_out_id", "name_legacy_rules", "quality_rows", "replace_evaluations"]

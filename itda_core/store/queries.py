@@ -18,7 +18,6 @@ import pandas as pd
 from itda_core.store.catalog import (
     density_by_layer,
     dictionary_details,
-    evaluation_values,
     get_dictionary,
     has_table,
     list_dictionaries,
@@ -27,6 +26,7 @@ from itda_core.store.catalog import (
     stored_similarities,
 )
 from itda_core.store.contexts import codes_at, dictionary_keys, documents_with_tokens, render_contexts
+from itda_core.store.evaluations import evaluation_values
 from itda_core.store.schema import INIT_COUNT_SQL, first_record, first_row
 
 __all__ = [

@@ -52,6 +52,17 @@ def _column(table, label: str) -> str:
     return found[0]
 
 
+def _colors_agree(at, plot: dict) -> None:
+    """Each model's line in the quality plot has its colour in the atoms-per-layer plot."""
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    atoms = [c for c in charts if c["layout"].get("yaxis", {}).get("title", {}).get("text") == "atoms"]
+    assert len(atoms) == 1
+    atom_colors = {t["name"]: t["line"]["color"] for t in atoms[0]["data"]}
+    quality_colors = {t["name"]: t["line"]["color"] for t in plot["data"]}
+    assert quality_colors and all(atom_colors[name] == c for name, c in quality_colors.items()), (
+        atom_colors, quality_colors)  # fmt: skip
+
+
 def _plot(at) -> dict:
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     found = [c for c in charts if c["layout"].get("yaxis", {}).get("title", {}).get("text", "").count("tok)")]
@@ -83,6 +94,15 @@ def test_overview_shows_quality_table_and_plot(quality_store: dict, monkeypatch:
                 assert row[col] == stored[(d, metric)][0]  # the stored DOUBLE itself
             else:
                 assert row[col] != row[col], (d, metric)  # NaN: shown as a dash
+    # the Dictionaries table shows the same figures, though Llama layer 1 has FVU and cosine from eval too
+    with connect_readonly(quality_store["path"]) as con:
+        assert con.execute("SELECT count(*) FROM evaluations WHERE dict_id = ? AND metric = 'fvu'",
+                           [ids[("llama", 1)]]).fetchone()[0] == 2  # fmt: skip
+    dicts = next(df.value for df in at.dataframe if "dict_id" in df.value.columns).set_index("dict_id")
+    for col, metric in ((fvu_col, "fvu"), (cos_col, "cosine"), (ce_col, "ce_loss_score:saebench")):
+        mine = table.set_index("dictionary")[col]
+        theirs = dicts[f"eval_{metric}"].reindex(mine.index)
+        assert ((mine == theirs) | (mine.isna() & theirs.isna())).all(), (metric, mine, theirs)
     # the commands that compute what is missing
     bert0, llama0 = ids[("bert", 0)], ids[("llama", 0)]
     todo = dict(zip(table["dictionary"], table["to compute"], strict=True))
@@ -104,6 +124,7 @@ def test_overview_shows_quality_table_and_plot(quality_store: dict, monkeypatch:
     for model, (xs, ys) in lines.items():
         rows = table[(table["model"] == model) & table[fvu_col].notna()].sort_values("layer")
         assert xs == rows["layer"].tolist() and ys == rows[fvu_col].tolist()
+    _colors_agree(at, plot)
     # the metric picker switches the plot to the CE loss score: only the evaluated layer has one
     at.radio(key="ov_quality_metric").set_value(ce_col).run()
     no_exception(at)
@@ -111,6 +132,7 @@ def test_overview_shows_quality_table_and_plot(quality_store: dict, monkeypatch:
     assert plot["layout"]["yaxis"]["title"]["text"] == ce_col
     assert [(_array(t["x"]), _array(t["y"])[0]) for t in plot["data"]] == [
         ([1], stored[(ids[("llama", 1)], "ce_loss_score:saebench")][0])]
+    _colors_agree(at, plot)  # one model fewer on this plot, the same colour for the one left
 
 
 def _array(values) -> list:

@@ -78,8 +78,8 @@ def test_evaluate_store_writes_and_replaces_rows(tiny_store: dict) -> None:
 def test_rules_are_kept_apart_and_old_rows_named(tiny_store: dict, tmp_path: Path) -> None:
     """Figures of two CE rules are two metrics; rows written before the rule was recorded still read, and the
     next write names them with the rule their ``splice_special`` stands for."""
-    from itda_core.store.catalog import evaluation_values
     from itda_core.store.connection import connect_write
+    from itda_core.store.evaluations import evaluation_values
 
     store, model = tmp_path / "old.duckdb", tiny_store["model"]
     shutil.copy(tiny_store["path"], store)
