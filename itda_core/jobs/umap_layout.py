@@ -98,8 +98,11 @@ def warm_up() -> None:
     index = np.argsort(dist, axis=1, kind="stable")[:, :3].astype(np.int32)
     knn = (index, np.clip(np.take_along_axis(dist, index, axis=1), 0.0, None).astype(np.float32), None)
     with FileLock(str(COMPILE_LOCK)):
-        cache_umap_kernels()
-        layout(x, knn, small)
+        try:
+            cache_umap_kernels()
+            layout(x, knn, small)
+        except Exception:  # an initializer's error would break the pool: the map's own call raises it instead
+            pass  # (umap-learn missing...), where the caller sees it
 
 
 def _line(n: int) -> np.ndarray:

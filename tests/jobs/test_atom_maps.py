@@ -73,6 +73,16 @@ def test_worker_errors_are_raised():
         dict(embed_many(bad, FAST, workers=2))
 
 
+def test_a_failing_warm_up_leaves_the_error_to_the_maps_own_call(monkeypatch):
+    """The workers' initializer must not raise (that breaks the whole pool with an unclear message)."""
+
+    def broken(*_args, **_kwargs):
+        raise ImportError("no umap here")
+
+    monkeypatch.setattr(umap_layout, "layout", broken)
+    umap_layout.warm_up()  # no exception
+
+
 def test_params_are_bounded():
     for bad in ({"n_epochs": 0}, {"n_epochs": MAX_EPOCHS + 1}, {"n_neighbors": 1}, {"min_dist": 2.0}):
         with pytest.raises(ITDAError):
