@@ -1,9 +1,12 @@
 """Steering a causal LM with a direction (an ITDA atom) added to the residual stream, beside the plain run.
 
-:func:`steer_generate` continues one prompt twice in one batch of two rows: row 0 as the model would, row 1
-with ``strength x typical_norm x direction`` added to the output of block ``layer`` (the site the dictionary
-was built on, ``blocks.{layer}.hook_resid_post``) at every position, prompt and generated, by a forward hook
-that is removed in a ``finally``. ``typical_norm`` is the median residual norm at that layer over the
+:func:`steer_generate` continues one prompt twice, in two one-row runs: plainly (:func:`plain_continuation`,
+which a caller may keep and pass back, since it depends on neither atom nor strength) and with
+``strength x typical_norm x direction`` added to the output of block ``layer`` (the site the dictionary was
+built on, ``blocks.{layer}.hook_resid_post``) at every position, prompt and generated, by a forward hook that
+is removed in a ``finally``. Not one batch of two rows: a row's numbers would then depend on the other's (the
+decode step's logits differ by ~3e-5 between a batch of one and of two), so a kept plain run and a fresh one
+could disagree. ``typical_norm`` is the median residual norm at that layer over the
 prompt's own tokens, leaving out special tokens (BOS) and the first position: in many causal LMs it is an
 attention sink (SmolLM2-135M's first token has a norm ~150x the median from layer 12 on). Positions whose
 norm exceeds :data:`OUTLIER_RATIO` x the typical norm (that sink, massive activations) are not steered, nor
@@ -11,9 +14,9 @@ are special tokens: adding to them changes little and only their own huge value.
 
 Sampling is explicit and seeded (a ``torch.Generator`` on the model's device, never the global RNG, which
 other threads of a server share): temperature, top-k and top-p as transformers' logits warpers apply them,
-then inverse-CDF sampling with ONE uniform number per step shared by both rows, so the two runs draw the
-same random numbers (where the steered distribution equals the plain one they pick the same token) and both
-continuations are deterministic for a seed. Greedy decoding takes the argmax.
+then inverse-CDF sampling with ONE uniform number per step from a generator seeded alike in both runs, so the
+two runs draw the same random numbers (where the steered distribution equals the plain one they pick the same
+token) and both continuations are deterministic for a seed. Greedy decoding takes the argmax.
 """
 
 from __future__ import annotations
