@@ -252,9 +252,9 @@ def compute_atom_map(dict_ids: list[int]) -> pd.DataFrame:
 
 def clear_caches() -> None:
     """Drop every cached store read (the refresh button); loaded models stay in memory."""
-    from itda_dashboard import atom_data, similarity_data
+    from itda_dashboard import atom_data, diff_data, similarity_data
 
     st.cache_data.clear()
     for cached in (atom_data.unit_vector_cache, similarity_data.atom_sources_cache, similarity_data.sets_cache,
-                   _computed_map):  # fmt: skip
+                   diff_data.diff_cache, _computed_map):  # fmt: skip
         cached.clear()

@@ -22,7 +22,10 @@ MAX_CONTEXT_ATOMS = 500  # atoms whose top contexts one page shows at most
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _diff(path: str, v: Version, dict_a: int, dict_b: int, atoms: str, index: str, min_atoms: int) -> DictionaryDiff:
+def diff_cache(
+    path: str, v: Version, dict_a: int, dict_b: int, atoms: str, index: str, min_atoms: int
+) -> DictionaryDiff:
+    """Two dictionaries' diff, kept per store version and options (cleared by ``data.clear_caches``)."""
     options = similarity_data.jaccard_options(atoms, index, min_atoms)
     base = similarity_data.atom_sources_cache(path, v)
     sets = similarity_data.sets_cache(path, v, options.atoms).sets
@@ -36,7 +39,7 @@ def diff(dict_a: int, dict_b: int, options: Any = None) -> DictionaryDiff:
     page's default), cached per store version; raises the Jaccard index's ITDAError for a pair that cannot be
     compared."""
     options = options or similarity_data.jaccard_options()
-    return _diff(*store_key(), int(dict_a), int(dict_b), options.atoms, options.index, options.min_atoms)
+    return diff_cache(*store_key(), int(dict_a), int(dict_b), options.atoms, options.index, options.min_atoms)
 
 
 @dataclass(frozen=True)

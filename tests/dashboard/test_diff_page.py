@@ -202,3 +202,13 @@ def test_the_csv_holds_every_atom(store_env):
         assert rows.loc[rows["status"] == ONLY, "atom"].tolist() == only.tolist()
         assert rows.loc[rows["status"] == SHARED, "atom"].tolist() == shared.tolist()
     assert (csv["url"] == [f"atoms?dict={d}&atom={x}" for d, x in zip(csv["dict_id"], csv["atom"], strict=True)]).all()
+
+
+def test_the_refresh_button_drops_computed_diffs(monkeypatch):
+    """data.clear_caches (the refresh button) empties the diff cache as it does the others."""
+    from itda_dashboard import data, diff_data
+
+    cleared: list[str] = []
+    monkeypatch.setattr(diff_data.diff_cache, "clear", lambda *a, **k: cleared.append("diff"))
+    data.clear_caches()
+    assert cleared == ["diff"]
