@@ -21,7 +21,7 @@ from machine import cpu_name  # bench/machine.py (a script's folder is on sys.pa
 
 from itda_core.extraction import residual_stream
 from itda_core.models import load_model
-from itda_core.steering import plain_continuation, steer_generate
+from itda_core.steering import Decoding, plain_continuation, steer_generate
 
 PROMPT = "My favourite thing to do on holiday is"
 SOURCE = "The weather in London is rainy today."
@@ -62,9 +62,9 @@ def main() -> None:
                                         do_sample=False, pad_token_id=model.tokenizer.eos_token_id)  # fmt: skip
 
     def steer(sample: bool, kept: bool = False) -> Callable[[], object]:
-        settings = {"max_new_tokens": args.tokens, "sample": sample, "temperature": 0.8, "top_p": 0.9, "seed": 0}
-        plain_run = plain_continuation(model, PROMPT, **settings) if kept else None
-        return lambda: steer_generate(model, PROMPT, direction, args.layer, args.strength, plain=plain_run, **settings)
+        decoding = Decoding(args.tokens, sample=sample, temperature=0.8, top_p=0.9) if sample else Decoding(args.tokens)
+        plain_run = plain_continuation(model, PROMPT, decoding) if kept else None
+        return lambda: steer_generate(model, PROMPT, direction, args.layer, args.strength, decoding, plain=plain_run)
 
     steer(False)()  # warm-up (first-call allocations)
     t_plain, _ = best(plain, args.repeats)

@@ -11,6 +11,7 @@ as it is ready, while the steered one is generated.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import streamlit as st
@@ -28,7 +29,7 @@ DEFAULT_NEW_TOKENS = 30
 @st.cache_data(show_spinner=False, max_entries=64)
 def _plain(name: str, prompt: str, settings: dict[str, Any]) -> S.Continuation:
     """The model's own continuation (cached: the same prompt, settings and seed give the same one)."""
-    return S.plain_continuation(live.get_model(name), prompt, **settings)
+    return S.plain_continuation(live.get_model(name), prompt, S.Decoding(**settings))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -36,7 +37,7 @@ def _generate(name: str, dict_id: int, atom: int, version: Any, layer: int, prom
               settings: dict[str, Any]) -> S.SteeringResult:  # fmt: skip
     """One steering run of a stored atom beside the cached plain continuation (cached too)."""
     return S.steer_generate(live.get_model(name), prompt, atom_data.atom_vector(dict_id, atom), layer, strength,
-                            plain=_plain(name, prompt, settings), **settings)  # fmt: skip
+                            S.Decoding(**settings), plain=_plain(name, prompt, settings))  # fmt: skip
 
 
 def first_difference(a: list[int], b: list[int]) -> int | None:
@@ -85,18 +86,10 @@ def _form(key: str) -> dict[str, Any] | None:
     if not pressed:
         return None
     sample = mode == "sampled"
-    return {
-        "prompt": str(prompt),
-        "strength": float(strength),
-        "settings": {
-            "max_new_tokens": int(new_tokens),
-            "sample": sample,
-            "temperature": float(temperature) if sample else 1.0,
-            "top_k": int(top_k) if sample else 0,
-            "top_p": float(top_p) if sample else 1.0,
-            "seed": int(seed),
-        },
-    }
+    decoding = S.Decoding(max_new_tokens=int(new_tokens), sample=sample, seed=int(seed),
+                          **({"temperature": float(temperature), "top_k": int(top_k), "top_p": float(top_p)}
+                             if sample else {}))  # fmt: skip
+    return {"prompt": str(prompt), "strength": float(strength), "settings": dataclasses.asdict(decoding)}
 
 
 def _show(result: S.SteeringResult, right: Any) -> None:
@@ -113,15 +106,13 @@ def _show(result: S.SteeringResult, right: Any) -> None:
         if result.skipped
         else ""
     )
-    mode = "greedy" if not result.settings["sample"] else (
-        f"sampled (temperature {result.settings['temperature']:g}, top-k {result.settings['top_k']}, "
-        f"top-p {result.settings['top_p']:g})"
-    )  # fmt: skip
+    d = result.decoding
+    mode = "greedy" if not d.sample else f"sampled (temperature {d.temperature:g}, top-k {d.top_k}, top-p {d.top_p:g})"
     st.caption(
         f"{same} Added {result.strength:+g} × typical norm {result.norm:.2f} = a vector of norm "
         f"{result.added_norm:.2f} after block {result.layer}, at every position{skipped}. The norm is the median "
         f"over {result.measured} of the prompt's {result.prompt_tokens} tokens (special tokens and the first "
-        f"position left out). Both runs: {mode}, seed {result.settings['seed']}; {_timing(result)}."
+        f"position left out). Both runs: {mode}, seed {d.seed}; {_timing(result)}."
     )
 
 

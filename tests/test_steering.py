@@ -7,6 +7,7 @@ run, outliers and special tokens are left alone, and every bound is a clear ITDA
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -46,7 +47,7 @@ def _no_hooks(model) -> bool:
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
 def test_strength_zero_is_the_plain_continuation_which_generate_gives(kind, llama, gpt2):
     model = {"llama": llama, "gpt2": gpt2}[kind]
-    r = S.steer_generate(model, PROMPT, _atom(model), LAYER, 0.0, max_new_tokens=12)
+    r = S.steer_generate(model, PROMPT, _atom(model), LAYER, 0.0, S.Decoding(max_new_tokens=12))
     assert r.steered_ids == r.unsteered_ids and r.steered == r.unsteered
     ids = torch.tensor([model.tokenizer(PROMPT)["input_ids"]])
     with torch.inference_mode():
@@ -57,7 +58,7 @@ def test_strength_zero_is_the_plain_continuation_which_generate_gives(kind, llam
 
 @pytest.mark.parametrize("sample", [False, True])
 def test_a_large_strength_changes_the_continuation(llama, sample):
-    r = S.steer_generate(llama, PROMPT, _atom(llama), LAYER, S.MAX_STRENGTH, max_new_tokens=12, sample=sample, seed=3)
+    r = S.steer_generate(llama, PROMPT, _atom(llama), LAYER, S.MAX_STRENGTH, S.Decoding(12, sample=sample, seed=3))
     assert r.steered_ids != r.unsteered_ids
     assert r.added_norm == pytest.approx(S.MAX_STRENGTH * r.norm)
 
@@ -66,7 +67,7 @@ def test_the_hook_is_removed_and_the_model_is_unchanged(llama, monkeypatch):
     ids = torch.tensor([llama.tokenizer(PROMPT)["input_ids"]])
     with torch.inference_mode():
         before = llama.model(input_ids=ids).logits
-    S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 1.5, max_new_tokens=4)
+    S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 1.5, S.Decoding(4))
     assert _no_hooks(llama)
     with torch.inference_mode():
         after = llama.model(input_ids=ids).logits
@@ -75,31 +76,31 @@ def test_the_hook_is_removed_and_the_model_is_unchanged(llama, monkeypatch):
     def broken(*_args, **_kwargs):
         raise RuntimeError("boom")
 
-    plain = S.plain_continuation(llama, PROMPT, max_new_tokens=4)
+    plain = S.plain_continuation(llama, PROMPT, S.Decoding(4))
     monkeypatch.setattr(S, "_next_tokens", broken)
     with pytest.raises(RuntimeError, match="boom"):  # raised in the steered run, the hook in place
-        S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 1.5, max_new_tokens=4, plain=plain)
+        S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 1.5, S.Decoding(4), plain=plain)
     assert _no_hooks(llama)
 
 
 def test_greedy_is_deterministic(llama):
-    a = S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 2.0, max_new_tokens=10)
-    b = S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 2.0, max_new_tokens=10)
+    a = S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 2.0, S.Decoding(10))
+    b = S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 2.0, S.Decoding(10))
     assert (a.unsteered_ids, a.steered_ids) == (b.unsteered_ids, b.steered_ids)
 
 
 def test_sampling_is_seeded_shared_by_both_runs_and_leaves_the_global_rng_alone(llama):
     kw = {"max_new_tokens": 10, "sample": True, "temperature": 1.5, "top_k": 200, "top_p": 0.95}
     state = torch.get_rng_state()
-    a = S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 2.0, seed=7, **kw)
+    a = S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 2.0, S.Decoding(seed=7, **kw))
     assert torch.equal(torch.get_rng_state(), state)
     torch.manual_seed(123)  # the global RNG plays no part
-    b = S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 2.0, seed=7, **kw)
+    b = S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 2.0, S.Decoding(seed=7, **kw))
     assert (a.unsteered_ids, a.steered_ids) == (b.unsteered_ids, b.steered_ids)
-    others = [S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 2.0, seed=s, **kw).unsteered_ids for s in (8, 9)]
+    others = [S.plain_continuation(llama, PROMPT, S.Decoding(seed=s, **kw)).ids for s in (8, 9)]
     assert any(o != a.unsteered_ids for o in others)  # the seed is used
     # strength 0: the plain continuation, with the same random numbers
-    zero = S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 0.0, seed=7, **kw)
+    zero = S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 0.0, S.Decoding(seed=7, **kw))
     assert zero.steered_ids == zero.unsteered_ids == a.unsteered_ids
 
 
@@ -118,7 +119,7 @@ def test_the_steered_run_draws_the_plain_runs_random_numbers(llama, monkeypatch)
         return real(logits, seen, warpers, gen)
 
     monkeypatch.setattr(S, "_next_tokens", recording)
-    S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 2.0, max_new_tokens=8, sample=True, seed=11)
+    S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 2.0, S.Decoding(8, sample=True, seed=11))
     plain, steered = drawn
     n = min(len(plain), len(steered))
     assert n > 1 and plain[:n] == steered[:n]
@@ -126,25 +127,25 @@ def test_the_steered_run_draws_the_plain_runs_random_numbers(llama, monkeypatch)
 
 def test_a_kept_plain_continuation_gives_the_same_result_and_must_match(llama):
     kw = {"max_new_tokens": 8, "sample": True, "temperature": 1.2, "top_k": 50, "top_p": 0.9, "seed": 5}
-    fresh = S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 1.5, **kw)
-    plain = S.plain_continuation(llama, PROMPT, **kw)
+    fresh = S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 1.5, S.Decoding(**kw))
+    plain = S.plain_continuation(llama, PROMPT, S.Decoding(**kw))
     assert plain.ids == fresh.unsteered_ids and not fresh.plain_reused
-    again = S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 1.5, plain=plain, **kw)
+    again = S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 1.5, S.Decoding(**kw), plain=plain)
     assert (again.unsteered_ids, again.steered_ids) == (fresh.unsteered_ids, fresh.steered_ids)
     assert again.plain_reused and again.plain_seconds == plain.seconds
     for other in ({**kw, "seed": 6}, {**kw, "max_new_tokens": 9}):
         with pytest.raises(ITDAError, match="other settings"):
-            S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 1.5, plain=plain, **other)
+            S.steer_generate(llama, PROMPT, _atom(llama), LAYER, 1.5, S.Decoding(**other), plain=plain)
     with pytest.raises(ITDAError, match="another prompt"):
-        S.steer_generate(llama, PROMPT + " x", _atom(llama), LAYER, 1.5, plain=plain, **kw)
+        S.steer_generate(llama, PROMPT + " x", _atom(llama), LAYER, 1.5, S.Decoding(**kw), plain=plain)
 
 
 def test_strength_zero_runs_only_the_prompt_pass(llama):
-    plain, atom = S.plain_continuation(llama, PROMPT, max_new_tokens=6), _atom(llama)
+    plain, atom = S.plain_continuation(llama, PROMPT, S.Decoding(6)), _atom(llama)
     calls: list[int] = []
     handle = llama.blocks[LAYER].register_forward_hook(lambda _m, _i, _o: calls.append(1))
     try:
-        r = S.steer_generate(llama, PROMPT, atom, LAYER, 0.0, max_new_tokens=6, plain=plain)
+        r = S.steer_generate(llama, PROMPT, atom, LAYER, 0.0, S.Decoding(6), plain=plain)
     finally:
         handle.remove()
     assert len(calls) == 1 and r.steered_ids == plain.ids and r.norm > 0
@@ -175,12 +176,12 @@ def test_the_added_vector_is_strength_times_norm_times_direction_at_every_positi
     after: list = []
     handles = _capture(llama, LAYER, before, after)
     try:
-        plain = S.plain_continuation(llama, PROMPT, max_new_tokens=6)
+        plain = S.plain_continuation(llama, PROMPT, S.Decoding(6))
         assert len(before) == len(after) == len(plain.ids)  # one pass per new token, nothing added
         assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
         before.clear()
         after.clear()
-        r = S.steer_generate(llama, PROMPT, unit, LAYER, strength, max_new_tokens=6, plain=plain)
+        r = S.steer_generate(llama, PROMPT, unit, LAYER, strength, S.Decoding(6), plain=plain)
     finally:
         for h in handles:
             h.remove()
@@ -206,10 +207,10 @@ def test_outlier_positions_are_not_steered_nor_measured(gpt2):
     unit = _atom(gpt2)
     before: list = []
     after: list = []
-    plain = S.plain_continuation(gpt2, PROMPT, max_new_tokens=2)
+    plain = S.plain_continuation(gpt2, PROMPT, S.Decoding(2))
     handles = _capture(gpt2, LAYER, before, after, scale_position=4)
     try:
-        r = S.steer_generate(gpt2, PROMPT, unit, LAYER, 1.0, max_new_tokens=2, plain=plain)
+        r = S.steer_generate(gpt2, PROMPT, unit, LAYER, 1.0, S.Decoding(2), plain=plain)
     finally:
         for h in handles:
             h.remove()
@@ -244,9 +245,15 @@ BAD = [
 
 @pytest.mark.parametrize(("change", "message"), BAD)
 def test_bounds_raise_one_clear_error(gpt2, change, message):
-    kw = {"prompt": PROMPT, "direction": torch.ones(32), "layer": LAYER, "strength": 1.0, **change}
+    fields = {f.name for f in dataclasses.fields(S.Decoding)}
+    decoding = S.Decoding(**{k: v for k, v in change.items() if k in fields})
+    kw = {"prompt": PROMPT, "direction": torch.ones(32), "layer": LAYER, "strength": 1.0,
+          **{k: v for k, v in change.items() if k not in fields}}  # fmt: skip
     with pytest.raises(ITDAError, match=message):
-        S.steer_generate(gpt2, **kw)
+        S.steer_generate(gpt2, decoding=decoding, **kw)
+    if decoding != S.Decoding():  # the plain run checks its decoding alone too
+        with pytest.raises(ITDAError, match=message):
+            S.plain_continuation(gpt2, PROMPT, decoding)
     assert _no_hooks(gpt2)
 
 
