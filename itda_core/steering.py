@@ -57,7 +57,17 @@ class Decoding:
     seed: int = 0
 
     def check(self) -> None:
-        """Raise one clear ITDAError for the first setting out of its bounds."""
+        """Raise one clear ITDAError for the first setting of the wrong type or out of its bounds."""
+        for name in ("max_new_tokens", "top_k", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ITDAError(f"{name} must be a whole number (got {value!r})")
+        for name in ("temperature", "top_p"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise ITDAError(f"{name} must be a number (got {value!r})")
+        if not isinstance(self.sample, (bool, np.bool_)):
+            raise ITDAError(f"sample must be True or False (got {self.sample!r})")
         if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
             raise ITDAError(f"new tokens must be 1 to {MAX_NEW_TOKENS} (got {self.max_new_tokens})")
         if not MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE:
@@ -110,6 +120,8 @@ def check_request(prompt: str, strength: float) -> None:
         raise ITDAError("type a prompt to continue")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise ITDAError(f"the prompt has {len(prompt):,} characters; at most {MAX_PROMPT_CHARS:,} fit: shorten it")
+    if isinstance(strength, bool) or not isinstance(strength, (int, float, np.integer, np.floating)):
+        raise ITDAError(f"strength must be a number (got {strength!r})")
     if not np.isfinite(strength) or abs(strength) > MAX_STRENGTH:
         raise ITDAError(f"strength {strength} is out of range; use -{MAX_STRENGTH:g} to {MAX_STRENGTH:g} typical norms")
 

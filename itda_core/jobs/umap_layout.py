@@ -52,7 +52,10 @@ def cosine_knn(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     indices [n, k] int32 and distances [n, k] float32, as umap-learn's ``precomputed_knn`` takes them."""
     import torch
 
-    x = torch.nn.functional.normalize(torch.as_tensor(np.asarray(vectors), dtype=torch.float32), dim=1)
+    data = np.asarray(vectors, dtype=np.float32)
+    if not data.flags.writeable:  # a store's read-only buffer: torch warns on sharing one (it is only read here)
+        data = data.copy()
+    x = torch.nn.functional.normalize(torch.from_numpy(data), dim=1)
     n = x.shape[0]
     indices, dists = [], []
     for start in range(0, n, KNN_CHUNK):

@@ -41,6 +41,16 @@ def test_cosine_knn_is_exact_in_chunks(monkeypatch):
         assert len(set(idx[i].tolist())) == k
 
 
+def test_cosine_knn_reads_a_read_only_buffer_quietly(recwarn):
+    x = _clustered(30, 8, 2)
+    frozen = np.frombuffer(x.tobytes(), dtype=np.float32).reshape(x.shape)  # as a store hands vectors back
+    assert not frozen.flags.writeable
+    idx, dist = cosine_knn(frozen, 5)
+    assert not [w for w in recwarn if "not writable" in str(w.message)]
+    expected = cosine_knn(x, 5)
+    assert np.array_equal(idx, expected[0]) and np.array_equal(dist, expected[1])
+
+
 def test_embed_is_reproducible_for_a_seed():
     x = _clustered(120, 16, 1)
     a, b = embed(x, FAST), embed(x, FAST)
