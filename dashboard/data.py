@@ -160,6 +160,13 @@ def _options_without_site(options_key: Any) -> str:
     return json.dumps(opts, sort_keys=True)
 
 
+def precision_label(activation: Any, cache: Any) -> str:
+    """How a dictionary's activations were computed (and cached), for tables: ``float32``, ``bfloat16, cached as
+    float16``; ``not recorded`` for dictionaries trained before itda kept it."""
+    model = activation if isinstance(activation, str) and activation else "not recorded"
+    return f"{model}, cached as {cache}" if isinstance(cache, str) and cache else model
+
+
 @st.cache_data(ttl=TTL, show_spinner=False, max_entries=8)
 def _dictionaries(path: str, v: Version) -> pd.DataFrame:
     with connect_readonly(path) as con:
@@ -170,6 +177,7 @@ def _dictionaries(path: str, v: Version) -> pd.DataFrame:
     df = df.merge(extra, on="dict_id", how="left")
     df["model"] = [short_name(n) for n in df["model_name"]]
     df["options"] = [_options_without_site(o) for o in df["options_key"]]
+    df["precision"] = [precision_label(a, c) for a, c in zip(df["activation_dtype"], df["cache_dtype"], strict=True)]
     # One "run" per model, training corpus, options and data (tokens and documents seen): the dictionaries a
     # layer x layer matrix compares.
     run_cols = ["model_id", "train_corpus_id", "options", "data_key"]

@@ -55,6 +55,8 @@ class CachedModel:
     tokenizer_name: str
     layers: list[int] = field(default_factory=list)  # the cached layers
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    activation_dtype: str = ""  # the model's precision at extraction ("" in caches written before it was kept)
+    cache_dtype: str = ""  # the precision the cache stores them in
 
     @property
     def tokenizer(self) -> TokenizerName:
@@ -115,7 +117,8 @@ class CacheManifest:
         """The model identity the trainer records (see :class:`CachedModel`)."""
         m = self.model
         return CachedModel(m["model_id"], m["name"], int(m["d_model"]), int(m["n_layers"]), m["architecture"],
-                           m["family"], m["tokenizer"], list(self.layers))
+                           m["family"], m["tokenizer"], list(self.layers), activation_dtype=m.get("dtype", ""),
+                           cache_dtype=self.dtype)
 
     def corpus(self) -> Corpus:
         """The read corpus's identity (no documents: the cache holds what the trainer needs of them)."""
@@ -155,6 +158,8 @@ def _parse(folder: Path, data: Any) -> CacheManifest:
     for key, kind in _MODEL_KEYS.items():
         if not isinstance(data["model"].get(key), kind):
             raise _bad(folder, f"model field {key!r} is missing or not a {kind.__name__}")
+    if data["model"].get("dtype", "float32") not in TORCH_DTYPES:  # the model's precision (optional: newer caches)
+        raise _bad(folder, f"model field 'dtype' {data['model']['dtype']!r} is not one of {', '.join(TORCH_DTYPES)}")
     n_layers, layers = data["model"]["n_layers"], data["layers"]
     if not layers or any(not isinstance(x, int) or not 0 <= x < n_layers for x in layers) or layers != sorted(
             set(layers)):

@@ -15,7 +15,7 @@ from itda_core.corpus import Corpus
 from itda_core.dictionary import library_versions
 from itda_core.errors import ITDAError
 from itda_core.extraction import ActivationBatch, extract
-from itda_core.models import LoadedModel
+from itda_core.models import LoadedModel, dtype_name
 from itda_core.trainer import TrainReport
 
 
@@ -54,7 +54,8 @@ def manifest_for(model: LoadedModel, corpus: Corpus, layers: list[int], config: 
     tokenizer = str(getattr(model.tokenizer, "name_or_path", "")) or model.model_id  # as the trainer records it
     return CacheManifest(
         model={"model_id": model.model_id, "name": model.name, "d_model": model.d_model, "n_layers": model.n_layers,
-               "architecture": model.architecture, "family": model.family, "tokenizer": tokenizer},
+               "architecture": model.architecture, "family": model.family, "tokenizer": tokenizer,
+               "dtype": dtype_name(model.dtype)},
         layers=layers, seq_len=config.seq_len, skip_special_tokens=config.skip_special_tokens,
         batch_size=config.batch_size, max_tokens=config.max_tokens, max_documents=config.max_documents,
         corpus_id=corpus.corpus_id, corpus_sha256=corpus.sha256, corpus_documents=len(corpus.documents),

@@ -74,6 +74,8 @@ class ITDAConfig:
     tokenizer: str = ""
     seq_len: int = 128
     skip_special_tokens: bool = False
+    activation_dtype: str = ""  # precision the model computed the activations in (float32...; "" = not recorded)
+    cache_dtype: str = ""  # precision an activation cache stored them in ("" = no cache, or not recorded)
     tokens_seen: int = 0
     documents_seen: int = 0  # whole training documents seen
     documents_sha256: str = ""  # which documents exactly (ids in order, and a cut one); "" = not recorded

@@ -33,7 +33,7 @@ from itda_core.layer_builder import (
     default_threshold,
     stop_fraction,
 )
-from itda_core.models import LoadedModel
+from itda_core.models import LoadedModel, dtype_name
 from itda_core.mp import available_ram
 from itda_core.progress import Progress
 
@@ -117,6 +117,7 @@ class Trainer:
             )
             for layer in self.layers
         }
+        self.seen_dtype = ""  # the activations' precision as they arrive (a cache's model says its own)
         stops = config.early_stop and stop_fraction(self.threshold, model.d_model) is not None
         self.report = TrainReport(error_sample=ERROR_SAMPLE if stops else 1)
 
@@ -152,6 +153,7 @@ class Trainer:
                 report.forward_seconds += t1 - t0
                 if on_batch is not None:
                     on_batch(batch)
+                self.seen_dtype = self.seen_dtype or dtype_name(batch.acts[self.layers[0]].dtype)
                 for layer in self.layers:
                     self.builders[layer].step(batch.acts[layer].float(), batch.provenance)
                 report.trainer_seconds += time.perf_counter() - t1
@@ -178,6 +180,8 @@ class Trainer:
     def _finish(self) -> dict[int, ITDA]:
         cfg, model, report = self.config, self.model, self.report
         versions = library_versions()
+        cache_dtype = getattr(model, "cache_dtype", None)  # a cache's batches arrive as float32 whatever it stores
+        activation_dtype = self.seen_dtype if cache_dtype is None else model.activation_dtype
         out: dict[int, ITDA] = {}
         for layer, builder in self.builders.items():
             recent = [e for e in builder.recent_error if e == e]
@@ -197,6 +201,8 @@ class Trainer:
                 tokenizer=str(getattr(model.tokenizer, "name_or_path", "")) or model.model_id,
                 seq_len=cfg.seq_len,
                 skip_special_tokens=cfg.skip_special_tokens,
+                activation_dtype=activation_dtype,
+                cache_dtype=cache_dtype or "",
                 tokens_seen=report.tokens,
                 documents_seen=len(report.complete_documents),
                 documents_sha256=report.documents_sha256(),

@@ -60,8 +60,8 @@ def _same(a: dict[int, ITDA], b: dict[int, ITDA]) -> None:
             assert torch.equal(getattr(x.provenance, col), getattr(y.provenance, col)), col
         assert x.provenance.token_str == y.provenance.token_str
         cx, cy = dataclasses.asdict(x.config), dataclasses.asdict(y.config)
-        assert {k: v for k, v in cx.items() if k not in RUN_FIELDS} == {k: v for k, v in cy.items()
-                                                                         if k not in RUN_FIELDS}
+        skip = RUN_FIELDS | {"cache_dtype"}  # the one difference: whether a cache held the activations
+        assert {k: v for k, v in cx.items() if k not in skip} == {k: v for k, v in cy.items() if k not in skip}
 
 
 @pytest.mark.parametrize("max_tokens", [None, 101])
@@ -74,6 +74,8 @@ def test_training_from_the_cache_builds_the_same_dictionaries(llama, corpus, tmp
     cached = trainer.run(source=cache.batches(LAYERS, max_tokens=max_tokens))
     _same(direct, cached)
     assert all(d.config.tokens_seen == (max_tokens or manifest.tokens) for d in cached.values())
+    assert {(d.config.activation_dtype, d.config.cache_dtype) for d in direct.values()} == {("float32", "")}
+    assert {(d.config.activation_dtype, d.config.cache_dtype) for d in cached.values()} == {("float32", "float32")}
     if max_tokens is None:
         assert cached[0].config.documents_sha256 == manifest.documents_sha256
 
@@ -94,6 +96,18 @@ def test_half_precision_cache_rounds_each_activation_once(llama, corpus, tmp_pat
     for want, got in zip(stream, open_cache(tmp_path / "cache").batches([2]), strict=True):
         assert got.acts[2].dtype == torch.float32
         assert torch.equal(want.acts[2].half().float(), got.acts[2])
+
+
+def test_dictionaries_record_the_precision_a_cache_held(llama, corpus, tmp_path):
+    manifest = _cache(llama, corpus, tmp_path / "cache", dtype="float16")
+    assert manifest.model["dtype"] == "float32"  # what the model computed in, beside what the cache stores
+    cache = open_cache(tmp_path / "cache")
+    trained = Trainer(cache.model, cache.manifest.corpus(), _config()).run(source=cache.batches(LAYERS))
+    assert {(d.config.activation_dtype, d.config.cache_dtype) for d in trained.values()} == {("float32", "float16")}
+    _damage(tmp_path / "cache", lambda d: d["model"].pop("dtype"))  # a cache written before it was recorded
+    old = open_cache(tmp_path / "cache")
+    trained = Trainer(old.model, old.manifest.corpus(), _config()).run(source=old.batches(LAYERS))
+    assert {(d.config.activation_dtype, d.config.cache_dtype) for d in trained.values()} == {("", "float16")}
 
 
 def test_writing_refuses_a_non_empty_folder_and_replaces_it_only_when_asked(llama, corpus, tmp_path):
@@ -129,6 +143,7 @@ def _damage(folder, edit) -> None:
     (lambda d: d.update(seq_len="24"), "wrong type"),
     (lambda d: d.update(version=99), "format version"),
     (lambda d: d["model"].pop("d_model"), "d_model"),
+    (lambda d: d["model"].update(dtype="float8"), "model field 'dtype'"),
     (lambda d: d.update(layers=[2, 0]), "sorted unique"),
     (lambda d: d.update(tokens=d["tokens"] + 1), "tokens"),
     (lambda d: d["shards"][0].update(file="../x.safetensors"), "malformed"),

@@ -385,3 +385,15 @@ def test_cuda_training_matches_cpu(corpus16):
         cfg = cpu_model.model.config
         tol = gamma(cfg.num_hidden_layers * (cfg.hidden_size + cfg.intermediate_size + 128))
         torch.testing.assert_close(on_gpu[layer].atoms, on_cpu[layer].atoms, rtol=0, atol=tol)
+
+
+def test_config_records_the_precision_of_the_activations(gpt2, corpus16):
+    config = TrainConfig(layers=[1], k=4, batch_size=4, max_tokens=64, progress=False)
+    plain = Trainer(gpt2, corpus16, config).run()[1].config
+    assert (plain.activation_dtype, plain.cache_dtype) == ("float32", "")
+    # what a remote (NDIF) run hands over: the activations in the precision the model ran in there
+    batches = list(extract(gpt2, corpus16, [1], batch_size=4, max_tokens=64, progress=False))
+    for batch in batches:
+        batch.acts[1] = batch.acts[1].to(torch.bfloat16)
+    half = Trainer(gpt2, corpus16, config).run(source=batches)[1].config
+    assert (half.activation_dtype, half.cache_dtype) == ("bfloat16", "")

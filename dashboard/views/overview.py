@@ -133,6 +133,7 @@ table = dicts[
         "tokens_seen",
         "k",
         "threshold",
+        "precision",
         "indexed",
         "index_tokens",
         *eval_cols,

@@ -105,6 +105,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """A torch dtype as configs and manifests record it: ``float32``, ``bfloat16``, ``float16``."""
+    return str(dtype).removeprefix("torch.")
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """float32 by default; ``auto``: bfloat16 on CUDA, float32 on CPU; half precision only on CUDA (it is slow and
     inexact on CPU)."""

@@ -62,11 +62,14 @@ def get_dictionary(con: duckdb.DuckDBPyConnection, dict_id: int) -> dict[str, An
 
 
 def dictionary_details(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """Per dictionary what :func:`list_dictionaries` leaves out: its option and data keys, tokenizer, and its
-    model's family, depth, architecture and when the model entered the store."""
+    """Per dictionary what :func:`list_dictionaries` leaves out: its option and data keys, tokenizer, the precision
+    its activations were computed and cached in (NULL: not recorded), and its model's family, depth, architecture
+    and when the model entered the store."""
     return con.execute(
-        "SELECT d.dict_id, d.options_key, d.data_key, d.tokenizer_id, m.family, m.n_layers, m.architecture, "
-        "m.added AS model_added "
+        "SELECT d.dict_id, d.options_key, d.data_key, d.tokenizer_id, "
+        "NULLIF(json_extract_string(d.config, '$.activation_dtype'), '') AS activation_dtype, "
+        "NULLIF(json_extract_string(d.config, '$.cache_dtype'), '') AS cache_dtype, "
+        "m.family, m.n_layers, m.architecture, m.added AS model_added "
         "FROM dictionaries d LEFT JOIN models m USING (model_id)"
     ).df()
 

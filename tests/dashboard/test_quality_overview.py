@@ -103,6 +103,8 @@ def test_overview_shows_quality_table_and_plot(quality_store: dict, monkeypatch:
         mine = table.set_index("dictionary")[col]
         theirs = dicts[f"eval_{metric}"].reindex(mine.index)
         assert ((mine == theirs) | (mine.isna() & theirs.isna())).all(), (metric, mine, theirs)
+    # the precision the activations were computed in: float32 here (trained in-process on the CPU)
+    assert set(dicts["precision"]) == {"float32"}
     # the commands that compute what is missing
     bert0, llama0 = ids[("bert", 0)], ids[("llama", 0)]
     todo = dict(zip(table["dictionary"], table["to compute"], strict=True))
@@ -161,3 +163,12 @@ def test_overview_without_figures_says_how_to_compute_them(tiny_store: dict, tmp
     info = "\n".join(str(i.value) for i in at.info)
     assert f"itda index --store {path} --reindex" in info and f"itda eval --store {path}" in info
     assert not [df for df in at.dataframe if "to compute" in df.value.columns]
+
+
+def test_precision_labels() -> None:
+    from itda_dashboard.data import precision_label
+
+    assert precision_label("bfloat16", None) == "bfloat16"
+    assert precision_label("float32", "float16") == "float32, cached as float16"
+    assert precision_label(None, None) == precision_label("", float("nan")) == "not recorded"  # older stores
+    assert precision_label(None, "float16") == "not recorded, cached as float16"  # a cache older than the field
