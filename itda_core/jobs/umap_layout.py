@@ -4,9 +4,11 @@ numba cosine once per pair from Python (most of an old map's time); fewer optimi
 good as 500, docs/benchmarks.md); and many maps laid out at once in worker processes.
 
 A layout stays reproducible: umap-learn runs its optimisation in one thread when given a seed, and here BLAS
-is held to one thread too, so a map is the same in this process and in any worker. Workers are spawned, not
-forked: torch and numba share GNU OpenMP, which aborts a forked child that uses it; torch is imported only
-where the neighbours are found, in this process, so a worker starts light.
+is held to one thread too, so a map is the same in this process and in any worker. Workers are never forked
+from this process: torch and numba share GNU OpenMP, which aborts a forked child that uses it. They are forked
+from multiprocessing's fork server, a fresh process that imports umap-learn once and never torch
+(:func:`pool_context`; spawned where there is no fork server), so a worker starts with umap-learn imported;
+torch is imported only where the neighbours are found, in this process.
 
 umap-learn's numba kernels on this path take ~17 CPU seconds to compile, and umap-learn does not ask numba to
 keep them, so every process paid that. :func:`cache_umap_kernels` turns numba's on-disk cache on for them
@@ -24,6 +26,7 @@ import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import Any
 
@@ -87,10 +90,12 @@ def cache_umap_kernels() -> bool:
     return _kernels_cached
 
 
-def warm_up() -> None:
+def warm_up(run_kernels: bool = True) -> None:
     """Import umap-learn and compile (or load from numba's cache) the kernels a map needs, on a tiny map,
     holding :data:`COMPILE_LOCK`, so that processes started together compile once: the rest wait, then load.
-    The import is inside the lock too: on a fresh install it compiles pynndescent's own cached kernels."""
+    The import is inside the lock too: on a fresh install it compiles pynndescent's own cached kernels.
+    ``run_kernels`` False: the import alone (what the fork server does: two of the kernels run on numba's
+    threads, and a process whose GNU OpenMP has run cannot fork workers that use it)."""
     from filelock import FileLock
 
     x = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
@@ -103,7 +108,8 @@ def warm_up() -> None:
     with FileLock(str(COMPILE_LOCK)):
         try:
             cache_umap_kernels()
-            layout(x, knn, small)
+            if run_kernels:
+                layout(x, knn, small)
         except Exception:  # an initializer's error would break the pool: the map's own call raises it instead
             pass  # (umap-learn missing...), where the caller sees it
 
@@ -153,10 +159,23 @@ def embed(vectors: np.ndarray, params: UmapParams) -> np.ndarray:
     return layout(x, neighbours(x, params), params)
 
 
+def pool_context() -> BaseContext:
+    """How the workers start: forked from multiprocessing's fork server, which imports umap-learn once
+    (``itda_core.jobs.umap_preload``) and is kept for later pools in this process; spawned where there is no
+    fork server (Windows). A fork server already started without the preload still works: each worker's
+    :func:`warm_up` then imports umap-learn itself."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["itda_core.jobs.umap_preload"])
+    return context
+
+
 def default_workers(n_maps: int, n_atoms: int) -> int:
     """Processes for ``n_maps`` maps of ``n_atoms`` atoms in all: one per CPU core, at most
     :data:`MAX_WORKERS` and ``n_maps``; this process alone under :data:`MIN_ATOMS_FOR_WORKERS` atoms, where
-    starting workers (each compiles umap-learn's kernels, ~14 CPU seconds) costs more than it saves."""
+    starting workers (umap-learn's import in the fork server, ~4 CPU seconds, then the processes) costs more than
+    it saves."""
     if n_atoms < MIN_ATOMS_FOR_WORKERS:
         return 1
     return max(1, min(os.cpu_count() or 1, MAX_WORKERS, n_maps))
@@ -174,7 +193,7 @@ def embed_many(
             yield key, embed(vectors, params)
         return
     pending: dict[Future, Any] = {}
-    context = multiprocessing.get_context("spawn")
+    context = pool_context()
     from threadpoolctl import threadpool_limits
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=warm_up) as pool:

@@ -3,6 +3,9 @@ processes as from this one, and bounded settings."""
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+
 import numpy as np
 import pytest
 
@@ -75,6 +78,19 @@ def test_workers_make_the_same_maps_as_this_process():
     for key, vectors in items:
         assert there[key].shape == (len(vectors), 2)
         assert np.array_equal(here[key], there[key]), key
+
+
+def _umap_imported() -> bool:
+    """In a worker: whether umap-learn was imported before this task came (the fork server's preload)."""
+    import sys
+
+    return "umap" in sys.modules
+
+
+@pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(), reason="no fork server here")
+def test_workers_fork_from_a_server_that_imported_umap_once():
+    with ProcessPoolExecutor(max_workers=2, mp_context=umap_layout.pool_context()) as pool:
+        assert all(pool.submit(_umap_imported).result(timeout=300) for _ in range(4))
 
 
 def test_worker_errors_are_raised():
