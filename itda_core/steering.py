@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -58,14 +59,12 @@ class Decoding:
 
     def check(self) -> None:
         """Raise one clear ITDAError for the first setting of the wrong type or out of its bounds."""
-        for name in ("max_new_tokens", "top_k", "seed"):
+        for name, kind, what in (("max_new_tokens", Integral, "a whole number"), ("top_k", Integral, "a whole number"),
+                                 ("seed", Integral, "a whole number"), ("temperature", Real, "a number"),
+                                 ("top_p", Real, "a number")):  # fmt: skip
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise ITDAError(f"{name} must be a whole number (got {value!r})")
-        for name in ("temperature", "top_p"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-                raise ITDAError(f"{name} must be a number (got {value!r})")
+            if isinstance(value, bool) or not isinstance(value, kind):  # numpy's scalars count, bools do not
+                raise ITDAError(f"{name} must be {what} (got {value!r})")
         if not isinstance(self.sample, (bool, np.bool_)):
             raise ITDAError(f"sample must be True or False (got {self.sample!r})")
         if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
@@ -120,7 +119,7 @@ def check_request(prompt: str, strength: float) -> None:
         raise ITDAError("type a prompt to continue")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise ITDAError(f"the prompt has {len(prompt):,} characters; at most {MAX_PROMPT_CHARS:,} fit: shorten it")
-    if isinstance(strength, bool) or not isinstance(strength, (int, float, np.integer, np.floating)):
+    if isinstance(strength, bool) or not isinstance(strength, Real):
         raise ITDAError(f"strength must be a number (got {strength!r})")
     if not np.isfinite(strength) or abs(strength) > MAX_STRENGTH:
         raise ITDAError(f"strength {strength} is out of range; use -{MAX_STRENGTH:g} to {MAX_STRENGTH:g} typical norms")
